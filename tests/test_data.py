@@ -1,0 +1,421 @@
+"""Tests for tfqat.data: image contract, folder scanning, hash splits, pipelines, labels."""
+
+import hashlib
+import io
+import os
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow is imported)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfqat import data
+from tfqat.data import (
+    DataWarning,
+    Record,
+    SplitFractions,
+    augment,
+    decode_image,
+    load_flowers,
+    make_dataset,
+    preprocess,
+    read_labels,
+    scan_folder,
+    split_of,
+    split_records,
+    to_arrays,
+    write_labels,
+)
+
+REAL_FOLDER = Path("/work/shared/data/flower_photos")
+SIZE = 32  # small contract size keeps pipeline tests fast
+
+
+def _noise(seed: int, size=(40, 30)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _save(image: Image.Image, path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt)
+    return path
+
+
+def _make_folder(root: Path, per_class: dict[str, int], start: int = 0) -> None:
+    """Writes `n` distinct noise JPEGs per class; seeds are unique per (class, index)."""
+    for c, (name, count) in enumerate(sorted(per_class.items())):
+        for i in range(count):
+            _save(_noise(1000 * c + i + start), root / name / f"img{i + start}.jpg")
+
+
+def _scan_quietly(folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return scan_folder(folder)
+
+
+# ---------------------------------------------------------------- image contract
+
+
+def test_preprocess_maps_0_to_minus_1_and_255_to_1_exactly():
+    image = np.zeros((5, 7, 3), np.uint8)
+    image[:, :, 1] = 255
+    image[:, :, 2] = 51
+    out = preprocess(image, 9)
+    assert out.shape == (9, 9, 3) and out.dtype == tf.float32
+    assert np.all(out[..., 0] == -1.0) and np.all(out[..., 1] == 1.0)
+    np.testing.assert_allclose(out[..., 2], 51 / 127.5 - 1, rtol=0, atol=1e-7)
+
+
+def test_preprocess_is_half_pixel_bilinear_without_antialias():
+    # Upscaling one row [0, 255] to 4 samples at half-pixel centres gives 0, 63.75, 191.25, 255.
+    up = np.tile(np.array([0, 255], np.uint8)[None, :, None], (4, 1, 3))
+    np.testing.assert_allclose(preprocess(up, 4)[0, :, 0], [-1.0, -0.5, 0.5, 1.0], atol=1e-6)
+    # Downscaling [0, 0, 255, 0] by 2 averages neighbour pairs only; antialiasing would spread 255 wider.
+    down = np.tile(np.array([0, 0, 255, 0], np.uint8)[None, :, None], (4, 1, 3))
+    np.testing.assert_allclose(preprocess(down, 2)[0, :, 0], [-1.0, 0.0], atol=1e-6)
+
+
+def test_preprocess_batches_and_rejects_bad_input():
+    batch = np.random.default_rng(0).integers(0, 256, (3, 50, 20, 3), dtype=np.uint8)
+    out = preprocess(batch, SIZE).numpy()
+    assert out.shape == (3, SIZE, SIZE, 3) and out.min() >= -1 and out.max() <= 1
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(batch.astype(np.float32) / 127.5 - 1, SIZE)
+    for bad in (0, -3, 2.5, True, "224"):
+        with pytest.raises(ValueError, match="image_size"):
+            preprocess(batch, bad)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "color"),
+    [
+        ("RGB", "JPEG", (200, 30, 10)),
+        ("RGB", "PNG", (200, 30, 10)),
+        ("L", "JPEG", 120),
+        ("L", "PNG", 120),
+        ("P", "PNG", 3),
+        ("P", "GIF", 3),
+        ("CMYK", "JPEG", (0, 255, 255, 0)),
+        ("RGBA", "PNG", (10, 20, 30, 0)),
+        ("LA", "PNG", (90, 128)),
+        ("1", "PNG", 1),
+    ],
+)
+def test_decode_image_gives_rgb_uint8_for_every_mode(mode, fmt, color):
+    buffer = io.BytesIO()
+    Image.new(mode, (6, 4), color).save(buffer, fmt)
+    pixels = decode_image(buffer.getvalue())
+    assert pixels.shape == (4, 6, 3) and pixels.dtype == np.uint8
+    if mode == "CMYK":  # pure magenta+yellow ink is red
+        assert pixels[0, 0, 0] > 200 and pixels[0, 0, 1] < 60 and pixels[0, 0, 2] < 60
+    if mode == "RGBA":  # alpha is dropped, colour kept
+        np.testing.assert_array_equal(pixels[0, 0], [10, 20, 30])
+    if mode == "L" and fmt == "PNG":
+        np.testing.assert_array_equal(pixels[0, 0], [120, 120, 120])
+
+
+def test_decode_image_scales_16_bit_grey_instead_of_clipping():
+    grey = np.array([[0, 257 * 100, 65535]], np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    np.testing.assert_array_equal(decode_image(buffer.getvalue())[0, :, 0], [0, 100, 255])
+
+
+def test_contract_text_names_every_step():
+    for words in ("RGB", "224x224", "bilinear", "no crop", "no antialiasing", "x / 127.5 - 1"):
+        assert words in data.IMAGE_CONTRACT
+
+
+# ---------------------------------------------------------------- scanning
+
+
+def _messy_folder(root: Path) -> None:
+    _make_folder(root, {"daisy": 3, "roses": 3})
+    _save(Image.new("L", (30, 20), 77), root / "daisy" / "grey.jpg")
+    _save(_noise(50).convert("CMYK"), root / "roses" / "cmyk.jpg")
+    _save(_noise(51), root / "roses" / "photo.png")
+    _save(_noise(52).convert("P"), root / "daisy" / "palette.gif")
+    buffer = io.BytesIO()
+    _noise(53, (200, 200)).save(buffer, "JPEG")
+    (root / "daisy" / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (root / "roses" / "notes.jpg").write_text("not a picture")
+    shared = _noise(54)
+    _save(shared, root / "daisy" / "both.png")
+    _save(shared, root / "roses" / "both_again.png")
+    repeated = _noise(55)
+    _save(repeated, root / "daisy" / "copy_b.png")
+    _save(repeated, root / "daisy" / "copy_a.png")
+    (root / "empty_class").mkdir()
+    (root / "README.md").write_text("top-level files are not images")
+    (root / "daisy" / ".DS_Store").write_bytes(b"\0\1hidden")
+
+
+def test_scan_skips_bad_files_and_names_them_in_one_warning(tmp_path):
+    _messy_folder(tmp_path)
+    with pytest.warns(DataWarning) as caught:
+        scan = scan_folder(tmp_path)
+    assert len([w for w in caught if issubclass(w.category, DataWarning)]) == 1
+    message = str(caught[0].message)
+    for name in ("truncated.jpg", "notes.jpg", "both.png", "both_again.png", "copy_b.png", "empty_class"):
+        assert name in message
+    assert "copy_a.png" not in [s.source.split(os.sep)[-1] for s in scan.skipped]  # first copy kept
+    reasons = {Path(s.source).name: s.reason for s in scan.skipped}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert "README.md" not in message and ".DS_Store" not in message
+
+    assert scan.classes == ("daisy", "roses")  # empty class dropped, labels stay dense and sorted
+    kept = {Path(r.source).relative_to(tmp_path).as_posix(): r.label for r in scan.records}
+    assert kept == {
+        **{f"daisy/{n}": 0 for n in ("copy_a.png", "grey.jpg", "img0.jpg", "img1.jpg", "img2.jpg", "palette.gif")},
+        **{f"roses/{n}": 1 for n in ("cmyk.jpg", "img0.jpg", "img1.jpg", "img2.jpg", "photo.png")},
+    }
+    for record in scan.records:
+        assert record.sha256 == hashlib.sha256(Path(record.source).read_bytes()).hexdigest()
+    assert len({r.sha256 for r in scan.records}) == len(scan.records)
+
+
+def test_scan_errors_name_the_folder(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match="nowhere.*does not exist"):
+        scan_folder(missing)
+    junk = tmp_path / "junk"
+    (junk / "a").mkdir(parents=True)
+    (junk / "a" / "x.jpg").write_text("text")
+    (junk / "b").mkdir()
+    with pytest.warns(DataWarning), pytest.raises(ValueError, match="No readable images found in .*junk"):
+        scan_folder(junk)
+    with pytest.raises(ValueError, match="No readable images"):
+        scan_folder(tmp_path / "junk" / "b")
+    single = tmp_path / "single"
+    _make_folder(single, {"tulips": 2})
+    (single / "roses").mkdir()
+    with pytest.warns(DataWarning), pytest.raises(ValueError, match="Only class 'tulips'.*single"):
+        scan_folder(single)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_fractions_are_validated():
+    assert SplitFractions() == SplitFractions(0.7, 0.1, 0.2)
+    with pytest.raises(ValueError, match="sum to 1"):
+        SplitFractions(0.7, 0.2, 0.2)
+    with pytest.raises(ValueError, match="SplitFractions.validation .* got 0"):
+        SplitFractions(0.8, 0, 0.2)
+    with pytest.raises(ValueError, match="SplitFractions.train"):
+        SplitFractions("0.7", 0.1, 0.2)
+    with pytest.raises(ValueError, match="SplitFractions"):
+        load_flowers("anything", split=(0.7, 0.1, 0.2))
+
+
+def test_split_of_is_a_pure_function_of_the_hash_with_the_right_proportions():
+    assert split_of("0" * 64) == "train"
+    assert split_of("f" * 64) == "test"  # the largest hash stays below 1.0
+    assert split_of("b8" + "0" * 62) == "validation"  # 0xb8/256 = 0.71875
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20000)]
+    counts = {name: sum(split_of(d) == name for d in digests) / len(digests) for name in data.SPLITS}
+    assert abs(counts["train"] - 0.7) < 0.015 and abs(counts["validation"] - 0.1) < 0.01
+    assert abs(counts["test"] - 0.2) < 0.015
+    odd = SplitFractions(0.5, 0.25, 0.25)
+    assert [split_of(d, odd) for d in digests[:50]] == [split_of(d, odd) for d in digests[:50]]
+
+
+def test_split_does_not_depend_on_other_images_names_or_folders(tmp_path):
+    _make_folder(tmp_path / "v1", {"a": 12, "b": 12})
+    first = load_flowers(tmp_path / "v1")
+    where = {r.sha256: name for name in data.SPLITS for r in first.split(name)}
+    assert sum(len(first.split(n)) for n in data.SPLITS) == 24
+
+    # Same photos renamed, half removed, new ones added and an extra class: no photo moves.
+    _make_folder(tmp_path / "v2", {"a": 12, "b": 12, "c": 5}, start=0)
+    for path in sorted((tmp_path / "v2").glob("*/img*.jpg"))[::2]:
+        path.unlink()
+    for path in sorted((tmp_path / "v2").glob("*/img*.jpg")):
+        path.rename(path.with_name("renamed_" + path.name))
+    _make_folder(tmp_path / "v2", {"a": 3, "b": 3}, start=100)
+    second = load_flowers(tmp_path / "v2")
+    common = 0
+    for name in data.SPLITS:
+        for record in second.split(name):
+            if record.sha256 in where:
+                common += 1
+                assert where[record.sha256] == name
+    assert common >= 10
+    assert split_records(first.train)["train"] == first.train
+    with pytest.raises(ValueError, match="split must be one of"):
+        first.split("val")
+
+
+def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    _make_folder(tmp_path, {"daisy": 6, "roses": 6, "tulips": 6})
+    folder = load_flowers(tmp_path)
+    files = sorted(tmp_path.glob("*/*.jpg"))
+    tfds_names = ["tulips", "daisy", "roses"]  # tfds ids are not in sorted order
+    encoded = [f.read_bytes() for f in files]
+    ids = [tfds_names.index(f.parent.name) for f in files]
+
+    class FakeBuilder:
+        info = types.SimpleNamespace(features={"label": types.SimpleNamespace(names=tfds_names)})
+
+        def download_and_prepare(self):
+            pass
+
+        def as_dataset(self, split, decoders):
+            assert split == "train" and "image" in decoders
+            return tf.data.Dataset.from_tensor_slices({"image": encoded, "label": np.array(ids, np.int64)})
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: FakeBuilder())
+    online = load_flowers(None)
+    assert online.classes == folder.classes == ("daisy", "roses", "tulips")
+    for name in data.SPLITS:
+        by_hash = {r.sha256: r.label for r in folder.split(name)}
+        assert {r.sha256: r.label for r in online.split(name)} == by_hash
+    assert all(r.encoded is not None for r in online.train)
+
+    class OfflineBuilder(FakeBuilder):
+        def download_and_prepare(self):
+            raise ConnectionError("Failed to resolve host\nlong traceback text")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: OfflineBuilder())
+    with pytest.raises(RuntimeError) as error:
+        load_flowers("tfds")
+    assert "\n" not in str(error.value) and "local folder" in str(error.value)
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> tuple[Record, ...]:
+    root = tmp_path_factory.mktemp("flowers")
+    _make_folder(root, {"a": 5, "b": 5})
+    return _scan_quietly(root).records
+
+
+def test_eval_pipeline_is_deterministic_and_matches_the_contract(records):
+    dataset = make_dataset(records, image_size=SIZE, batch_size=4)
+    first = list(dataset.as_numpy_iterator())
+    second = list(dataset.as_numpy_iterator())
+    assert [b[0].shape for b in first] == [(4, SIZE, SIZE, 3), (4, SIZE, SIZE, 3), (2, SIZE, SIZE, 3)]
+    assert first[0][0].dtype == np.float32 and first[0][1].dtype == np.int32
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    images, labels = to_arrays(records, image_size=SIZE)
+    np.testing.assert_array_equal(images, np.concatenate([b[0] for b in first]))
+    np.testing.assert_array_equal(labels, [r.label for r in records])
+    expected = preprocess(decode_image(Path(records[3].source).read_bytes()), SIZE).numpy()
+    np.testing.assert_array_equal(images[3], expected)
+    np.testing.assert_array_equal(data.load_image(records[3], SIZE), expected)
+
+
+def test_training_pipeline_shuffles_augments_and_repeats_with_the_seed(records):
+    def epochs(seed):
+        dataset = make_dataset(records, image_size=SIZE, batch_size=4, training=True, seed=seed)
+        return [list(dataset.as_numpy_iterator()) for _ in range(2)]
+
+    run = epochs(7)
+    again = epochs(7)
+    for epoch in run:
+        assert len(epoch) == 2  # 10 images, batches of 4, last partial batch dropped
+        for images, labels in epoch:
+            assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == np.float32
+            assert labels.dtype == np.int32
+            assert images.min() >= -1.0 and images.max() <= 1.0
+    for epoch, same in zip(run, again):
+        for (x1, y1), (x2, y2) in zip(epoch, same):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(run[0][0][0], run[1][0][0])  # new shuffle/augmentation each epoch
+    clean, _ = to_arrays(records, image_size=SIZE)
+    augmented = np.concatenate([x for x, _ in run[0]])
+    assert not any(np.array_equal(a, c) for a in augmented for c in clean)
+    with pytest.raises(ValueError, match="batch_size 11 is larger than the 10 training images"):
+        make_dataset(records, image_size=SIZE, batch_size=11, training=True)
+    with pytest.raises(ValueError, match="no records"):
+        make_dataset((), image_size=SIZE)
+
+
+@pytest.mark.parametrize("fill", [-1.0, 1.0, None])
+def test_augment_keeps_shape_and_range(fill):
+    rng = np.random.default_rng(3)
+    image = np.full((SIZE, SIZE, 3), fill, np.float32) if fill is not None else rng.uniform(-1, 1, (SIZE, SIZE, 3))
+    image = tf.constant(image, tf.float32)
+    for seed in range(8):
+        out = augment(image, tf.constant([seed, 1], tf.int64)).numpy()
+        assert out.shape == (SIZE, SIZE, 3) and out.min() >= -1.0 and out.max() <= 1.0
+    np.testing.assert_array_equal(augment(image, tf.constant([5, 5])), augment(image, tf.constant([5, 5])))
+
+
+def test_file_cache_is_keyed_by_records_and_size(records, tmp_path):
+    cache = tmp_path / "cache"
+    plain = to_arrays(records, image_size=SIZE)[0]
+    for _ in range(2):  # the second pass reads the cache files
+        batches = list(make_dataset(records, image_size=SIZE, batch_size=16, cache=cache).as_numpy_iterator())
+        np.testing.assert_array_equal(batches[0][0], plain)
+    list(make_dataset(records[:4], image_size=SIZE, batch_size=16, cache=cache).as_numpy_iterator())
+    prefixes = {p.name.split(".")[0] for p in tmp_path.iterdir() if p.name.startswith("cache-")}
+    assert len(prefixes) == 2
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_labels_round_trip_atomically(tmp_path):
+    path = tmp_path / "labels.txt"
+    classes = ("daisy", "dandelion", "roses", "sunflowers", "tulips", "löwenzahn")
+    write_labels(path, classes)
+    assert read_labels(path) == classes
+    assert path.read_bytes().decode("utf-8") == "".join(f"{c}\n" for c in classes)
+    write_labels(path, ["a", "b"])  # replaces, leaves no temp file behind
+    assert read_labels(path) == ("a", "b") and sorted(os.listdir(tmp_path)) == ["labels.txt"]
+
+
+def test_labels_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="missing.txt.*does not exist"):
+        read_labels(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.txt.*empty"):
+        read_labels(tmp_path / "empty.txt")
+    (tmp_path / "twice.txt").write_text("a\nb\na\n")
+    with pytest.raises(ValueError, match="twice"):
+        read_labels(tmp_path / "twice.txt")
+    for bad in ([], ["a", "a"], ["a\nb", "c"], ["", "b"]):
+        with pytest.raises(ValueError):
+            write_labels(tmp_path / "bad.txt", bad)
+    assert not (tmp_path / "bad.txt").exists()
+
+
+# ---------------------------------------------------------------- the real photos
+
+
+@pytest.mark.skipif(not REAL_FOLDER.is_dir(), reason="offline flower_photos folder not present")
+def test_real_flower_photos(record_property):
+    start = time.perf_counter()
+    with pytest.warns(DataWarning) as caught:
+        flowers = load_flowers(REAL_FOLDER)
+    seconds = time.perf_counter() - start
+    record_property("scan_seconds", round(seconds, 2))
+    sizes = {name: len(flowers.split(name)) for name in data.SPLITS}
+    print(f"\nscanned {REAL_FOLDER} in {seconds:.1f} s; splits {sizes}", file=sys.stderr)
+    assert seconds < 60
+    assert flowers.classes == ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+    skipped = {s.source for s in flowers.skipped}
+    assert {"roses/15922772266_1167a06620.jpg", "tulips/15922772266_1167a06620.jpg"} <= skipped
+    assert len(skipped) == 4 and "15922772266_1167a06620.jpg" in str(caught[0].message)
+    total = sum(sizes.values())
+    assert total == 2934 - 4
+    assert abs(sizes["train"] / total - 0.7) < 0.03
+    assert abs(sizes["validation"] / total - 0.1) < 0.02
+    assert abs(sizes["test"] / total - 0.2) < 0.03
