@@ -1,0 +1,17 @@
+"""tfqat: power-of-two int8 quantization-aware training for Keras MobileNetV2."""
+
+from tfqat._keras import keras  # noqa: F401  (first: selects tf_keras before TensorFlow loads)
+
+from tfqat.api import calibrate, load_model, quantize_model, quantize_scope
+from tfqat.folding import fold_batch_norms
+from tfqat.scheme import Pow2QuantizeScheme
+
+__all__ = [
+    "calibrate",
+    "fold_batch_norms",
+    "load_model",
+    "quantize_model",
+    "quantize_scope",
+    "Pow2QuantizeScheme",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""The public entry points: quantize a float model, calibrate it, load it back."""
+
+from typing import Optional
+
+from tfqat._keras import keras
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from tfqat import graph
+from tfqat.folding import fold_batch_norms
+from tfqat.quantizers import collecting_ranges
+from tfqat.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
+
+
+def quantize_scope():
+    """The one scope under which saved tfqat models load (TFMOT's wrappers; tfqat's own classes are registered)."""
+    return tfmot.quantization.keras.quantize_scope()
+
+
+def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:
+    problems = [
+        f"'{layer.name}' ({type(layer).__name__}): {reason}"
+        for layer in model.layers
+        if (reason := registry.unsupported_reason(layer))
+    ]
+    if problems:
+        msg = "cannot quantize layer " + "; ".join(problems[:5])
+        if len(problems) > 5:
+            msg += f"; and {len(problems) - 5} more"
+        raise ValueError(msg)
+
+
+def quantize_model(model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99):
+    """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
+
+    Nested models (a MobileNetV2 base inside a classifier) are inlined and each
+    Conv/DepthwiseConv + BatchNormalization pair is folded into one conv before
+    its kernel is quantized. The result trains with `model.fit` (compile it
+    first) and saves/loads (see `load_model`). Call `calibrate` before training
+    or exporting to set the activation ranges from data.
+
+    Args:
+      model: a built tf_keras functional or Sequential model.
+      per_channel: one weight scale per output channel (default one per tensor).
+      fold_bn: fold BatchNormalization into the preceding conv (needed for
+        power-of-two kernels in the exported model).
+      ema_decay: decay of the moving-average activation ranges during training.
+    """
+    graph.check_functional(model)
+    if not 0.0 <= ema_decay < 1.0:
+        msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
+        raise ValueError(msg)
+    flat = fold_batch_norms(model) if fold_bn else graph.flatten(model)
+    scheme = Pow2QuantizeScheme(per_channel=per_channel, ema_decay=ema_decay)
+    _check_supported(flat, scheme.get_quantize_registry())
+    annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
+    with quantize_scope():
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+
+
+def _range_flags(model):
+    return [v for v in model.non_trainable_variables if v.name.split(":")[0].endswith("_seen")]
+
+
+def _images(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibrate(qat_model, dataset, steps: Optional[int] = None):
+    """Set every activation range of a tfqat QAT model from data; weights are unchanged.
+
+    Ranges become the min/max over the batches seen (power-of-two scales follow),
+    which makes the model a post-training-quantized one in the same scheme.
+
+    Args:
+      qat_model: a model returned by `quantize_model`.
+      dataset: an iterable of image batches or (images, labels) batches.
+      steps: how many batches to use (default: all).
+    Returns:
+      The number of batches used.
+    """
+    flags = _range_flags(qat_model)
+    if not flags:
+        msg = f"model '{qat_model.name}' has no tfqat activation quantizers; pass a model from tfqat.quantize_model"
+        raise ValueError(msg)
+    if steps is not None and steps < 1:
+        msg = f"steps={steps!r} must be a positive number of batches"
+        raise ValueError(msg)
+    for flag in flags:
+        flag.assign(0.0)
+    with collecting_ranges():
+        # A fresh function, traced while collecting, so Keras' cached predict is untouched.
+        observe = tf.function(lambda x: qat_model(x, training=False))
+        used = 0
+        for batch in dataset:
+            if steps is not None and used >= steps:
+                break
+            observe(tf.convert_to_tensor(_images(batch), tf.float32))
+            used += 1
+    if used == 0:
+        raise ValueError("calibrate got no batches from the dataset")
+    return used
+
+
+def load_model(path, **kwargs):
+    """Load a saved tfqat QAT model (any format `keras.models.load_model` reads)."""
+    with quantize_scope():
+        return keras.models.load_model(path, **kwargs)

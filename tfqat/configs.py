@@ -1,0 +1,166 @@
+"""TFMOT QuantizeConfigs: which weights and outputs of a layer get which quantizer.
+
+The placement mirrors the int8 TFLite graph: a conv's output is quantized after
+its fused ReLU/ReLU6 (never between them), an Add's output likewise, ops that
+keep their input's scale (padding, pooling by max, reshapes, dropout) get no
+quantizer of their own, and the outputs of softmax/sigmoid/tanh get the fixed
+power-of-two ranges that TFLite's int8 kernels require.
+"""
+
+from tfqat._keras import keras
+
+import tensorflow_model_optimization as tfmot
+
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer
+
+_QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+_FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
+_register = keras.utils.register_keras_serializable(package="tfqat")
+
+# TFLite int8 kernels fix these outputs: scale 1/256 with zero point -128, and
+# 1/128 with zero point 0. Both are powers of two.
+FIXED_OUTPUT_RANGES = {
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
+# Activations TFLite fuses into conv/dense/add: the output is quantized after them.
+FUSED_ACTIVATIONS = ("linear", "relu")
+
+
+def _activation_name(activation) -> str:
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
+def fixed_output_quantizer(activation_name: str):
+    low, high = FIXED_OUTPUT_RANGES[activation_name]
+    return _FixedQuantizer(num_bits=8, init_min=low, init_max=high, narrow_range=False)
+
+
+class _Pow2Config(_QuantizeConfig):
+    """Shared serialization for configs whose constructor arguments are their config."""
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        if quantize_weights:
+            msg = f"{type(self).__name__} quantizes no weights of layer '{layer.name}'"
+            raise ValueError(msg)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if quantize_activations:
+            msg = f"{type(self).__name__} quantizes no activations of layer '{layer.name}'"
+            raise ValueError(msg)
+
+    def get_output_quantizers(self, layer):
+        return []
+
+
+@_register
+class KernelQuantizeConfig(_Pow2Config):
+    """Conv2D, DepthwiseConv2D (BN already folded in) and Dense.
+
+    The kernel gets a power-of-two weight quantizer; the bias stays float in
+    training, as TFLite stores it as int32 at scale s_input * s_weight. The
+    output is quantized after the layer's own activation, unless a ReLU that
+    TFLite fuses follows (then `quantize_output=False` and the ReLU quantizes).
+
+    Args:
+      per_channel: one weight scale per output channel.
+      quantize_output: quantize the layer's output.
+    """
+
+    def __init__(self, per_channel: bool = False, quantize_output: bool = True, ema_decay: float = 0.99):
+        self.per_channel = bool(per_channel)
+        self.quantize_output = bool(quantize_output)
+        self.ema_decay = float(ema_decay)
+
+    def get_config(self):
+        return {"per_channel": self.per_channel, "quantize_output": self.quantize_output, "ema_decay": self.ema_decay}
+
+    @staticmethod
+    def _kernel_attribute(layer):
+        return "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
+
+    @staticmethod
+    def _kind(layer):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return "depthwise"
+        return "dense" if isinstance(layer, keras.layers.Dense) else "conv"
+
+    def get_weights_and_quantizers(self, layer):
+        quantizer = Pow2WeightQuantizer(per_channel=self.per_channel, kind=self._kind(layer))
+        return [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
+
+    def get_activations_and_quantizers(self, layer):
+        # Wrapped by TFMOT's QuantizeAwareActivation: after linear/relu, before
+        # softmax/sigmoid/tanh (whose outputs get fixed ranges below).
+        if not self.quantize_output:
+            return []
+        return [(layer.activation, Pow2ActivationQuantizer(self.ema_decay))]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        setattr(layer, self._kernel_attribute(layer), quantize_weights[0])
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if quantize_activations:
+            layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        name = _activation_name(layer.activation)
+        if self.quantize_output and name in FIXED_OUTPUT_RANGES:
+            return [fixed_output_quantizer(name)]
+        return []
+
+
+@_register
+class OutputQuantizeConfig(_Pow2Config):
+    """Layers without weights whose output TFLite requantizes: Add, ReLU, pooling by mean, the input."""
+
+    def __init__(self, ema_decay: float = 0.99):
+        self.ema_decay = float(ema_decay)
+
+    def get_config(self):
+        return {"ema_decay": self.ema_decay}
+
+    def get_output_quantizers(self, layer):
+        return [Pow2ActivationQuantizer(self.ema_decay)]
+
+
+@_register
+class FixedOutputQuantizeConfig(_Pow2Config):
+    """Softmax/sigmoid/tanh as layers: the fixed output range of TFLite's int8 kernel."""
+
+    def __init__(self, activation: str):
+        if activation not in FIXED_OUTPUT_RANGES:
+            msg = f"FixedOutputQuantizeConfig activation={activation!r} is not one of {sorted(FIXED_OUTPUT_RANGES)}"
+            raise ValueError(msg)
+        self.activation = activation
+
+    def get_config(self):
+        return {"activation": self.activation}
+
+    def get_output_quantizers(self, layer):
+        return [fixed_output_quantizer(self.activation)]
+
+
+@_register
+class PassThroughQuantizeConfig(_Pow2Config):
+    """Layers whose int8 output keeps its input's scale (pad, max-pool, reshape, dropout): no quantizer."""

@@ -1,0 +1,96 @@
+"""Folding BatchNormalization into the convolution before it.
+
+The kernel must be quantized *after* BN is folded into it: quantizing first and
+letting the TFLite converter fold later rescales every channel by gamma/sigma and
+breaks the power-of-two scales. So tfqat folds first and trains the folded conv.
+"""
+
+import numpy as np
+
+from tfqat._keras import keras
+from tfqat import graph
+
+FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise=False):
+    """Kernel and bias of conv followed by BN in inference mode, as one conv.
+
+    y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta
+      = conv_with(kernel * m)(x) + (b - mean) * m + beta,  m = gamma / sqrt(var + eps)
+    """
+    multiplier = gamma / np.sqrt(variance + epsilon)
+    if depthwise:
+        # Depthwise kernels are (h, w, in, depth_multiplier); channel = in * dm + m.
+        multiplier_kernel = multiplier.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        multiplier_kernel = multiplier
+    folded_kernel = kernel * multiplier_kernel
+    folded_bias = (bias - mean) * multiplier + beta
+    return folded_kernel.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
+
+
+def _bn_parameters(bn):
+    """(gamma, beta, mean, variance) of a BatchNormalization layer, with defaults for off flags."""
+    weights = list(bn.get_weights())
+    gamma = weights.pop(0) if bn.scale else None
+    beta = weights.pop(0) if bn.center else None
+    mean, variance = weights
+    if gamma is None:
+        gamma = np.ones_like(mean)
+    if beta is None:
+        beta = np.zeros_like(mean)
+    return gamma, beta, mean, variance
+
+
+def _is_channel_axis(bn) -> bool:
+    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    return list(axis) in ([3], [-1])
+
+
+def _folded_conv(conv, bn):
+    """A conv layer with bias holding `conv` and `bn` folded together, named like `conv`."""
+    weights = conv.get_weights()
+    kernel = weights[0]
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
+    channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[-1]
+    bias = weights[1] if conv.use_bias else np.zeros(channels, kernel.dtype)
+    gamma, beta, mean, variance = _bn_parameters(bn)
+    folded = fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, bn.epsilon, depthwise)
+    config = conv.get_config()
+    config["use_bias"] = True
+    config["bias_initializer"] = "zeros"
+    new_conv = conv.__class__.from_config(config)
+    return new_conv, folded
+
+
+def fold_batch_norms(model):
+    """Return a flat copy of `model` with every foldable Conv/DepthwiseConv + BN pair merged.
+
+    A pair folds when the conv has no activation of its own, its output goes only
+    to the BN, and the BN normalizes the channel axis. Each BN's own epsilon is
+    used. Nested models are inlined. The original model is left untouched.
+    """
+    flat = graph.flatten(model)
+    used_by = graph.consumers(flat)
+    fold_into = {}  # BN layer name -> conv layer that feeds it
+    for layer in flat.layers:
+        if not isinstance(layer, FOLDABLE_CONVS) or layer.activation is not keras.activations.linear:
+            continue
+        users = used_by.get(str(id(layer.output)), [])
+        if len(users) == 1 and isinstance(users[0], keras.layers.BatchNormalization):
+            if _is_channel_axis(users[0]):
+                fold_into[users[0].name] = layer
+    folded_names = {conv.name for conv in fold_into.values()}
+
+    def hook(layer, args, kwargs):
+        if layer.name in folded_names:
+            return args[0]  # placeholder: the conv is applied when its BN is reached
+        if layer.name in fold_into:
+            new_conv, (kernel, bias) = _folded_conv(fold_into[layer.name], layer)
+            outputs = new_conv(args[0])
+            new_conv.set_weights([kernel, bias])
+            return outputs
+        return None
+
+    return graph.rebuild(flat, hook)

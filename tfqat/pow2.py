@@ -1,0 +1,94 @@
+"""Power-of-two ("best precision", fixed-point) int8 quantization math.
+
+Pure functions on tensors and numbers; Keras objects hold the state and call
+these. A scale 2**k makes every requantization of the int8 model a shift.
+
+Ranges follow TFLite's int8 spec: weights are symmetric in [-127, 127] with
+zero point 0, activations use [-128, 127], here also with zero point 0 so that
+the fixed-point format is Q(7-n).n and no offset arithmetic is needed.
+"""
+
+from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+import tensorflow as tf
+
+WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
+ACTIVATION_QMIN, ACTIVATION_QMAX = -128, 127
+
+# The smallest scale used: an all-zero tensor gets 2**-24 instead of log2(0) = -inf.
+# The TFLite converter widens any range narrower than 1e-6 (255 * 2**-24 > 1e-6),
+# which would break the power of two.
+MIN_EXPONENT = -24.0
+
+
+def _log2_exponent(ratio):
+    """Smallest integer k >= MIN_EXPONENT with ratio <= 2**k, exact even where log2 rounds."""
+    ratio = tf.maximum(ratio, 2.0**MIN_EXPONENT)
+    k = tf.math.ceil(tf.math.log(ratio) / tf.math.log(tf.constant(2.0, ratio.dtype)))
+    # log2 of an exact power of two can come out a hair above or below the
+    # integer; multiplying by 2**k is exact, so check and correct by one step.
+    k = tf.where(ratio <= tf.pow(2.0, k - 1.0), k - 1.0, k)
+    k = tf.where(ratio > tf.pow(2.0, k), k + 1.0, k)
+    return k
+
+
+def weight_exponent(max_abs):
+    """Exponent k of the weight scale 2**k: smallest k with max_abs / 2**k <= 127."""
+    max_abs = tf.convert_to_tensor(max_abs, tf.float32)
+    return _log2_exponent(max_abs / WEIGHT_QMAX)
+
+
+def activation_exponent(range_min, range_max):
+    """Exponent k of the activation scale 2**k so that [min, max] fits [-128, 127] * 2**k."""
+    range_min = tf.convert_to_tensor(range_min, tf.float32)
+    range_max = tf.convert_to_tensor(range_max, tf.float32)
+    ratio = tf.maximum(range_max / ACTIVATION_QMAX, -range_min / -ACTIVATION_QMIN)
+    return _log2_exponent(ratio)
+
+
+def scale_from_exponent(exponent):
+    return tf.pow(2.0, exponent)
+
+
+def fake_quant_weights(weights, exponent, per_channel_axis=None):
+    """Quantize-dequantize weights at scale 2**exponent, symmetric [-127, 127].
+
+    Uses TensorFlow's FakeQuant ops so that the TFLite converter reads the exact
+    range; their gradient is the straight-through estimator: 1 inside the range,
+    0 where values clip. The exponent gets no gradient: scales are not learned.
+    """
+    scale = tf.stop_gradient(scale_from_exponent(exponent))
+    range_min, range_max = WEIGHT_QMIN * scale, WEIGHT_QMAX * scale
+    if per_channel_axis is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            weights, range_min, range_max, num_bits=8, narrow_range=True
+        )
+    rank = weights.shape.rank
+    axis = per_channel_axis % rank
+    if axis == rank - 1:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weights, range_min, range_max, num_bits=8, narrow_range=True
+        )
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    inverse = [perm.index(i) for i in range(rank)]
+    moved = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.transpose(weights, perm), range_min, range_max, num_bits=8, narrow_range=True
+    )
+    return tf.transpose(moved, inverse)
+
+
+def fake_quant_activations(values, exponent):
+    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0."""
+    scale = tf.stop_gradient(scale_from_exponent(exponent))
+    return tf.quantization.fake_quant_with_min_max_vars(
+        values, ACTIVATION_QMIN * scale, ACTIVATION_QMAX * scale, num_bits=8, narrow_range=False
+    )
+
+
+def is_power_of_two(values):
+    """True where every value is exactly 2**k for an integer k (numpy or tensors)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    mantissa, _ = np.frexp(values)
+    return bool(np.all((values > 0) & (mantissa == 0.5)))

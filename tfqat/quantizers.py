@@ -1,0 +1,167 @@
+"""TFMOT quantizers whose scales are exact powers of two.
+
+A quantizer only creates its variables (`build`) and fake-quantizes (`__call__`);
+the math lives in `tfqat.pow2`.
+"""
+
+import contextlib
+from typing import Iterator
+
+from tfqat._keras import keras
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from tfqat import pow2
+
+_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+_register = keras.utils.register_keras_serializable(package="tfqat")
+
+KERNEL_KINDS = ("dense", "conv", "depthwise")
+
+
+def _per_channel_max(weights, kind):
+    """Max |w| per output channel: last axis, or in*depth_multiplier for depthwise."""
+    if kind == "depthwise":
+        # (h, w, in, dm) -> (h*w, in*dm): TFLite's depthwise channel is in*dm + m.
+        weights = tf.reshape(weights, [-1, weights.shape[2] * weights.shape[3]])
+    else:
+        weights = tf.reshape(weights, [-1, weights.shape[-1]])
+    return tf.reduce_max(tf.abs(weights), axis=0)
+
+
+@_register
+class Pow2WeightQuantizer(_Quantizer):
+    """Symmetric int8 weights in [-127, 127] * 2**k, k from the current weights.
+
+    The scale is derived from the weights on every call (no stale range after the
+    last optimizer step), per tensor or per output channel.
+
+    Args:
+      per_channel: one scale per output channel instead of one per tensor.
+      kind: 'conv' (Conv2D, last axis), 'depthwise' (DepthwiseConv2D, channel
+        in*depth_multiplier + m) or 'dense' (last axis).
+    """
+
+    def __init__(self, per_channel: bool = False, kind: str = "conv"):
+        if kind not in KERNEL_KINDS:
+            msg = f"Pow2WeightQuantizer kind={kind!r} is not one of {KERNEL_KINDS}"
+            raise ValueError(msg)
+        self.per_channel = bool(per_channel)
+        self.kind = kind
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def exponent(self, weights):
+        """The exponent(s) k of the scale 2**k for these weights."""
+        if self.per_channel:
+            return pow2.weight_exponent(_per_channel_max(weights, self.kind))
+        return pow2.weight_exponent(tf.reduce_max(tf.abs(weights)))
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        exponent = tf.stop_gradient(self.exponent(inputs))
+        if not self.per_channel:
+            return pow2.fake_quant_weights(inputs, exponent)
+        if self.kind == "depthwise":
+            shape = tf.shape(inputs)
+            flat = tf.reshape(inputs, [shape[0], shape[1], 1, -1])
+            return tf.reshape(pow2.fake_quant_weights(flat, exponent, per_channel_axis=-1), shape)
+        return pow2.fake_quant_weights(inputs, exponent, per_channel_axis=-1)
+
+    def get_config(self):
+        return {"per_channel": self.per_channel, "kind": self.kind}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, Pow2WeightQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+@_register
+class Pow2ActivationQuantizer(_Quantizer):
+    """int8 activations in [-128, 127] * 2**k with zero point 0.
+
+    Training tracks the range as a moving average of batch min/max (the first
+    batch sets it); inference uses the frozen range. Inside
+    `collecting_ranges()` an inference call widens the range to everything
+    seen instead: that is calibration, i.e. post-training quantization.
+
+    Args:
+      ema_decay: weight of the old range in the moving average, in [0, 1).
+    """
+
+    _collecting = False  # set by `collecting_ranges`, read when a graph is traced
+
+    def __init__(self, ema_decay: float = 0.99):
+        if not 0.0 <= float(ema_decay) < 1.0:
+            msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
+            raise ValueError(msg)
+        self.ema_decay = float(ema_decay)
+
+    def build(self, tensor_shape, name, layer):
+        def weight(suffix, value):
+            return layer.add_weight(
+                f"{name}_{suffix}",
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+            )
+
+        # Until data has been seen the range is ReLU6's, as in TFMOT.
+        return {"min_var": weight("min", -6.0), "max_var": weight("max", 6.0), "seen": weight("seen", 0.0)}
+
+    def _update(self, inputs, weights, training):
+        batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
+        batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+        first = weights["seen"] <= 0.0
+        if training:
+            decay = tf.where(first, 0.0, self.ema_decay)
+            new_min = decay * weights["min_var"] + (1.0 - decay) * batch_min
+            new_max = decay * weights["max_var"] + (1.0 - decay) * batch_max
+        else:
+            new_min = tf.where(first, batch_min, tf.minimum(weights["min_var"], batch_min))
+            new_max = tf.where(first, batch_max, tf.maximum(weights["max_var"], batch_max))
+        return tf.group(
+            weights["min_var"].assign(new_min),
+            weights["max_var"].assign(new_max),
+            weights["seen"].assign(1.0),
+        )
+
+    def exponent(self, weights):
+        return pow2.activation_exponent(weights["min_var"], weights["max_var"])
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if training or Pow2ActivationQuantizer._collecting:
+            with tf.control_dependencies([self._update(inputs, weights, bool(training))]):
+                exponent = self.exponent(weights)
+        else:
+            exponent = self.exponent(weights)
+        return pow2.fake_quant_activations(inputs, exponent)
+
+    def get_config(self):
+        return {"ema_decay": self.ema_decay}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, Pow2ActivationQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+@contextlib.contextmanager
+def collecting_ranges() -> Iterator[None]:
+    """Within this block, graphs traced in inference mode widen activation ranges to the data seen."""
+    Pow2ActivationQuantizer._collecting = True
+    try:
+        yield
+    finally:
+        Pow2ActivationQuantizer._collecting = False

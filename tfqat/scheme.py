@@ -1,0 +1,165 @@
+"""The power-of-two quantize scheme: a registry (layer class -> config) and layout transforms."""
+
+from typing import Optional
+
+from tfqat._keras import keras
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import utils as tfmot_utils
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+    model_transformer,
+    transforms,
+)
+
+from tfqat import configs
+from tfqat.quantizers import Pow2ActivationQuantizer
+
+layers = keras.layers
+LayerPattern = transforms.LayerPattern
+LayerNode = transforms.LayerNode
+
+KERNEL_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+OUTPUT_LAYERS = (layers.Add, layers.GlobalAveragePooling2D, layers.AveragePooling2D)
+PASS_THROUGH_LAYERS = (layers.ZeroPadding2D, layers.MaxPooling2D, layers.Dropout, layers.Reshape, layers.Flatten)
+KERNEL_ACTIVATIONS = configs.FUSED_ACTIVATIONS + tuple(configs.FIXED_OUTPUT_RANGES)
+
+
+def _is_fusable_relu(layer) -> bool:
+    """ReLU or ReLU6 that TFLite fuses into the op before it."""
+    if isinstance(layer, layers.Activation):
+        return configs._activation_name(layer.activation) == "relu"
+    if not isinstance(layer, layers.ReLU):
+        return False
+    max_value = None if layer.max_value is None else float(layer.max_value)
+    return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0 and max_value in (None, 6.0)
+
+
+class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
+    """Which config quantizes which layer; `unsupported_reason` explains the rest."""
+
+    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99):
+        self.per_channel = per_channel
+        self.ema_decay = ema_decay
+
+    def unsupported_reason(self, layer) -> Optional[str]:
+        """None when the layer is supported, else why not (one sentence)."""
+        if type(layer) in KERNEL_LAYERS:
+            name = configs._activation_name(layer.activation)
+            if name not in KERNEL_ACTIVATIONS:
+                return f"its activation '{name}' has no int8 TFLite form; supported: {KERNEL_ACTIVATIONS}"
+            return None
+        if isinstance(layer, layers.BatchNormalization):
+            return "a BatchNormalization that does not directly follow a Conv2D/DepthwiseConv2D cannot be folded"
+        if type(layer) in OUTPUT_LAYERS + PASS_THROUGH_LAYERS or isinstance(layer, layers.InputLayer):
+            return None
+        if isinstance(layer, layers.ReLU):
+            return None if _is_fusable_relu(layer) or layer.negative_slope == 0 else "leaky ReLU is not supported"
+        if isinstance(layer, layers.Softmax):
+            return None
+        if isinstance(layer, layers.Activation):
+            name = configs._activation_name(layer.activation)
+            if name in ("relu", "linear") or name in configs.FIXED_OUTPUT_RANGES:
+                return None
+            return f"activation '{name}' is not supported"
+        return "the power-of-two scheme has no quantize config for this layer class"
+
+    def supports(self, layer) -> bool:
+        return self.unsupported_reason(layer) is None
+
+    def get_quantize_config(self, layer):
+        reason = self.unsupported_reason(layer)
+        if reason:
+            msg = f"layer '{layer.name}' ({type(layer).__name__}) cannot be quantized: {reason}."
+            raise ValueError(msg)
+        if type(layer) in KERNEL_LAYERS:
+            return configs.KernelQuantizeConfig(self.per_channel, True, self.ema_decay)
+        if isinstance(layer, layers.Softmax):
+            return configs.FixedOutputQuantizeConfig("softmax")
+        if isinstance(layer, layers.Activation):
+            name = configs._activation_name(layer.activation)
+            if name in configs.FIXED_OUTPUT_RANGES:
+                return configs.FixedOutputQuantizeConfig(name)
+            if name == "linear":
+                return configs.PassThroughQuantizeConfig()
+        if type(layer) in PASS_THROUGH_LAYERS:
+            return configs.PassThroughQuantizeConfig()
+        return configs.OutputQuantizeConfig(self.ema_decay)
+
+
+class InputQuantize(transforms.Transform):
+    """InputLayer => InputLayer -> QuantizeLayer(power-of-two): the int8 model input."""
+
+    def __init__(self, ema_decay: float):
+        self.ema_decay = ema_decay
+
+    def pattern(self):
+        return LayerPattern("InputLayer")
+
+    def replacement(self, match_layer):
+        quant = quantize_layer.QuantizeLayer(Pow2ActivationQuantizer(self.ema_decay))
+        config = tfmot_utils.serialize_layer(quant, use_legacy_format=True)
+        config["name"] = quant.name
+        return LayerNode(config, input_layers=[match_layer])
+
+    def custom_objects(self):
+        return {"QuantizeLayer": quantize_layer.QuantizeLayer, "Pow2ActivationQuantizer": Pow2ActivationQuantizer}
+
+
+class FuseReLU(transforms.Transform):
+    """Conv/Dense/Add -> ReLU(6): no quantizer between them, as TFLite fuses the ReLU."""
+
+    def __init__(self, per_channel: bool, ema_decay: float):
+        self.per_channel = per_channel
+        self.ema_decay = ema_decay
+
+    def pattern(self):
+        return LayerPattern("ReLU|Activation", inputs=[LayerPattern("Conv2D|DepthwiseConv2D|Dense|Add")])
+
+    def replacement(self, match_layer):
+        relu = keras.layers.deserialize(match_layer.layer)
+        producer = match_layer.input_layers[0]
+        activation = producer.layer["config"].get("activation", "linear")
+        if not _is_fusable_relu(relu) or activation not in ("linear", None):
+            return match_layer
+        if producer.layer["class_name"] == "Add":
+            producer.metadata["quantize_config"] = configs.PassThroughQuantizeConfig()
+        else:
+            producer.metadata["quantize_config"] = configs.KernelQuantizeConfig(
+                self.per_channel, quantize_output=False, ema_decay=self.ema_decay
+            )
+        return match_layer
+
+    def custom_objects(self):
+        return {}
+
+
+class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
+    def __init__(self, per_channel: bool, ema_decay: float):
+        self.per_channel = per_channel
+        self.ema_decay = ema_decay
+
+    def apply(self, model, layer_quantize_map):
+        steps = [InputQuantize(self.ema_decay), FuseReLU(self.per_channel, self.ema_decay)]
+        return model_transformer.ModelTransformer(
+            model, steps, set(layer_quantize_map.keys()), layer_quantize_map
+        ).transform()
+
+
+class Pow2QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
+    """Power-of-two int8 scheme, for `tfmot.quantization.keras.quantize_apply`.
+
+    Args:
+      per_channel: per-output-channel weight scales (default: per tensor).
+      ema_decay: moving-average decay of activation ranges during training.
+    """
+
+    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99):
+        self.per_channel = per_channel
+        self.ema_decay = ema_decay
+
+    def get_layout_transformer(self):
+        return Pow2LayoutTransform(self.per_channel, self.ema_decay)
+
+    def get_quantize_registry(self):
+        return Pow2QuantizeRegistry(self.per_channel, self.ema_decay)
