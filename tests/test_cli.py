@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import tflite_models as tm
+from tfqat.cli import main
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "pow2": tm.write(folder, "pow2.tflite", tm.pow2_int8_tflite()),
+        "ptq": tm.write(folder, "ptq.tflite", tm.ptq_int8_tflite()),
+        "float": tm.write(folder, "float.tflite", tm.float_tflite()),
+        "garbage": tm.write(folder, "garbage.tflite", b"GIF89a not a model"),
+        "missing": folder / "missing.tflite",
+    }
+
+
+def test_verify_passing_model_exits_0(models, capsys):
+    assert main(["verify", str(models["pow2"])]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "MEAN" in out
+
+
+def test_verify_verbose_prints_the_op_table(models, capsys):
+    assert main(["verify", str(models["pow2"]), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "multiplier" in out and "DEPTHWISE_CONV_2D" in out and "2^-7" in out
+
+
+def test_verify_json_is_the_full_report(models, capsys):
+    assert main(["verify", str(models["pow2"]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is True and data["source"] == str(models["pow2"])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("ptq", "not a power of two"), ("float", "is float32: the model is not fully int8")],
+)
+def test_verify_failing_model_exits_1(models, capsys, name, expected):
+    assert main(["verify", str(models[name])]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and expected in out
+
+
+@pytest.mark.parametrize(("name", "expected"), [("garbage", "not a TFLite flatbuffer"), ("missing", "not found")])
+def test_verify_unusable_input_exits_2_with_one_line(models, capsys, name, expected):
+    assert main(["verify", str(models[name])]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and expected in captured.err
+    assert captured.err.startswith("tfqat verify: error: ")
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "verify" in capsys.readouterr().err
+
+
+def test_console_entry_point_has_no_traceback(models):
+    # As the `tfqat` script runs it: a fresh process, stderr as the user sees it.
+    command = [sys.executable, "-c", "import sys; from tfqat.cli import main; sys.exit(main())"]
+    result = subprocess.run([*command, "verify", str(models["garbage"])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("tfqat verify: error: ")

@@ -1,0 +1,278 @@
+"""The one shared helper for loading and running a TFLite model with LiteRT.
+
+LiteRT (ai_edge_litert) does not need TensorFlow, and neither does this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union, overload
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+ModelSource = Union[str, os.PathLike, bytes, Interpreter]
+Kernels = Literal["builtin", "reference", "xnnpack"]
+
+# "builtin" (LiteRT's optimized CPU kernels, no delegate) is the default: it is
+# what the model computes on a CPU. The kernels disagree by one step at some
+# rounding ties, which power-of-two scales make common: XNNPACK requantizes in
+# float32 with round-half-even, and on the test model the reference
+# FULLY_CONNECTED rounds some ties differently from the optimized one.
+_RESOLVERS = {
+    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    "reference": OpResolverType.BUILTIN_REF,
+    "xnnpack": OpResolverType.AUTO,
+}
+
+# A TFLite flatbuffer carries this file identifier at bytes 4..8.
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+class TFLiteModelError(ValueError):
+    """A file, buffer or model that LiteRT cannot use, explained in one sentence."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: dtype, shape and (per-tensor) quantization."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        # LiteRT reports scale 0 for tensors without quantization parameters.
+        return self.scale != 0.0
+
+    def describe(self) -> str:
+        quant = f"scale {self.scale:g}, zero point {self.zero_point}" if self.quantized else "not quantized"
+        return f"{self.name}: {self.dtype}{list(self.shape)}, {quant}"
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The inputs and outputs of a TFLite model."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def describe(self) -> str:
+        lines = [f"input  {spec.describe()}" for spec in self.inputs]
+        lines += [f"output {spec.describe()}" for spec in self.outputs]
+        return "\n".join(lines)
+
+
+def read_model_bytes(model: str | os.PathLike | bytes) -> bytes:
+    """Returns the flatbuffer bytes of a path or buffer, or raises TFLiteModelError."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        content, label = bytes(model), "the model buffer"
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise TFLiteModelError(f"TFLite model not found: {path}")
+        if not path.is_file():
+            raise TFLiteModelError(f"{path} is not a file (expected a .tflite model)")
+        content, label = path.read_bytes(), str(path)
+    if content[4:8] != _TFLITE_IDENTIFIER:
+        raise TFLiteModelError(f"{label} is not a TFLite flatbuffer (no 'TFL3' file identifier)")
+    return content
+
+
+def load_interpreter(
+    model: ModelSource, *, num_threads: int | None = None, kernels: Kernels = "builtin"
+) -> Interpreter:
+    """Loads a TFLite model from a path or bytes into a LiteRT Interpreter.
+
+    Args:
+      model: path to a .tflite file, its bytes, or an Interpreter (returned as is).
+      num_threads: CPU threads for LiteRT kernels; None lets LiteRT choose.
+      kernels: "builtin" (LiteRT CPU kernels, no delegate), "reference"
+        (LiteRT reference kernels, slow) or "xnnpack" (LiteRT's default delegate).
+
+    Raises:
+      TFLiteModelError: the file is missing or is not a model LiteRT can load.
+    """
+    if isinstance(model, Interpreter):
+        return model
+    if kernels not in _RESOLVERS:
+        raise ValueError(f"kernels={kernels!r} is not valid; choose one of {sorted(_RESOLVERS)}")
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads={num_threads} is not valid; use None or an integer >= 1")
+    content = read_model_bytes(model)
+    try:
+        return Interpreter(
+            model_content=content,
+            num_threads=num_threads,
+            experimental_op_resolver_type=_RESOLVERS[kernels],
+        )
+    except (ValueError, RuntimeError) as error:
+        label = "the model buffer" if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
+        raise TFLiteModelError(f"LiteRT cannot load {label}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _spec(details: dict) -> TensorSpec:
+    scale, zero_point = details["quantization"]
+    return TensorSpec(
+        index=int(details["index"]),
+        name=str(details["name"]),
+        dtype=np.dtype(details["dtype"]).name,
+        shape=tuple(int(d) for d in details["shape_signature"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def describe(model: ModelSource) -> ModelIO:
+    """Describes a model's inputs and outputs (shape -1 marks a resizable dimension)."""
+    interpreter = load_interpreter(model)
+    return ModelIO(
+        inputs=tuple(_spec(d) for d in interpreter.get_input_details()),
+        outputs=tuple(_spec(d) for d in interpreter.get_output_details()),
+    )
+
+
+def round_half_away_from_zero(values: np.ndarray) -> np.ndarray:
+    """Rounds like std::round, exactly (no x + 0.5 precision loss near .5)."""
+    whole = np.trunc(values)
+    fraction = values - whole  # exact: removing the integer part of a float loses nothing
+    return whole + np.where(np.abs(fraction) >= 0.5, np.sign(values), 0)
+
+
+def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float to the tensor's integer type with its scale and zero point, saturating.
+
+    Rounds half away from zero because LiteRT's QUANTIZE kernel does
+    (TfLiteRound, i.e. std::round, of value / scale): feeding these integers to
+    an int8-input model equals feeding the floats to the same model with a
+    float input and a QUANTIZE op. The division is in float32, as in LiteRT.
+    """
+    info = np.iinfo(spec.dtype)
+    steps = np.asarray(values, np.float32) / np.float32(spec.scale)
+    rounded = round_half_away_from_zero(steps) + spec.zero_point
+    return np.clip(rounded, info.min, info.max).astype(spec.dtype)
+
+
+def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Integers back to float32: (q - zero_point) * scale."""
+    return (np.asarray(values, np.float32) - spec.zero_point) * np.float32(spec.scale)
+
+
+@overload
+def predict(
+    model: ModelSource,
+    float_images: np.ndarray,
+    *,
+    batch_size: int = ...,
+    num_threads: int | None = ...,
+    kernels: Kernels = ...,
+    return_raw: Literal[False] = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def predict(
+    model: ModelSource,
+    float_images: np.ndarray,
+    *,
+    batch_size: int = ...,
+    num_threads: int | None = ...,
+    kernels: Kernels = ...,
+    return_raw: Literal[True],
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="builtin", return_raw=False):
+    """Runs a single-input, single-output TFLite model on float images.
+
+    Quantized models get their input quantized with the model's own scale and
+    zero point, and their output dequantized; float models run unchanged.
+
+    Args:
+      model: path, bytes or Interpreter (see load_interpreter).
+      float_images: float array [N, ...] matching the model input's shape.
+      batch_size: images per invoke; a model whose batch size cannot change
+        runs one image at a time instead.
+      num_threads, kernels: see load_interpreter (ignored for an Interpreter).
+      return_raw: also return the output exactly as LiteRT produced it
+        (int8 for a quantized model).
+
+    Returns:
+      float32 outputs [N, ...], or (float outputs, raw outputs) with return_raw.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is not valid; use an integer >= 1")
+    interpreter = load_interpreter(model, num_threads=num_threads, kernels=kernels)
+    io = describe(interpreter)
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
+        raise TFLiteModelError(
+            f"predict needs a model with one input and one output; this one has "
+            f"{len(io.inputs)} inputs and {len(io.outputs)} outputs"
+        )
+    input_spec, output_spec = io.inputs[0], io.outputs[0]
+    images = _checked_images(float_images, input_spec)
+    feed = quantize(images, input_spec) if input_spec.quantized else images.astype(input_spec.dtype)
+    raw = _run_batches(interpreter, feed, batch_size, input_spec, output_spec)
+    values = dequantize(raw, output_spec) if output_spec.quantized else raw.astype(np.float32)
+    return (values, raw) if return_raw else values
+
+
+def _checked_images(float_images: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    images = np.asarray(float_images)
+    item_shape = spec.shape[1:]
+    matches = images.ndim == len(spec.shape) and all(
+        expected in (-1, actual) for expected, actual in zip(item_shape, images.shape[1:])
+    )
+    if not matches:
+        raise ValueError(
+            f"images of shape {images.shape} do not fit the model input {list(spec.shape)} "
+            f"(expected [N, {', '.join(map(str, item_shape))}])"
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be float (the model quantizes them itself); got {images.dtype}")
+    return images.astype(np.float32, copy=False)
+
+
+def _run_batches(interpreter, feed, batch_size, input_spec, output_spec) -> np.ndarray:
+    if len(feed) == 0:
+        item_shape = interpreter.get_output_details()[0]["shape"][1:]
+        return np.zeros((0, *item_shape), output_spec.dtype)
+    results, start, size, allocated = [], 0, batch_size, None
+    while start < len(feed):
+        chunk = feed[start : start + size]
+        try:
+            if chunk.shape != allocated:
+                allocated = None
+                interpreter.resize_tensor_input(input_spec.index, list(chunk.shape))
+                interpreter.allocate_tensors()
+                allocated = chunk.shape
+            results.append(_invoke(interpreter, chunk, input_spec.index, output_spec.index))
+        except (RuntimeError, ValueError) as error:
+            if size == 1:
+                raise TFLiteModelError(f"LiteRT failed to run the model: {_first_line(error)}") from None
+            # Some graphs fix the batch size (e.g. a RESHAPE to a constant
+            # [1, N]); such a model still runs one image at a time.
+            size = 1
+            continue
+        start += len(chunk)
+    return np.concatenate(results)
+
+
+def _invoke(interpreter: Interpreter, chunk: np.ndarray, input_index: int, output_index: int) -> np.ndarray:
+    interpreter.set_tensor(input_index, chunk)
+    interpreter.invoke()
+    output = interpreter.get_tensor(output_index)
+    if output.shape[0] != len(chunk):
+        raise ValueError(f"output batch {output.shape[0]} != input batch {len(chunk)}")
+    return output.copy()
