@@ -1,0 +1,164 @@
+"""Conversion to TFLite: tfqat's power-of-two int8 export, float export, and the peers.
+
+The int8 export takes every range from the QAT model's FakeQuant ops, so the
+file holds exactly the power-of-two scales the model trained with. Files are
+written atomically and carry their class labels as TFLite metadata.
+"""
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from tfqat._keras import keras
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.tools import flatbuffer_utils
+
+from tfqat import graph
+
+LABELS_METADATA = "tfqat_labels"
+
+
+class ExportError(RuntimeError):
+    """A conversion that failed; no file was written."""
+
+
+def _converter(model):
+    """A converter over the inference-mode function of `model` (no training branches)."""
+    specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
+    function = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
+    concrete = function.get_concrete_function(*specs)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    # Freeze the function directly: lowering to a SavedModel first re-traces every
+    # Keras layer and takes most of a minute even for a tiny model.
+    converter.experimental_lower_to_saved_model = False
+    return converter
+
+
+def _convert(converter, what: str) -> bytes:
+    try:
+        with warnings.catch_warnings():
+            # The input's range comes from the model's own QuantizeLayer, not from "statistics".
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return converter.convert()
+    except Exception as error:  # the converter raises many types; the user needs one sentence
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"TFLite conversion of the {what} failed: {first_line}") from error
+
+
+def convert_int8(qat_model) -> bytes:
+    """Fully int8 TFLite bytes (int8 input and output) from a QAT model's own ranges."""
+    converter = _converter(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return _convert(converter, f"QAT model '{qat_model.name}'")
+
+
+def convert_float(model) -> bytes:
+    """Float32 TFLite bytes, the reference the int8 models are compared with."""
+    return _convert(_converter(model), f"float model '{model.name}'")
+
+
+def convert_tflite_ptq(model, representative_images: Iterable[np.ndarray]) -> bytes:
+    """The TFLite converter's own full-integer PTQ (per-channel float scales): a peer."""
+    images = [np.asarray(image, np.float32) for image in representative_images]
+    if not images:
+        raise ValueError("convert_tflite_ptq needs at least one representative image")
+
+    def representative_dataset():
+        for image in images:
+            yield [image[None]]
+
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return _convert(converter, f"float model '{model.name}' with TFLite PTQ")
+
+
+def tfmot_default_qat(model):
+    """TFMOT's default 8-bit QAT model of a float model (a peer; nested models are inlined)."""
+    return tfmot.quantization.keras.quantize_model(graph.flatten(model))
+
+
+def with_labels(tflite_bytes: bytes, labels: Sequence[str]) -> bytes:
+    """The same model with its class labels stored as TFLite metadata (`tfqat_labels`)."""
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    buffer = schema_fb.BufferT()
+    buffer.data = np.frombuffer("\n".join(labels).encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    metadata = schema_fb.MetadataT()
+    metadata.name = LABELS_METADATA
+    metadata.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != LABELS_METADATA.encode()] + [metadata]
+    return flatbuffer_utils.convert_object_to_bytearray(model)
+
+
+def read_labels_metadata(tflite_bytes: bytes) -> Optional[list]:
+    """Class labels stored by `with_labels`, or None."""
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    for metadata in model.metadata or []:
+        if metadata.name in (LABELS_METADATA, LABELS_METADATA.encode()):
+            data = model.buffers[metadata.buffer].data
+            return bytes(np.asarray(data, np.uint8)).decode("utf-8").split("\n")
+    return None
+
+
+def write_atomic(path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder, so a failure leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_tflite(tflite_bytes: bytes, path, labels: Optional[Sequence[str]] = None) -> Path:
+    """Write a TFLite file atomically; with labels, also store them inside and in `<name>.labels.txt`."""
+    if labels is not None:
+        tflite_bytes = with_labels(tflite_bytes, labels)
+    path = write_atomic(path, tflite_bytes)
+    if labels is not None:
+        write_atomic(labels_path(path), ("\n".join(labels) + "\n").encode("utf-8"))
+    return path
+
+
+def labels_path(tflite_path) -> Path:
+    path = Path(tflite_path)
+    return path.with_name(path.stem + ".labels.txt")
+
+
+def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None) -> Path:
+    """Convert a tfqat QAT model to a fully int8 TFLite file with power-of-two scales.
+
+    int8 input and output, int8 weights and activations, int32 biases, builtin
+    integer ops only. The file is written atomically: a failed conversion leaves
+    no partial file and keeps an existing one.
+
+    Args:
+      qat_model: a model from `tfqat.quantize_model`, trained and/or calibrated.
+      path: the `.tflite` file to write.
+      labels: class names, stored in the model's metadata and beside it.
+    Returns:
+      The path written.
+    """
+    if not isinstance(qat_model, keras.Model):
+        msg = f"export_tflite needs a tf_keras QAT model, got {type(qat_model).__name__}"
+        raise TypeError(msg)
+    return save_tflite(convert_int8(qat_model), path, labels)

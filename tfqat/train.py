@@ -1,0 +1,88 @@
+"""Training with plain `model.fit`: the float transfer learning, and QAT fine-tuning."""
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tfqat._keras import keras
+
+import tensorflow as tf
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on a problem the user must fix (e.g. the loss became NaN)."""
+
+
+def compile_classifier(model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def fit(
+    model,
+    train_ds,
+    val_ds,
+    *,
+    epochs: int,
+    learning_rate: float,
+    backup_dir: Optional[Path] = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+):
+    """`model.fit` with resume-on-restart (BackupAndRestore) and a clear stop on NaN.
+
+    An interrupted fit restarts from its last finished epoch when called again
+    with the same `backup_dir`; the backup is removed when the fit completes.
+    """
+    compile_classifier(model, learning_rate)
+    all_callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    if backup_dir is not None:
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
+    losses = history.history.get("loss", [])
+    if any(not math.isfinite(loss) for loss in losses) or not all(
+        bool(tf.reduce_all(tf.math.is_finite(w))) for w in model.trainable_weights
+    ):
+        msg = (
+            f"training of '{model.name}' stopped: the loss or the weights became NaN/inf "
+            "(check the data and lower the learning rate); the last finished stage is kept"
+        )
+        raise TrainingError(msg)
+    return history
+
+
+def train_float(
+    model,
+    base,
+    train_ds,
+    val_ds,
+    *,
+    head_epochs: int,
+    fine_tune_epochs: int,
+    head_learning_rate: float = 1e-3,
+    fine_tune_learning_rate: float = 1e-5,
+    backup_dir: Optional[Path] = None,
+    verbose: int = 1,
+):
+    """Transfer learning in two phases: the new head alone, then the whole network at a small rate."""
+    histories = {}
+    base.trainable = False
+    if head_epochs:
+        histories["head"] = fit(
+            model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
+            backup_dir=backup_dir / "head" if backup_dir else None, verbose=verbose,
+        )
+    if fine_tune_epochs:
+        base.trainable = True
+        for layer in base.layers:
+            # BN stays frozen on ImageNet statistics: tiny batches would make them noisy.
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        histories["fine_tune"] = fit(
+            model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
+            backup_dir=backup_dir / "fine_tune" if backup_dir else None, verbose=verbose,
+        )
+    return histories
