@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -42,7 +43,138 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-_SUBCOMMANDS: tuple[Callable, ...] = (_add_verify,)
+def _add_run_options(parser, *, stages) -> None:
+    parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
+    parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
+    parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
+    if "float" in stages:
+        parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
+        parser.add_argument("--head-epochs", type=int, default=3)
+        parser.add_argument("--fine-tune-epochs", type=int, default=3)
+    if stages != ("float",):
+        parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
+        parser.add_argument("--qat-epochs", type=int, default=3)
+        parser.add_argument("--qat-learning-rate", type=float, default=1e-5)
+        parser.add_argument("--calibration-images", type=int, default=512)
+    parser.set_defaults(handler=_run, stages=stages)
+
+
+def _add_run(subparsers) -> None:
+    from_stages = ("float", "ptq", "qat", "tflite_ptq", "tfmot_qat")
+    parser = subparsers.add_parser(
+        "run",
+        help="the whole flowers workflow: float, power-of-two PTQ and QAT, peers, evaluation, report",
+        description="Train MobileNetV2 on flowers, quantize it to power-of-two int8 by PTQ and QAT, compare "
+        "with the TFLite converter's PTQ and TFMOT's QAT, evaluate every model with LiteRT and write "
+        "report.md and results.json. An interrupted run resumes from its output folder.",
+    )
+    _add_run_options(parser, stages=from_stages)
+    parser.add_argument("--no-peers", action="store_true", help="skip the TFLite-PTQ and TFMOT-QAT peers")
+    parser.add_argument("--export-dir", default=None, help="also copy the published artifacts here (e.g. export)")
+
+
+def _add_stage(name: str, help_text: str):
+    def add(subparsers) -> None:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text + " Results go to --out.")
+        _add_run_options(parser, stages=(name,))
+    return add
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tfqat.pipeline import RunOptions, run
+
+    weights = getattr(args, "weights", "imagenet")
+    options = RunOptions(
+        out=Path(args.out),
+        data=args.data,
+        weights=None if weights in (None, "none") else weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        head_epochs=getattr(args, "head_epochs", 3),
+        fine_tune_epochs=getattr(args, "fine_tune_epochs", 3),
+        qat_epochs=getattr(args, "qat_epochs", 3),
+        qat_learning_rate=getattr(args, "qat_learning_rate", 1e-5),
+        calibration_images=getattr(args, "calibration_images", 512),
+        per_channel=args.per_channel,
+        peers=not getattr(args, "no_peers", False),
+        seed=args.seed,
+        quick=args.quick,
+        export_dir=Path(args.export_dir) if getattr(args, "export_dir", None) else None,
+        stages=tuple(args.stages),
+        float_model=getattr(args, "float_model", None),
+        command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+    )
+    results = run(options)
+    for stage, result in results["models"].items():
+        print(f"{stage:<11} {result['accuracy']:.4f}  {result['title']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="accuracy of an exported .tflite model on a folder of class sub-folders",
+        description="Evaluate a .tflite classifier (int8 or float) on every image of DIR (one sub-folder per "
+        "class, matched to the model's labels by name) under the image contract; prints overall and "
+        "per-class accuracy.",
+    )
+    parser.add_argument("model", help="the .tflite file")
+    parser.add_argument("--data", required=True, help="folder of class sub-folders")
+    parser.add_argument("--labels", default=None, help="labels file (default: the model's own labels)")
+    parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tfqat.evaluate import evaluate_folder, format_metrics
+
+    result = evaluate_folder(args.model, args.data, labels_file=args.labels, out_json=args.json)
+    print(format_metrics(result))
+    return EXIT_OK
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="convert a saved tfqat QAT model to a fully int8 .tflite and verify it",
+        description="Convert a saved tfqat QAT Keras model (.keras or .h5) to a fully int8 TFLite file with "
+        "power-of-two scales, written atomically, then run the verifier on it.",
+    )
+    parser.add_argument("model", help="the saved QAT model")
+    parser.add_argument("output", help="the .tflite file to write")
+    parser.add_argument("--labels", default=None, help="labels file to store with the model")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tfqat.api import load_model
+    from tfqat.data import read_labels
+    from tfqat.export import export_tflite
+    from tfqat.verify import verify_tflite
+
+    if not Path(args.model).exists():
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    labels = read_labels(args.labels) if args.labels else None
+    path = export_tflite(load_model(args.model), args.output, labels=labels)
+    report = verify_tflite(path)
+    print(report.summary())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+_SUBCOMMANDS: tuple[Callable, ...] = (
+    _add_run,
+    _add_stage("train", "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
+    _add_stage("ptq", "Power-of-two int8 post-training quantization: fold, calibrate, export, verify, evaluate."),
+    _add_stage("qat", "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
+    _add_export,
+    _add_verify,
+    _add_evaluate,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,15 +189,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tfqat` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_UNUSABLE
     # TensorFlow and LiteRT log to stderr at import; keep stderr for our one-line errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfqat.export import ExportError
     from tfqat.litert import TFLiteModelError
+    from tfqat.train import TrainingError
 
     try:
         return args.handler(args)
-    except (TFLiteModelError, OSError) as error:
+    except KeyboardInterrupt:
+        print(f"tfqat {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (TFLiteModelError, OSError, ValueError, TypeError, ExportError, TrainingError, RuntimeError) as error:
         print(f"tfqat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -1,0 +1,352 @@
+"""The flowers workflow: float transfer learning, power-of-two PTQ and QAT, peers, evaluation, report.
+
+Each stage stores its result in `<out>/state.json` and its model weights in
+`<out>`, so an interrupted run resumes at the first unfinished stage (and
+inside a `model.fit`, at the last finished epoch).
+"""
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tfqat._keras import keras
+
+import numpy as np
+import tensorflow as tf
+
+from tfqat import __version__, data, evaluate, export, models, train, verify
+from tfqat.agreement import keras_tflite_agreement
+from tfqat.api import calibrate, quantize_model
+from tfqat.folding import fold_batch_norms
+
+STAGES = ("float", "ptq", "qat", "tflite_ptq", "tfmot_qat")
+REFERENCE = {"float": 0.8965, "ptq": 0.2943, "qat": 0.8910}
+TITLES = {
+    "float": "original float network",
+    "ptq": "int8 via post-training quantization (power-of-two, per-tensor)",
+    "qat": "int8 via quantization-aware training (power-of-two, per-tensor)",
+    "tflite_ptq": "int8 via TFLite converter PTQ (per-channel, float scales)",
+    "tfmot_qat": "int8 via TFMOT default 8-bit QAT",
+}
+FILES = {
+    "float": "flowers_mobilenet_v2_float.tflite",
+    "ptq": "flowers_mobilenet_v2_int8_ptq.tflite",
+    "qat": "flowers_mobilenet_v2_int8_qat.tflite",
+    "tflite_ptq": "flowers_mobilenet_v2_int8_tflite_ptq.tflite",
+    "tfmot_qat": "flowers_mobilenet_v2_int8_tfmot_qat.tflite",
+}
+PUBLISHED = ("float", "ptq", "qat")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of `run`; the defaults are the published configuration."""
+
+    out: Path = Path("runs/flowers")
+    data: Optional[str] = None  # a folder of class sub-folders; None: tensorflow-datasets tf_flowers
+    weights: Optional[str] = "imagenet"  # "imagenet", a local .h5 file, or None (random init)
+    image_size: int = 224
+    batch_size: int = 32
+    head_epochs: int = 3
+    fine_tune_epochs: int = 3
+    head_learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 3e-5
+    qat_epochs: int = 3
+    qat_learning_rate: float = 1e-5
+    calibration_images: int = 512
+    per_channel: bool = False
+    peers: bool = True
+    seed: int = 0
+    quick: bool = False
+    export_dir: Optional[Path] = None
+    stages: tuple = STAGES
+    float_model: Optional[str] = None  # a saved float Keras model to start from instead of training
+    command: str = ""
+
+    def __post_init__(self):
+        positive = ("image_size", "batch_size", "calibration_images")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
+        unknown = [stage for stage in self.stages if stage not in STAGES]
+        if unknown:
+            raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {list(STAGES)}")
+        for name in ("head_epochs", "fine_tune_epochs", "qat_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be 0 or more")
+
+
+QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
+QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
+
+
+def _sample(records, count: int):
+    """`count` records in content-hash order: classes mixed, and the same images on every run."""
+    return tuple(sorted(records, key=lambda record: record.sha256)[:count])
+
+
+def _log(message: str) -> None:
+    print(f"[tfqat] {message}", flush=True)
+
+
+class _State:
+    """Results of finished stages, saved after each one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.results = json.loads(path.read_text()) if path.is_file() else {}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.results
+
+    def save(self, stage: str, result: dict) -> None:
+        self.results[stage] = result
+        export.write_atomic(self.path, json.dumps(self.results, indent=2).encode("utf-8"))
+
+
+def _versions() -> dict:
+    import ai_edge_litert
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    return {
+        "tfqat": __version__,
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "tfmot": tfmot.__version__,
+        "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+class Run:
+    """One run of the workflow in an output folder."""
+
+    def __init__(self, options: RunOptions):
+        if options.quick:
+            options = RunOptions(**{**asdict(options), **QUICK})
+        self.options = options
+        self.out = Path(options.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = _State(self.out / "state.json")
+        self.times = dict(self.state.results.get("stage_seconds", {}))
+        keras.utils.set_random_seed(options.seed)
+        self._float_model = None
+
+    # ------------------------------------------------------------------ data
+    def load_data(self):
+        start = time.time()
+        flowers = data.load_flowers(self.options.data)
+        if self.options.quick:
+            flowers = data.Flowers(
+                flowers.source,
+                flowers.classes,
+                *(_sample(flowers.split(name), QUICK_IMAGES[name]) for name in data.SPLITS),
+                flowers.skipped,
+            )
+        self.flowers = flowers
+        data.write_labels(self.out / "labels.txt", flowers.classes)
+        size = self.options.image_size
+        self.train_ds = data.make_dataset(
+            flowers.train, image_size=size, batch_size=self.options.batch_size, training=True, seed=self.options.seed
+        )
+        self.val_ds = data.make_dataset(flowers.validation, image_size=size, batch_size=self.options.batch_size)
+        self.test_images, self.test_labels = data.to_arrays(flowers.test, image_size=size)
+        calibration = _sample(flowers.train, self.options.calibration_images)
+        self.calibration_images, _ = data.to_arrays(calibration, image_size=size)
+        self.times["data"] = time.time() - start
+        _log(
+            f"data: {len(flowers.classes)} classes, train {len(flowers.train)}, validation "
+            f"{len(flowers.validation)}, test {len(flowers.test)}, skipped {len(flowers.skipped)} "
+            f"({self.times['data']:.0f} s)"
+        )
+
+    # --------------------------------------------------------------- helpers
+    def _classifier(self, weights):
+        return models.build_classifier(
+            len(self.flowers.classes), image_size=self.options.image_size, weights=weights
+        )
+
+    def float_model(self):
+        if self._float_model is None:
+            model = self._given_float_model() if self.options.float_model else self._classifier(None)[0]
+            model.load_weights(str(self.out / "float.weights.h5"))
+            self._float_model = model
+        return self._float_model
+
+    def _pow2_model(self, weights_file: Optional[Path] = None):
+        qat = quantize_model(self.float_model(), per_channel=self.options.per_channel)
+        if weights_file is not None:
+            qat.load_weights(str(weights_file))
+        return qat
+
+    def _fit(self, model, stage: str):
+        return train.fit(
+            model,
+            self.train_ds,
+            self.val_ds,
+            epochs=self.options.qat_epochs,
+            learning_rate=self.options.qat_learning_rate,
+            backup_dir=self.out / "backup" / stage,
+            verbose=2,
+        )
+
+    def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
+        """Save, verify and evaluate one int8 model; with its Keras model, measure agreement."""
+        path = export.save_tflite(tflite, self.out / FILES[stage], labels=self.flowers.classes)
+        report = verify.verify_tflite(path)
+        result = evaluate.evaluate_tflite(path, self.test_images, self.test_labels, self.flowers.classes)
+        result.update(
+            title=TITLES[stage],
+            engine="LiteRT int8",
+            file=FILES[stage],
+            size_bytes=evaluate.file_size(path),
+            verify={
+                "passed": report.passed,
+                "summary": report.summary(),
+                "failures": list(report.failures),
+                "named_exceptions": list(report.exceptions),
+            },
+        )
+        if keras_model is not None:
+            agreement = keras_tflite_agreement(keras_model, path, self.test_images)
+            result["agreement"] = agreement.to_dict()
+            result["keras_accuracy"] = evaluate.evaluate_keras(
+                keras_model, self.test_images, self.test_labels, self.flowers.classes
+            )["accuracy"]
+        return result
+
+    # ---------------------------------------------------------------- stages
+    def _given_float_model(self):
+        path = Path(self.options.float_model)
+        if not path.exists():
+            raise FileNotFoundError(f"float model {path} does not exist")
+        model = keras.models.load_model(str(path), compile=False)
+        expected = (self.options.image_size, self.options.image_size, 3)
+        if tuple(model.input_shape[1:]) != expected or model.output_shape[-1] != len(self.flowers.classes):
+            msg = (
+                f"float model {path} takes {model.input_shape[1:]} and gives {model.output_shape[-1]} outputs; "
+                f"this data needs {expected} and {len(self.flowers.classes)} classes"
+            )
+            raise ValueError(msg)
+        return model
+
+    def stage_float(self) -> dict:
+        o = self.options
+        if o.float_model:
+            model = self._given_float_model()
+        else:
+            model, base = self._classifier(o.weights)
+            train.train_float(
+                model, base, self.train_ds, self.val_ds,
+                head_epochs=o.head_epochs, fine_tune_epochs=o.fine_tune_epochs,
+                head_learning_rate=o.head_learning_rate, fine_tune_learning_rate=o.fine_tune_learning_rate,
+                backup_dir=self.out / "backup" / "float", verbose=2,
+            )
+        model.save_weights(str(self.out / "float.weights.h5"))
+        self._float_model = model
+        result = evaluate.evaluate_keras(model, self.test_images, self.test_labels, self.flowers.classes)
+        path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)
+        tflite = evaluate.evaluate_tflite(path, self.test_images, self.test_labels, self.flowers.classes)
+        result.update(
+            title=TITLES["float"], engine="Keras", tflite_accuracy=tflite["accuracy"],
+            file=FILES["float"], size_bytes=evaluate.file_size(path),
+        )
+        return result
+
+    def stage_ptq(self) -> dict:
+        qat = self._pow2_model()
+        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
+        return self._finish_int8("ptq", export.convert_int8(qat), qat)
+
+    def stage_qat(self) -> dict:
+        qat = self._pow2_model()
+        # Start from data ranges rather than the [-6, 6] placeholder.
+        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
+        self._fit(qat, "qat")
+        qat.save_weights(str(self.out / "qat.weights.h5"))
+        return self._finish_int8("qat", export.convert_int8(qat), qat)
+
+    def stage_tflite_ptq(self) -> dict:
+        tflite = export.convert_tflite_ptq(self.float_model(), self.calibration_images)
+        return self._finish_int8("tflite_ptq", tflite)
+
+    def stage_tfmot_qat(self) -> dict:
+        qat = export.tfmot_default_qat(self.float_model())
+        self._fit(qat, "tfmot_qat")
+        return self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
+
+    # ------------------------------------------------------------------- run
+    def stages(self):
+        # Every stage starts from the float model, so "float" always runs (or is reused) first.
+        wanted = set(self.options.stages) | {"float"}
+        if not self.options.peers:
+            wanted -= {"tflite_ptq", "tfmot_qat"}
+        return [s for s in STAGES if s in wanted]
+
+    def run(self) -> dict:
+        self.load_data()
+        for stage in self.stages():
+            if self.state.done(stage):
+                _log(f"{stage}: done in an earlier run, kept")
+                continue
+            _log(f"{stage}: {TITLES[stage]} ...")
+            start = time.time()
+            result = getattr(self, f"stage_{stage}")()
+            self.times[stage] = time.time() - start
+            self.state.save(stage, result)
+            self.state.save("stage_seconds", self.times)
+            _log(f"{stage}: accuracy {result['accuracy']:.4f} ({self.times[stage]:.0f} s)")
+        return self.write_report()
+
+    def results(self) -> dict:
+        o = self.options
+        flowers = self.flowers
+        return {
+            "command": o.command,
+            "versions": _versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seed": o.seed,
+            "quick": o.quick,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()},
+            "data": {
+                "source": flowers.source,
+                "classes": list(flowers.classes),
+                "split_sizes": {name: len(flowers.split(name)) for name in data.SPLITS},
+                "skipped": [{"source": s.source, "reason": s.reason} for s in flowers.skipped],
+                "image_contract": data.IMAGE_CONTRACT,
+            },
+            "reference": REFERENCE,
+            "models": {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results},
+            "stage_seconds": self.times,
+        }
+
+    def write_report(self) -> dict:
+        from tfqat import report
+
+        results = self.results()
+        results["weight_ranges"] = report.weight_ranges(fold_batch_norms(self.float_model()))
+        paths = report.write_report(results, self.out)
+        if self.options.export_dir is not None:
+            self.publish(Path(self.options.export_dir), paths)
+        return results
+
+    def publish(self, export_dir: Path, report_paths: dict) -> None:
+        """Copy the published artifacts (three models, labels, report, results, plots) to `export_dir`."""
+        export_dir.mkdir(parents=True, exist_ok=True)
+        files = [self.out / FILES[s] for s in PUBLISHED if (self.out / FILES[s]).is_file()]
+        files += [self.out / "labels.txt", *map(Path, report_paths.values())]
+        for path in files:
+            export.write_atomic(export_dir / path.name, path.read_bytes())
+        _log(f"published {len(files)} files to {export_dir}")
+
+
+def run(options: RunOptions) -> dict:
+    """Run the whole flowers workflow and return its results (also written to `<out>`)."""
+    return Run(options).run()
