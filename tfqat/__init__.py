@@ -3,11 +3,13 @@
 from tfqat._keras import keras  # noqa: F401  (first: selects tf_keras before TensorFlow loads)
 
 from tfqat.api import calibrate, load_model, quantize_model, quantize_scope
+from tfqat.export import export_tflite
 from tfqat.folding import fold_batch_norms
 from tfqat.scheme import Pow2QuantizeScheme
 
 __all__ = [
     "calibrate",
+    "export_tflite",
     "fold_batch_norms",
     "load_model",
     "quantize_model",

@@ -83,7 +83,8 @@ class KernelQuantizeConfig(_Pow2Config):
     TFLite fuses follows (then `quantize_output=False` and the ReLU quantizes).
 
     Args:
-      per_channel: one weight scale per output channel.
+      per_channel: one weight scale per output channel (Conv2D and
+        DepthwiseConv2D; Dense kernels stay per tensor, see below).
       quantize_output: quantize the layer's output.
     """
 
@@ -106,7 +107,11 @@ class KernelQuantizeConfig(_Pow2Config):
         return "dense" if isinstance(layer, keras.layers.Dense) else "conv"
 
     def get_weights_and_quantizers(self, layer):
-        quantizer = Pow2WeightQuantizer(per_channel=self.per_channel, kind=self._kind(layer))
+        kind = self._kind(layer)
+        # The converter transposes Dense kernels to (out, in) and cannot move a
+        # per-channel axis through that transpose, so Dense stays per tensor.
+        per_channel = self.per_channel and kind != "dense"
+        quantizer = Pow2WeightQuantizer(per_channel=per_channel, kind=kind)
         return [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
 
     def get_activations_and_quantizers(self, layer):

@@ -1,0 +1,162 @@
+"""tfqat's int8 export: fully int8, power-of-two, shift-only, agrees with Keras, written atomically."""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqat
+from tfqat import export, litert, verify
+from tfqat.agreement import keras_tflite_agreement
+
+SIZE = 48
+CLASSES = ("a", "b", "c", "d", "e")
+
+
+def _classifier(seed=0):
+    """A tiny MobileNetV2 classifier with non-trivial BN statistics, nested as transfer learning does."""
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), weights=None, include_top=False)
+    rng = np.random.default_rng(seed)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape),
+            ])
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = base(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return keras.Model(inputs, keras.layers.Dense(len(CLASSES))(x))
+
+
+def _images(count, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (count, SIZE, SIZE, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["per_tensor", "per_channel"])
+def exported(request, tmp_path_factory):
+    float_model = _classifier()
+    qat = tfqat.quantize_model(float_model, per_channel=request.param)
+    tfqat.calibrate(qat, tf.data.Dataset.from_tensor_slices(_images(64)).batch(16))
+    path = tfqat.export_tflite(qat, tmp_path_factory.mktemp("export") / "model.tflite", labels=CLASSES)
+    return float_model, qat, path, request.param
+
+
+def test_int8_input_and_output(exported):
+    _, _, path, _ = exported
+    io = litert.describe(path)
+    assert [spec.dtype for spec in io.inputs + io.outputs] == ["int8", "int8"]
+    assert all(spec.zero_point == 0 for spec in io.inputs + io.outputs)
+
+
+def test_every_scale_power_of_two_and_every_requantization_a_shift(exported):
+    _, _, path, per_channel = exported
+    report = verify.verify_tflite(path)
+    assert report.passed, report.failures
+    # The one named exception is the global average pool's division by 2*2 = 4 at 48 px:
+    # a power of two here, so even the MEAN is a shift; anything listed must be a MEAN.
+    assert all("MEAN" in line for line in report.exceptions)
+    weights = [t for t in report.tensors if t.role == "weight"]
+    assert weights and all(len(t.scales) >= 1 for t in weights)
+    if per_channel:
+        assert any(len(t.scales) > 1 for t in weights)
+    else:
+        assert all(len(t.scales) == 1 for t in weights)
+
+
+def test_keras_and_tflite_agree_on_mobilenet(exported):
+    """Both sides use the same power-of-two ranges, so they differ only in rounding: TF's FakeQuant
+    rounds ties up, LiteRT rounds ties away from zero (and in two steps for a shift), and its bias is
+    int32. Each requantization can so differ by one step; residual Adds of odd values at a finer
+    scale hit exact ties often, and these steps accumulate over 17 blocks of a random network, whose
+    logits are tiny (a few hundred steps). Measured: top-1 1.0, mean 1.9 and max 6 steps."""
+    _, qat, path, _ = exported
+    report = keras_tflite_agreement(qat, path, _images(64, seed=7))
+    assert report.top1_agreement >= 0.95
+    assert report.max_steps <= 8
+    assert report.mean_steps <= 3
+
+
+def test_keras_and_tflite_agree_within_one_step_on_a_shallow_network(tmp_path):
+    """With one requantization per tensor and no residual Add, rounding can differ by at most one step."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization(epsilon=1e-3)(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    qat = tfqat.quantize_model(model)
+    images = np.random.default_rng(0).uniform(-1, 1, (64, 16, 16, 3)).astype(np.float32)
+    tfqat.calibrate(qat, [images])
+    path = tfqat.export_tflite(qat, tmp_path / "shallow.tflite")
+    assert verify.verify_tflite(path).passed
+    report = keras_tflite_agreement(qat, path, images)
+    assert report.max_steps <= 1
+    assert report.top1_agreement >= 0.95
+
+
+def test_labels_travel_with_the_model(exported):
+    _, _, path, _ = exported
+    assert export.read_labels_metadata(path.read_bytes()) == list(CLASSES)
+    assert export.labels_path(path).read_text().split() == list(CLASSES)
+
+
+def test_failed_export_leaves_no_file_and_keeps_the_old_one(exported, tmp_path, monkeypatch):
+    _, qat, _, _ = exported
+
+    def broken(*args, **kwargs):
+        raise export.ExportError("TFLite conversion failed: simulated")
+
+    monkeypatch.setattr(export, "convert_int8", broken)
+    target = tmp_path / "model.tflite"
+    with pytest.raises(export.ExportError):
+        export.export_tflite(qat, target)
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"previous model")
+    with pytest.raises(export.ExportError):
+        export.export_tflite(qat, target)
+    assert target.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+
+
+def test_write_interrupted_midway_keeps_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"previous")
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        export.write_atomic(target, b"new content")
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_tflite_ptq_peer_fails_the_verifier(exported):
+    float_model, _, _, _ = exported
+    report = verify.verify_tflite(export.convert_tflite_ptq(float_model, _images(8)))
+    assert not report.passed
+    assert any("power of two" in line for line in report.failures)
+
+
+def test_tfmot_default_qat_peer_is_not_power_of_two(exported):
+    float_model, _, _, _ = exported
+    peer = export.tfmot_default_qat(float_model)
+    peer(_images(4), training=True)  # set its moving-average ranges from data
+    report = verify.verify_tflite(export.convert_int8(peer))
+    assert not report.passed
+    assert any("power of two" in line for line in report.failures)
+
+
+def test_export_rejects_a_non_keras_model(tmp_path):
+    with pytest.raises(TypeError, match="tf_keras"):
+        tfqat.export_tflite(object(), tmp_path / "x.tflite")
