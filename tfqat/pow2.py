@@ -57,6 +57,7 @@ def fake_quant_weights(weights, exponent, per_channel_axis=None):
     range; their gradient is the straight-through estimator: 1 inside the range,
     0 where values clip. The exponent gets no gradient: scales are not learned.
     """
+    weights = tf.convert_to_tensor(weights, tf.float32)  # numpy arrays have no .shape.rank
     scale = tf.stop_gradient(scale_from_exponent(exponent))
     range_min, range_max = WEIGHT_QMIN * scale, WEIGHT_QMAX * scale
     if per_channel_axis is None:
