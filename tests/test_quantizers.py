@@ -1,0 +1,328 @@
+"""Tests for tfqat.quantizers: power-of-two weight and activation quantizers."""
+
+import math
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfqat import pow2
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, collecting_ranges
+
+# Kernel shapes of each layer kind: Conv2D (h, w, in, out), DepthwiseConv2D (h, w, in, dm), Dense (in, out).
+KERNEL_SHAPES = {
+    "conv": (3, 3, 4, 6),
+    "depthwise": (3, 3, 5, 2),
+    "dense": (7, 5),
+}
+
+
+def reference_exponent(max_abs: float) -> int:
+    k = int(pow2.MIN_EXPONENT)
+    while max_abs / 2.0**k > 127:
+        k += 1
+    return k
+
+
+def fake_quant_reference(x, scale, qmin, qmax):
+    """TensorFlow's FakeQuant arithmetic in numpy float32: clamp, shift by the minimum, round half up."""
+    x = np.asarray(x, np.float32)
+    scale = np.asarray(scale, np.float32)
+    low, high = np.float32(qmin) * scale, np.float32(qmax) * scale
+    shifted = np.clip(x, low, high) - low
+    return (np.floor(shifted * (np.float32(1) / scale) + np.float32(0.5)) * scale + low).astype(np.float32)
+
+
+def channel_scales(kernel: np.ndarray, kind: str) -> np.ndarray:
+    """Numpy reference: 2**k per output channel, shaped to broadcast against the kernel.
+
+    Conv2D/Dense channels are the last axis; DepthwiseConv2D output channel
+    in * depth_multiplier + m is kernel[:, :, in, m] (TFLite's layout).
+    """
+    if kind == "depthwise":
+        h, w, channels_in, multiplier = kernel.shape
+        scales = np.empty((channels_in, multiplier))
+        for i in range(channels_in):
+            for m in range(multiplier):
+                scales[i, m] = 2.0 ** reference_exponent(float(np.abs(kernel[:, :, i, m]).max()))
+        return scales.reshape(1, 1, channels_in, multiplier)
+    flat = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
+    return np.array([2.0 ** reference_exponent(float(m)) for m in flat])
+
+
+def spread_kernel(shape, seed) -> np.ndarray:
+    """Random kernel whose output channels have very different magnitudes (so a wrong axis shows)."""
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(size=shape)
+    channels = int(np.prod(shape[2:])) if len(shape) == 4 else shape[-1]
+    magnitudes = 2.0 ** (rng.permutation(channels) - channels / 2) * rng.uniform(0.6, 1.4, channels)
+    return (kernel * magnitudes.reshape(shape[2:] if len(shape) == 4 else shape[-1:])).astype(np.float32)
+
+
+def _is_pow2_frexp(values) -> bool:
+    return all(v > 0 and math.frexp(float(v))[0] == 0.5 for v in np.ravel(values))
+
+
+class _Owner(keras.layers.Layer):
+    """A bare layer to own quantizer variables, as QuantizeWrapper/QuantizeLayer do."""
+
+
+def built_activation_quantizer(ema_decay=0.9):
+    quantizer = Pow2ActivationQuantizer(ema_decay)
+    weights = quantizer.build(tf.TensorShape([None, 4]), "act", _Owner())
+    return quantizer, weights
+
+
+def range_of(weights):
+    return float(weights["min_var"].numpy()), float(weights["max_var"].numpy())
+
+
+# ---------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("kind", sorted(KERNEL_SHAPES))
+def test_weight_quantizer_per_tensor(kind):
+    kernel = spread_kernel(KERNEL_SHAPES[kind], seed=1)
+    quantizer = Pow2WeightQuantizer(per_channel=False, kind=kind)
+    k = reference_exponent(float(np.abs(kernel).max()))
+    assert quantizer.exponent(kernel).numpy() == k
+    out = quantizer(tf.constant(kernel), training=True, weights={}).numpy()
+    np.testing.assert_array_equal(out, fake_quant_reference(kernel, 2.0**k, -127, 127))
+    steps = out / 2.0**k
+    np.testing.assert_array_equal(steps, np.round(steps))
+    assert np.abs(steps).max() <= 127
+    assert np.abs(steps).max() > 63  # best precision: the largest weight uses the top bit
+
+
+@pytest.mark.parametrize(
+    "kind, shape",
+    [
+        ("conv", (3, 3, 4, 6)),
+        ("conv", (1, 1, 8, 3)),
+        ("depthwise", (3, 3, 5, 1)),
+        ("depthwise", (3, 3, 5, 2)),
+        ("depthwise", (3, 3, 3, 3)),
+        ("dense", (7, 5)),
+    ],
+)
+def test_weight_quantizer_per_channel_axis(kind, shape):
+    kernel = spread_kernel(shape, seed=sum(shape))
+    scales = channel_scales(kernel, kind)
+    quantizer = Pow2WeightQuantizer(per_channel=True, kind=kind)
+    exponents = quantizer.exponent(tf.constant(kernel)).numpy()
+    # One exponent per output channel, in TFLite's channel order.
+    np.testing.assert_array_equal(2.0**exponents, scales.ravel())
+    assert len(set(exponents.tolist())) > 1
+    out = quantizer(tf.constant(kernel), training=True, weights={}).numpy()
+    np.testing.assert_array_equal(out, fake_quant_reference(kernel, scales, -127, 127))
+    steps = out / scales
+    np.testing.assert_array_equal(steps, np.round(steps))
+    assert np.abs(steps).max() <= 127
+    assert _is_pow2_frexp(scales) and pow2.is_power_of_two(2.0**exponents)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", sorted(KERNEL_SHAPES))
+def test_weight_quantizer_gradient_is_identity(kind, per_channel):
+    """The scale follows the weights, so nothing clips: the straight-through gradient is 1 everywhere."""
+    kernel = tf.Variable(spread_kernel(KERNEL_SHAPES[kind], seed=3))
+    quantizer = Pow2WeightQuantizer(per_channel=per_channel, kind=kind)
+    upstream = np.random.default_rng(0).normal(size=KERNEL_SHAPES[kind]).astype(np.float32)
+    with tf.GradientTape() as tape:
+        out = quantizer(kernel, training=True, weights={})
+        loss = tf.reduce_sum(out * upstream)
+    np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), upstream)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", sorted(KERNEL_SHAPES))
+def test_weight_quantizer_all_zero_kernel(kind, per_channel):
+    kernel = tf.Variable(tf.zeros(KERNEL_SHAPES[kind]))
+    quantizer = Pow2WeightQuantizer(per_channel=per_channel, kind=kind)
+    exponents = quantizer.exponent(kernel).numpy()
+    np.testing.assert_array_equal(exponents, pow2.MIN_EXPONENT)
+    assert _is_pow2_frexp(2.0**exponents)
+    with tf.GradientTape() as tape:
+        out = quantizer(kernel, training=True, weights={})
+    np.testing.assert_array_equal(out.numpy(), 0.0)
+    np.testing.assert_array_equal(tape.gradient(out, kernel).numpy(), 1.0)
+
+
+def test_weight_quantizer_rejects_unknown_kind():
+    with pytest.raises(ValueError, match=r"kind='conv1d'.*'dense', 'conv', 'depthwise'"):
+        Pow2WeightQuantizer(kind="conv1d")
+
+
+# ---------------------------------------------------------------- activations
+
+
+def test_activation_quantizer_first_training_batch_sets_range():
+    quantizer, weights = built_activation_quantizer()
+    assert range_of(weights) == (-6.0, 6.0) and weights["seen"].numpy() == 0.0
+    batch = tf.constant([[-3.0, 0.5, 40.0, 2.0]])
+    out = quantizer(batch, training=True, weights=weights).numpy()
+    assert range_of(weights) == (-3.0, 40.0) and weights["seen"].numpy() == 1.0
+    k = reference_exponent(40.0)  # 40/127 dominates 3/128
+    assert pow2.activation_exponent(-3.0, 40.0).numpy() == k
+    # The output already uses the new range: 40 is not clipped to the initial ReLU6 range.
+    np.testing.assert_array_equal(out, fake_quant_reference(batch.numpy(), 2.0**k, -128, 127))
+    assert out.max() == 40.0
+
+
+def test_activation_quantizer_range_always_contains_zero():
+    quantizer, weights = built_activation_quantizer()
+    quantizer(tf.constant([[1.0, 2.0, 3.0, 4.0]]), training=True, weights=weights)
+    assert range_of(weights) == (0.0, 4.0)
+    quantizer, weights = built_activation_quantizer()
+    quantizer(tf.constant([[-1.0, -2.0, -3.0, -4.0]]), training=True, weights=weights)
+    assert range_of(weights) == (-4.0, 0.0)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.9, 0.99])
+def test_activation_quantizer_later_batches_move_range_by_ema(decay):
+    quantizer, weights = built_activation_quantizer(decay)
+    batches = [[-2.0, 8.0], [-10.0, 1.0], [0.0, 3.0], [-0.5, 20.0]]
+    quantizer(tf.constant([batches[0]]), training=True, weights=weights)
+    low, high = np.float32(-2.0), np.float32(8.0)
+    d = np.float32(decay)
+    for batch in batches[1:]:
+        out = quantizer(tf.constant([batch]), training=True, weights=weights).numpy()
+        low = d * low + (np.float32(1) - d) * np.float32(min(min(batch), 0.0))
+        high = d * high + (np.float32(1) - d) * np.float32(max(max(batch), 0.0))
+        got_low, got_high = range_of(weights)
+        assert (got_low, got_high) == (float(low), float(high))  # same float32 arithmetic
+        k = pow2.activation_exponent(got_low, got_high).numpy()
+        np.testing.assert_array_equal(out, fake_quant_reference([batch], 2.0**k, -128, 127))
+
+
+def test_activation_quantizer_inference_freezes_range():
+    quantizer, weights = built_activation_quantizer()
+    quantizer(tf.constant([[-1.0, 0.0, 0.25, 0.5]]), training=True, weights=weights)
+    before = range_of(weights)
+    batch = tf.constant([[-50.0, 0.3, 7.0, 100.0]])
+    out = quantizer(batch, training=False, weights=weights).numpy()
+    assert range_of(weights) == before and weights["seen"].numpy() == 1.0
+    k = pow2.activation_exponent(*before).numpy()
+    assert k == -7  # [-1, 0.5] -> 1/128 per step
+    np.testing.assert_array_equal(out, [[-1.0, 0.296875, 127 / 128, 127 / 128]])
+
+
+def test_activation_quantizer_inference_is_stable_under_tf_function():
+    quantizer, weights = built_activation_quantizer()
+    quantizer(tf.constant([[-1.0, 2.0]]), training=True, weights=weights)
+    infer = tf.function(lambda x: quantizer(x, training=False, weights=weights))
+    for _ in range(3):
+        infer(tf.constant([[-9.0, 9.0]]))
+    assert range_of(weights) == (-1.0, 2.0)
+
+
+def test_collecting_ranges_widens_to_min_max_over_batches():
+    quantizer, weights = built_activation_quantizer(ema_decay=0.5)
+    batches = [[-1.0, 3.0], [-0.5, 7.0], [-4.0, 2.0], [0.0, 0.1]]
+    with collecting_ranges():
+        for batch in batches:
+            out = quantizer(tf.constant([batch]), training=False, weights=weights).numpy()
+            k = pow2.activation_exponent(*range_of(weights)).numpy()
+            np.testing.assert_array_equal(out, fake_quant_reference([batch], 2.0**k, -128, 127))
+    assert range_of(weights) == (-4.0, 7.0)  # min/max over batches, no moving average
+    # Outside the block inference is frozen again.
+    quantizer(tf.constant([[-100.0, 100.0]]), training=False, weights=weights)
+    assert range_of(weights) == (-4.0, 7.0)
+
+
+def test_collecting_ranges_first_batch_replaces_the_initial_range():
+    quantizer, weights = built_activation_quantizer()
+    with collecting_ranges():
+        quantizer(tf.constant([[0.0, 0.75]]), training=False, weights=weights)
+    assert range_of(weights) == (0.0, 0.75)  # not widened from the initial [-6, 6]
+
+
+def test_collecting_ranges_is_reset_after_an_error():
+    with pytest.raises(RuntimeError):
+        with collecting_ranges():
+            assert Pow2ActivationQuantizer._collecting
+            raise RuntimeError("boom")
+    assert not Pow2ActivationQuantizer._collecting
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_activation_quantizer_ste_gradient(training):
+    """Gradient 1 inside [-128, 127] * 2**k of the range in use, 0 where values clip."""
+    quantizer, weights = built_activation_quantizer(ema_decay=0.9)
+    weights["min_var"].assign(-1.0)
+    weights["max_var"].assign(0.5)
+    weights["seen"].assign(1.0)
+    steps = np.array([-200.0, -128.6, -128.0, -3.3, 0.0, 0.4, 127.0, 127.6, 500.0])
+    x = tf.constant((steps * 2.0**-7)[None, :], tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = quantizer(x, training=training, weights=weights)
+    scale = 2.0 ** pow2.activation_exponent(*range_of(weights)).numpy()
+    if not training:
+        assert scale == 2.0**-7  # frozen [-1, 0.5]
+    else:
+        assert range_of(weights) != (-1.0, 0.5)  # moved by the EMA first
+    values = x.numpy()[0]
+    expected = ((values >= -128 * scale) & (values <= 127 * scale)).astype(np.float32)
+    assert 0 < expected.sum() < len(expected)
+    np.testing.assert_array_equal(tape.gradient(out, x).numpy()[0], expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_activation_quantizer_all_zero_batch(training):
+    quantizer, weights = built_activation_quantizer()
+    with collecting_ranges():
+        x = tf.zeros((2, 4))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = quantizer(x, training=training, weights=weights)
+    assert range_of(weights) == (0.0, 0.0)
+    scale = 2.0 ** pow2.activation_exponent(0.0, 0.0).numpy()
+    assert np.isfinite(scale) and _is_pow2_frexp(scale) and pow2.is_power_of_two(scale)
+    np.testing.assert_array_equal(out.numpy(), 0.0)
+    grad = tape.gradient(out, x).numpy()
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(grad, 1.0)
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
+def test_activation_quantizer_rejects_bad_decay(decay):
+    with pytest.raises(ValueError, match=r"ema_decay=.*\[0, 1\)"):
+        Pow2ActivationQuantizer(decay)
+
+
+# ---------------------------------------------------------------- serialization
+
+
+QUANTIZERS = [
+    Pow2WeightQuantizer(per_channel=False, kind="conv"),
+    Pow2WeightQuantizer(per_channel=True, kind="conv"),
+    Pow2WeightQuantizer(per_channel=True, kind="depthwise"),
+    Pow2WeightQuantizer(per_channel=False, kind="dense"),
+    Pow2ActivationQuantizer(0.99),
+    Pow2ActivationQuantizer(0.0),
+]
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: f"{type(q).__name__}-{q.get_config()}")
+def test_quantizer_config_round_trip(quantizer):
+    clone = type(quantizer).from_config(quantizer.get_config())
+    assert clone == quantizer and not (clone != quantizer)
+    assert clone.get_config() == quantizer.get_config()
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: f"{type(q).__name__}-{q.get_config()}")
+def test_quantizer_keras_serialization_round_trip(quantizer):
+    serialized = keras.utils.serialize_keras_object(quantizer)
+    restored = keras.utils.deserialize_keras_object(serialized)  # registered: no custom_objects needed
+    assert type(restored) is type(quantizer)
+    assert restored == quantizer
+
+
+def test_quantizer_equality_tells_options_apart():
+    assert Pow2WeightQuantizer(True, "conv") != Pow2WeightQuantizer(False, "conv")
+    assert Pow2WeightQuantizer(True, "conv") != Pow2WeightQuantizer(True, "depthwise")
+    assert Pow2ActivationQuantizer(0.9) != Pow2ActivationQuantizer(0.99)
+    assert Pow2ActivationQuantizer(0.9) != Pow2WeightQuantizer()
