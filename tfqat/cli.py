@@ -77,10 +77,10 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--export-dir", default=None, help="also copy the published artifacts here (e.g. export)")
 
 
-def _add_stage(name: str, help_text: str):
+def _add_stage(name: str, stage: str, help_text: str):
     def add(subparsers) -> None:
         parser = subparsers.add_parser(name, help=help_text, description=help_text + " Results go to --out.")
-        _add_run_options(parser, stages=(name,))
+        _add_run_options(parser, stages=(stage,))
     return add
 
 
@@ -168,9 +168,9 @@ def _export(args: argparse.Namespace) -> int:
 
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
-    _add_stage("train", "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
-    _add_stage("ptq", "Power-of-two int8 post-training quantization: fold, calibrate, export, verify, evaluate."),
-    _add_stage("qat", "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
+    _add_stage("train", "float", "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
+    _add_stage("ptq", "ptq", "Power-of-two int8 post-training quantization: fold, calibrate, export, verify, evaluate."),
+    _add_stage("qat", "qat", "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
     _add_export,
     _add_verify,
     _add_evaluate,

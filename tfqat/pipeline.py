@@ -291,6 +291,13 @@ class Run:
         return [s for s in STAGES if s in wanted]
 
     def run(self) -> dict:
+        o = self.options
+        if "float" not in o.stages and not o.float_model and not self.state.done("float"):
+            msg = (
+                f"no float model to start from in {self.out}: pass --float-model, or run `tfqat train` "
+                "with the same --out first"
+            )
+            raise ValueError(msg)
         self.load_data()
         for stage in self.stages():
             if self.state.done(stage):

@@ -1,0 +1,102 @@
+"""The flowers workflow end to end, in --quick mode on the shared photos (a smoke test of `tfqat run`)."""
+
+import json
+from pathlib import Path
+
+from tfqat._keras import keras  # noqa: F401
+
+import pytest
+
+from tfqat import cli, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "flower_photos"
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+needs_shared = pytest.mark.skipif(
+    not (DATA.is_dir() and WEIGHTS.is_file()), reason="the shared flower photos and MobileNetV2 weights are not here"
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`tfqat train --quick`, then `tfqat run --quick` in the same folder: the second resumes the first."""
+    out = tmp_path_factory.mktemp("run")
+    common = ["--data", str(DATA), "--out", str(out), "--quick"]
+    assert cli.main(["train", *common, "--weights", str(WEIGHTS)]) == 0
+    first = json.loads((out / "state.json").read_text())["float"]
+    assert cli.main(["run", *common, "--weights", str(WEIGHTS), "--export-dir", str(out / "export")]) == 0
+    return out, first
+
+
+@needs_shared
+def test_run_writes_every_artifact(quick_run):
+    out, _ = quick_run
+    for stage in pipeline.STAGES:
+        assert (out / pipeline.FILES[stage]).is_file(), stage
+    for name in ("report.md", "results.json", "labels.txt", "accuracy.png", "confusion_qat.png", "weight_ranges.png"):
+        assert (out / name).is_file(), name
+    published = sorted(p.name for p in (out / "export").iterdir())
+    assert "flowers_mobilenet_v2_int8_qat.tflite" in published and "report.md" in published
+    assert "flowers_mobilenet_v2_int8_tflite_ptq.tflite" not in published
+
+
+@needs_shared
+def test_results_are_consistent(quick_run):
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    models = results["models"]
+    assert list(models) == list(pipeline.STAGES)
+    assert results["data"]["split_sizes"] == pipeline.QUICK_IMAGES
+    for stage, result in models.items():
+        assert 0.0 <= result["accuracy"] <= 1.0
+        assert sum(map(sum, result["confusion"])) == pipeline.QUICK_IMAGES["test"]
+    # The power-of-two exports pass the verifier; the peers' float scales do not.
+    assert models["ptq"]["verify"]["passed"] and models["qat"]["verify"]["passed"]
+    assert not models["tflite_ptq"]["verify"]["passed"]
+    assert not models["tfmot_qat"]["verify"]["passed"]
+    assert 0.0 <= models["qat"]["agreement"]["top1_agreement"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert f"{models['qat']['accuracy']:.4f}" in report
+
+
+@needs_shared
+def test_second_run_resumes_and_keeps_the_float_stage(quick_run):
+    out, first = quick_run
+    state = json.loads((out / "state.json").read_text())
+    assert state["float"] == first
+
+
+@needs_shared
+def test_evaluate_cli_matches_the_run(quick_run, tmp_path, capsys):
+    out, _ = quick_run
+    # The run's test split as a folder: the CLI must give the run's own accuracy on it.
+    results = json.loads((out / "state.json").read_text())
+    model = out / pipeline.FILES["qat"]
+    json_path = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(model), "--data", str(DATA), "--json", str(json_path)]) == 0
+    evaluated = json.loads(json_path.read_text())
+    assert evaluated["count"] == 2930
+    assert set(evaluated["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    assert "accuracy" in capsys.readouterr().out
+    assert 0.0 <= results["qat"]["accuracy"] <= 1.0
+
+
+def test_bad_options_are_clear_errors(tmp_path, capsys):
+    code = cli.main(["run", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--weights", "none"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0]
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.RunOptions(batch_size=0)
+    with pytest.raises(ValueError, match="unknown stages"):
+        pipeline.RunOptions(stages=("float", "distill"))
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    code = cli.main(["train", "--data", str(DATA), "--out", str(tmp_path / "o"), "--weights", str(folder / "none.h5"), "--quick"])
+    if not DATA.is_dir():
+        pytest.skip("no shared photos")
+    assert code == 2
+    assert "none.h5 does not exist" in capsys.readouterr().err
