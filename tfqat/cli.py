@@ -43,23 +43,36 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+# Numeric run options: (flag, type, help). Defaults live in tfqat.pipeline.RunOptions only.
+_TRAINING_OPTIONS = (
+    ("--head-epochs", int, "epochs of the new head alone (default 3)"),
+    ("--fine-tune-epochs", int, "epochs of the whole network (default 5)"),
+    ("--fine-tune-learning-rate", float, "learning rate of fine-tuning (default 5e-5)"),
+)
+_QUANTIZATION_OPTIONS = (
+    ("--qat-epochs", int, "epochs of quantization-aware training (default 3)"),
+    ("--qat-learning-rate", float, "learning rate of QAT (default 1e-5)"),
+    ("--calibration-images", int, "training images that set the PTQ and initial QAT ranges (default 512)"),
+)
+
+
 def _add_run_options(parser, *, stages) -> None:
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument("--image-size", type=int, default=None, help="square input size (default 224)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
+    options = []
     if "float" in stages:
         parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
-        parser.add_argument("--head-epochs", type=int, default=3)
-        parser.add_argument("--fine-tune-epochs", type=int, default=3)
+        options += _TRAINING_OPTIONS
     if stages != ("float",):
         parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
-        parser.add_argument("--qat-epochs", type=int, default=3)
-        parser.add_argument("--qat-learning-rate", type=float, default=1e-5)
-        parser.add_argument("--calibration-images", type=int, default=512)
+        options += _QUANTIZATION_OPTIONS
+    for flag, kind, text in options:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.set_defaults(handler=_run, stages=stages)
 
 
@@ -88,25 +101,20 @@ def _run(args: argparse.Namespace) -> int:
     from tfqat.pipeline import RunOptions, run
 
     weights = getattr(args, "weights", "imagenet")
+    numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
+    given = {name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None}
     options = RunOptions(
         out=Path(args.out),
         data=args.data,
         weights=None if weights in (None, "none") else weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        head_epochs=getattr(args, "head_epochs", 3),
-        fine_tune_epochs=getattr(args, "fine_tune_epochs", 3),
-        qat_epochs=getattr(args, "qat_epochs", 3),
-        qat_learning_rate=getattr(args, "qat_learning_rate", 1e-5),
-        calibration_images=getattr(args, "calibration_images", 512),
         per_channel=args.per_channel,
         peers=not getattr(args, "no_peers", False),
-        seed=args.seed,
         quick=args.quick,
         export_dir=Path(args.export_dir) if getattr(args, "export_dir", None) else None,
         stages=tuple(args.stages),
         float_model=getattr(args, "float_model", None),
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        **given,
     )
     results = run(options)
     for stage, result in results["models"].items():
@@ -205,5 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfqat {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except (TFLiteModelError, OSError, ValueError, TypeError, ExportError, TrainingError, RuntimeError) as error:
-        print(f"tfqat {args.command}: error: {error}", file=sys.stderr)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"tfqat {args.command}: error: {first_line}", file=sys.stderr)
         return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,9 +53,9 @@ class RunOptions:
     image_size: int = 224
     batch_size: int = 32
     head_epochs: int = 3
-    fine_tune_epochs: int = 3
+    fine_tune_epochs: int = 5
     head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 3e-5
+    fine_tune_learning_rate: float = 5e-5
     qat_epochs: int = 3
     qat_learning_rate: float = 1e-5
     calibration_images: int = 512
