@@ -47,11 +47,11 @@ def _verify(args: argparse.Namespace) -> int:
 _TRAINING_OPTIONS = (
     ("--head-epochs", int, "epochs of the new head alone (default 3)"),
     ("--fine-tune-epochs", int, "epochs of the whole network (default 5)"),
-    ("--fine-tune-learning-rate", float, "learning rate of fine-tuning (default 5e-5)"),
+    ("--fine-tune-learning-rate", float, "initial learning rate of fine-tuning, cosine-decayed (default 5e-5)"),
 )
 _QUANTIZATION_OPTIONS = (
-    ("--qat-epochs", int, "epochs of quantization-aware training (default 3)"),
-    ("--qat-learning-rate", float, "learning rate of QAT (default 1e-5)"),
+    ("--qat-epochs", int, "epochs of quantization-aware training (default 6)"),
+    ("--qat-learning-rate", float, "initial learning rate of QAT, cosine-decayed (default 1e-4)"),
     ("--calibration-images", int, "training images that set the PTQ and initial QAT ranges (default 512)"),
 )
 

@@ -56,8 +56,8 @@ class RunOptions:
     fine_tune_epochs: int = 5
     head_learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 5e-5
-    qat_epochs: int = 3
-    qat_learning_rate: float = 1e-5
+    qat_epochs: int = 6
+    qat_learning_rate: float = 1e-4
     calibration_images: int = 512
     per_channel: bool = False
     peers: bool = True

@@ -13,7 +13,15 @@ class TrainingError(RuntimeError):
     """Training stopped on a problem the user must fix (e.g. the loss became NaN)."""
 
 
-def compile_classifier(model, learning_rate: float) -> None:
+def cosine_schedule(learning_rate: float, epochs: int, train_ds):
+    """Cosine decay from `learning_rate` to 0 over the whole fit (per optimizer step)."""
+    steps = int(tf.data.experimental.cardinality(train_ds).numpy())
+    if steps <= 0:
+        return learning_rate  # unknown or infinite length: keep the rate constant
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
+
+
+def compile_classifier(model, learning_rate) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -32,12 +40,12 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
 ):
-    """`model.fit` with resume-on-restart (BackupAndRestore) and a clear stop on NaN.
+    """`model.fit` with a cosine-decayed Adam, resume-on-restart (BackupAndRestore) and a clear stop on NaN.
 
     An interrupted fit restarts from its last finished epoch when called again
     with the same `backup_dir`; the backup is removed when the fit completes.
     """
-    compile_classifier(model, learning_rate)
+    compile_classifier(model, cosine_schedule(learning_rate, epochs, train_ds))
     all_callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
     if backup_dir is not None:
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
