@@ -31,7 +31,9 @@ def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:
         raise ValueError(msg)
 
 
-def quantize_model(model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99):
+def quantize_model(
+    model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99, strategy=None
+):
     """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
 
     Nested models (a MobileNetV2 base inside a classifier) are inlined and each
@@ -46,6 +48,9 @@ def quantize_model(model, *, per_channel: bool = False, fold_bn: bool = True, em
       fold_bn: fold BatchNormalization into the preceding conv (needed for
         power-of-two kernels in the exported model).
       ema_decay: decay of the moving-average activation ranges during training.
+      strategy: a `tf.distribute.Strategy` whose scope creates the QAT model's
+        variables (default: the current strategy); compile and fit it in the
+        same scope.
     """
     graph.check_functional(model)
     if not 0.0 <= ema_decay < 1.0:
@@ -55,7 +60,7 @@ def quantize_model(model, *, per_channel: bool = False, fold_bn: bool = True, em
     scheme = Pow2QuantizeScheme(per_channel=per_channel, ema_decay=ema_decay)
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
-    with quantize_scope():
+    with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
         return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
 
 

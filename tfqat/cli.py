@@ -64,6 +64,10 @@ def _add_run_options(parser, *, stages) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
+    parser.add_argument(
+        "--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
+        help="tf.distribute strategy for training: one device, all local devices, or the workers of TF_CONFIG",
+    )
     options = []
     if "float" in stages:
         parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
@@ -110,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         per_channel=args.per_channel,
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
+        strategy=args.strategy,
         export_dir=Path(args.export_dir) if getattr(args, "export_dir", None) else None,
         stages=tuple(args.stages),
         float_model=getattr(args, "float_model", None),

@@ -19,7 +19,7 @@ from tfqat._keras import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat import __version__, data, evaluate, export, models, train, verify
+from tfqat import __version__, data, distribute, evaluate, export, models, train, verify
 from tfqat.agreement import keras_tflite_agreement
 from tfqat.api import calibrate, quantize_model
 from tfqat.folding import fold_batch_norms
@@ -65,6 +65,7 @@ class RunOptions:
     quick: bool = False
     export_dir: Optional[Path] = None
     stages: tuple = STAGES
+    strategy: str = "default"  # see tfqat.distribute.STRATEGIES
     float_model: Optional[str] = None  # a saved float Keras model to start from instead of training
     command: str = ""
 
@@ -73,6 +74,8 @@ class RunOptions:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"RunOptions.strategy={self.strategy!r} is not one of {distribute.STRATEGIES}")
         unknown = [stage for stage in self.stages if stage not in STAGES]
         if unknown:
             raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {list(STAGES)}")
@@ -137,6 +140,7 @@ class Run:
         self.state = _State(self.out / "state.json")
         self.times = dict(self.state.results.get("stage_seconds", {}))
         keras.utils.set_random_seed(options.seed)
+        self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
 
     # ------------------------------------------------------------------ data
@@ -305,7 +309,9 @@ class Run:
                 continue
             _log(f"{stage}: {TITLES[stage]} ...")
             start = time.time()
-            result = getattr(self, f"stage_{stage}")()
+            # Models built in the scope train on all of the strategy's devices with plain fit.
+            with self.strategy.scope():
+                result = getattr(self, f"stage_{stage}")()
             self.times[stage] = time.time() - start
             self.state.save(stage, result)
             self.state.save("stage_seconds", self.times)

@@ -83,6 +83,14 @@ class Pow2WeightQuantizer(_Quantizer):
         return not self.__eq__(other)
 
 
+def _global(value, reduce):
+    """Reduce a per-replica scalar over all replicas, so a distributed step sees the whole batch's range."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return reduce(context.all_gather(tf.reshape(value, [1]), axis=0))
+
+
 @_register
 class Pow2ActivationQuantizer(_Quantizer):
     """int8 activations in [-128, 127] * 2**k with zero point 0.
@@ -106,18 +114,20 @@ class Pow2ActivationQuantizer(_Quantizer):
 
     def build(self, tensor_shape, name, layer):
         def weight(suffix, value):
+            # Every replica computes the same value (see _global), so any replica's write will do.
             return layer.add_weight(
                 f"{name}_{suffix}",
                 initializer=keras.initializers.Constant(value),
                 trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
 
         # Until data has been seen the range is ReLU6's, as in TFMOT.
         return {"min_var": weight("min", -6.0), "max_var": weight("max", 6.0), "seen": weight("seen", 0.0)}
 
     def _update(self, inputs, weights, training):
-        batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
-        batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+        batch_min = _global(tf.minimum(tf.reduce_min(inputs), 0.0), tf.reduce_min)
+        batch_max = _global(tf.maximum(tf.reduce_max(inputs), 0.0), tf.reduce_max)
         first = weights["seen"] <= 0.0
         if training:
             decay = tf.where(first, 0.0, self.ema_decay)
