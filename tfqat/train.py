@@ -46,20 +46,41 @@ def fit(
     with the same `backup_dir`; the backup is removed when the fit completes.
     """
     compile_classifier(model, cosine_schedule(learning_rate, epochs, train_ds))
-    all_callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    last_good = _LastGoodWeights()
+    all_callbacks = [last_good, keras.callbacks.TerminateOnNaN(), *callbacks]
     if backup_dir is not None:
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
     losses = history.history.get("loss", [])
-    if any(not math.isfinite(loss) for loss in losses) or not all(
-        bool(tf.reduce_all(tf.math.is_finite(w))) for w in model.trainable_weights
-    ):
+    if any(not math.isfinite(loss) for loss in losses) or not _finite(model):
+        model.set_weights(last_good.weights)
+        kept = "the weights from before the first bad epoch are restored in the model"
+        if backup_dir is not None:
+            path = Path(backup_dir) / "last_good.weights.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            model.save_weights(str(path))
+            kept += f" and saved to {path}"
         msg = (
-            f"training of '{model.name}' stopped: the loss or the weights became NaN/inf "
-            "(check the data and lower the learning rate); the last finished stage is kept"
+            f"training of '{model.name}' stopped at epoch {last_good.epoch + 1}: the loss or the weights became "
+            f"NaN/inf (check the data for NaN/inf and lower the learning rate); {kept}"
         )
         raise TrainingError(msg)
     return history
+
+
+def _finite(model) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in model.weights if w.dtype.is_floating)
+
+
+class _LastGoodWeights(keras.callbacks.Callback):
+    """Keeps a copy of the weights after each epoch that ended with finite weights."""
+
+    def on_train_begin(self, logs=None):
+        self.weights, self.epoch = self.model.get_weights(), 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite(self.model):
+            self.weights, self.epoch = self.model.get_weights(), epoch + 1
 
 
 def train_float(

@@ -1,0 +1,76 @@
+"""Evaluation: exact metrics, and clear errors for unusable models and folders."""
+
+from tfqat._keras import keras  # noqa: F401
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfqat import cli, evaluate, export
+
+import tflite_models
+
+
+def test_metrics_are_exact():
+    labels = np.array([0, 0, 1, 1, 2])
+    outputs = np.eye(3)[[0, 1, 1, 1, 0]]
+    result = evaluate.classification_metrics(labels, outputs, ["a", "b", "c"])
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert result["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_metrics_with_no_images():
+    with pytest.raises(ValueError, match="no images"):
+        evaluate.classification_metrics(np.array([]), np.zeros((0, 2)), ["a", "b"])
+
+
+def _folder(root, classes, per_class=2):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def labelled_model(tmp_path):
+    classes = ["a", "b", "c", "d", "e"]
+    path = export.save_tflite(tflite_models.pow2_int8_tflite(), tmp_path / "m.tflite", labels=classes)
+    return path, classes
+
+
+def test_evaluate_folder_uses_the_model_labels(labelled_model, tmp_path):
+    path, classes = labelled_model
+    folder = _folder(tmp_path / "photos", ["b", "d"])
+    result = evaluate.evaluate_folder(path, folder, out_json=tmp_path / "r.json")
+    assert result["count"] == 4
+    assert set(result["per_class"]) == set(classes)
+    assert result["per_class"]["a"] is None  # no image of that class
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_unknown_folder_class_is_a_clear_error(labelled_model, tmp_path):
+    path, _ = labelled_model
+    folder = _folder(tmp_path / "photos", ["a", "zebra"])
+    with pytest.raises(ValueError, match="zebra"):
+        evaluate.evaluate_folder(path, folder)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a flatbuffer at all", b"TFL3" + bytes(64)])
+def test_evaluate_cli_on_a_corrupt_model(tmp_path, capsys, content):
+    model = tmp_path / "broken.tflite"
+    model.write_bytes(content)
+    folder = _folder(tmp_path / "photos", ["a", "b"])
+    code = cli.main(["evaluate", str(model), "--data", str(folder), "--labels", str(_labels(tmp_path))])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.tflite" in err[0]
+
+
+def _labels(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("a\nb\n")
+    return path

@@ -1,0 +1,69 @@
+"""Training loops: NaN stops clearly with the last good weights kept; an interrupted fit resumes exactly."""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqat
+from tfqat import train
+
+
+def _tiny_qat_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return tfqat.quantize_model(keras.Model(inputs, keras.layers.Dense(3)(x)))
+
+
+def _data(count=32, poison=False):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (count, 8, 8, 3)).astype(np.float32)
+    if poison:
+        images[count // 2 :] = np.nan
+    labels = rng.integers(0, 3, count)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+
+
+def test_nan_data_stops_with_a_clear_error_and_keeps_last_good_weights(tmp_path):
+    model = _tiny_qat_model()
+    train.fit(model, _data(), None, epochs=1, learning_rate=1e-3, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(train.TrainingError, match="NaN/inf") as error:
+        train.fit(model, _data(poison=True), None, epochs=2, learning_rate=1e-3, backup_dir=tmp_path, verbose=0)
+    assert "last_good.weights.h5" in str(error.value)
+    after = model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert (tmp_path / "last_good.weights.h5").is_file()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_fit_resumes_to_the_same_weights(tmp_path):
+    reference = _tiny_qat_model()
+    train.fit(reference, _data(), None, epochs=4, learning_rate=1e-2, verbose=0)
+
+    model = _tiny_qat_model()
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, _data(), None, epochs=4, learning_rate=1e-2, backup_dir=tmp_path, callbacks=[_Interrupt()], verbose=0)
+    resumed = _tiny_qat_model()  # a new process would rebuild the model from scratch
+    history = train.fit(resumed, _data(), None, epochs=4, learning_rate=1e-2, backup_dir=tmp_path, verbose=0)
+    # The interrupt came before epoch 2 was backed up, so epochs 2-4 run again, from epoch 1's state.
+    assert len(history.history["loss"]) == 3
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not any(tmp_path.iterdir())  # the backup is removed once the fit completes
+
+
+def test_cosine_schedule_decays_to_zero():
+    schedule = train.cosine_schedule(1e-3, 2, _data())
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(8)) == pytest.approx(0.0, abs=1e-12)
