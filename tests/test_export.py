@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat import export, litert, verify
+from tfqat import export, files, litert, verify
 from tfqat.agreement import keras_tflite_agreement
 
 SIZE = 48
@@ -134,9 +134,9 @@ def test_write_interrupted_midway_keeps_previous_file(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        export.write_atomic(target, b"new content")
+        files.write_atomic(target, b"new content")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 

@@ -7,7 +7,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlo
 import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
+
+from tfqat.files import write_atomic
 
 IMAGE_SIZE = 224
 SPLITS = ("train", "validation", "test")
@@ -450,17 +451,7 @@ def write_labels(path: str | os.PathLike, classes: tuple[str, ...] | list[str]) 
     if not classes or len(set(classes)) != len(classes):
         msg = f"Labels must be a non-empty list of distinct class names, got {classes!r}."
         raise ValueError(msg)
-    target = Path(path)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write("".join(f"{name}\n" for name in classes))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(f"{name}\n" for name in classes))
 
 
 def read_labels(path: str | os.PathLike) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfqat.files import write_atomic
 from tfqat import data, export, litert
 
 
@@ -74,7 +75,7 @@ def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batc
     result = evaluate_tflite(model_path, images, labels, classes, batch_size)
     result.update(model=str(model_path), data=str(folder), skipped=[s.source for s in scan.skipped])
     if out_json is not None:
-        export.write_atomic(out_json, json.dumps(result, indent=2).encode("utf-8"))
+        write_atomic(out_json, json.dumps(result, indent=2).encode("utf-8"))
     return result
 
 

@@ -5,8 +5,6 @@ file holds exactly the power-of-two scales the model trained with. Files are
 written atomically and carry their class labels as TFLite metadata.
 """
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -20,6 +18,7 @@ from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfqat import graph
+from tfqat.files import write_atomic
 
 LABELS_METADATA = "tfqat_labels"
 
@@ -110,23 +109,6 @@ def read_labels_metadata(tflite_bytes: bytes) -> Optional[list]:
             data = model.buffers[metadata.buffer].data
             return bytes(np.asarray(data, np.uint8)).decode("utf-8").split("\n")
     return None
-
-
-def write_atomic(path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder, so a failure leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_tflite(tflite_bytes: bytes, path, labels: Optional[Sequence[str]] = None) -> Path:

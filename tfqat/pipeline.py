@@ -19,6 +19,7 @@ from tfqat._keras import keras
 import numpy as np
 import tensorflow as tf
 
+from tfqat.files import write_atomic
 from tfqat import __version__, data, distribute, evaluate, export, models, train, verify
 from tfqat.agreement import keras_tflite_agreement
 from tfqat.api import calibrate, quantize_model
@@ -109,7 +110,7 @@ class _State:
 
     def save(self, stage: str, result: dict) -> None:
         self.results[stage] = result
-        export.write_atomic(self.path, json.dumps(self.results, indent=2).encode("utf-8"))
+        write_atomic(self.path, json.dumps(self.results, indent=2).encode("utf-8"))
 
 
 def _versions() -> dict:
@@ -356,7 +357,7 @@ class Run:
         files = [self.out / FILES[s] for s in PUBLISHED if (self.out / FILES[s]).is_file()]
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:
-            export.write_atomic(export_dir / path.name, path.read_bytes())
+            write_atomic(export_dir / path.name, path.read_bytes())
         _log(f"published {len(files)} files to {export_dir}")
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
+
+from tfqat.files import write_atomic
 
 if TYPE_CHECKING:
     from tfqat._keras import keras
@@ -71,14 +72,14 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
     if (results.get("weight_ranges") or {}).get("layers"):
         paths["weight_ranges_plot"] = plot_weight_ranges(results["weight_ranges"], out / "weight_ranges.png")
     text = render_markdown(results, {name: path.name for name, path in paths.items()})
-    paths["report"] = _write_text_atomic(text, out / "report.md")
+    paths["report"] = write_atomic(out / "report.md", text)
     return paths
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     """Writes data as JSON (indent 2) via a temp file and os.replace; numpy values become plain numbers."""
     text = json.dumps(data, indent=2, default=_json_default) + "\n"
-    return _write_text_atomic(text, Path(path))
+    return write_atomic(path, text)
 
 
 def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
@@ -515,20 +516,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"results.json cannot hold {type(value).__name__} value {value!r}; use numbers, strings, lists and dicts")
-
-
-def _write_text_atomic(text: str, path: Path) -> Path:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _figure(width: float, height: float):
