@@ -182,6 +182,7 @@ class Run:
         if self._float_model is None:
             model = self._given_float_model() if self.options.float_model else self._classifier(None)[0]
             model.load_weights(str(self.out / "float.weights.h5"))
+            train.unfreeze(model)
             self._float_model = model
         return self._float_model
 
@@ -255,6 +256,7 @@ class Run:
                 backup_dir=self.out / "backup" / "float", verbose=2,
             )
         model.save_weights(str(self.out / "float.weights.h5"))
+        train.unfreeze(model)
         self._float_model = model
         result = evaluate.evaluate_keras(model, self.test_images, self.test_labels, self.flowers.classes)
         path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)

@@ -83,6 +83,19 @@ class _LastGoodWeights(keras.callbacks.Callback):
             self.weights, self.epoch = self.model.get_weights(), epoch + 1
 
 
+def unfreeze(model) -> None:
+    """Make every layer trainable except BatchNormalization, which stays on its statistics.
+
+    Used for fine-tuning and for every model that is quantized, so that QAT trains
+    the same layers whether the float model was just trained or loaded back.
+    """
+    model.trainable = True
+    for layer in model.submodules:
+        # BN stays frozen on ImageNet statistics: small batches would make them noisy.
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
 def train_float(
     model,
     base,
@@ -105,11 +118,7 @@ def train_float(
             backup_dir=backup_dir / "head" if backup_dir else None, verbose=verbose,
         )
     if fine_tune_epochs:
-        base.trainable = True
-        for layer in base.layers:
-            # BN stays frozen on ImageNet statistics: tiny batches would make them noisy.
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        unfreeze(model)
         histories["fine_tune"] = fit(
             model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
             backup_dir=backup_dir / "fine_tune" if backup_dir else None, verbose=verbose,
