@@ -1,9 +1,11 @@
-"""Flower photos for the pipeline: the image contract, folder/tfds scanning, hash splits, tf.data pipelines, labels."""
+"""Flower photos for the pipeline: folder/tfds scanning, hash splits, tf.data pipelines, labels.
+
+Pixels follow the image contract of `tfqat.images`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import sys
@@ -15,20 +17,12 @@ from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlo
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from tfqat.files import write_atomic
+from tfqat.images import IMAGE_SIZE, augment, check_image_size, decode_image, preprocess
 
-IMAGE_SIZE = 224
 SPLITS = ("train", "validation", "test")
-
-IMAGE_CONTRACT = (
-    "Images are decoded with Pillow and converted to 8-bit RGB (grayscale, palette, CMYK and 16-bit "
-    "images are converted, alpha is dropped, EXIF orientation is ignored), resized to 224x224 (the "
-    "default image_size) with bilinear resampling (tf.image.resize, no crop, no antialiasing, aspect "
-    "ratio not kept) and scaled to [-1, 1] as x / 127.5 - 1, the input range MobileNetV2 expects."
-)
-"""The one image contract shared by training, evaluation and TFLite checks (quotable in reports)."""
 
 
 class DataWarning(UserWarning):
@@ -104,49 +98,6 @@ class Flowers:
             msg = f"split must be one of {', '.join(SPLITS)}, got {name!r}."
             raise ValueError(msg)
         return getattr(self, name)
-
-
-# ---------------------------------------------------------------- the image contract
-
-
-def decode_image(encoded: bytes) -> np.ndarray:
-    """Decodes JPEG/PNG/GIF/BMP/... bytes fully into an HxWx3 uint8 RGB array (raises on corrupt data)."""
-    with Image.open(io.BytesIO(encoded)) as image:
-        image.load()  # full decode: a truncated JPEG fails here, not just at the header
-        if image.mode.startswith("I") or image.mode == "F":
-            # Pillow clips 16-bit and float pixels to 255 when converting; scale them instead.
-            pixels = np.asarray(image, dtype=np.float64)
-            if image.mode != "F":
-                pixels = pixels * (255.0 / 65535.0)
-            gray = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=-1)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def preprocess(image: np.ndarray | tf.Tensor, image_size: int = IMAGE_SIZE) -> tf.Tensor:
-    """Applies the image contract to uint8 RGB pixels ([H, W, 3] or [N, H, W, 3]).
-
-    Returns float32 pixels of shape [..., image_size, image_size, 3] in [-1, 1]; 0 maps to -1, 255 to 1.
-    """
-    _check_image_size(image_size)
-    image = tf.convert_to_tensor(image)
-    if image.dtype != tf.uint8:
-        # Float input usually means pixels were already scaled; scaling twice would silently ruin accuracy.
-        msg = f"preprocess expects uint8 pixels in 0..255, got dtype {image.dtype.name}."
-        raise ValueError(msg)
-    resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=False)
-    return tf.cast(resized, tf.float32) / 127.5 - 1.0
-
-
-def load_image(record: Record, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Reads, decodes and preprocesses one record; returns float32 [image_size, image_size, 3]."""
-    return preprocess(decode_image(record.read()), image_size).numpy()
-
-
-def _check_image_size(image_size: int) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        msg = f"image_size must be a positive int (pixels per side, e.g. 224), got {image_size!r}."
-        raise ValueError(msg)
 
 
 # ---------------------------------------------------------------- scanning
@@ -339,26 +290,6 @@ def load_flowers(
 # ---------------------------------------------------------------- tf.data pipelines
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Mild random flip, zoom, brightness and contrast of one preprocessed image; stays in [-1, 1].
-
-    Deliberately no vertical flips, rotations or hue shifts: flowers are photographed upright and
-    colour is what separates some classes (dandelion from sunflower). `seed` is an int [2] tensor.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    size = tf.shape(image)[:2]
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    # Zoom in by cropping 80-100% of each side at a random place, then resize back with the
-    # contract's bilinear resampling; bilinear mixes keep values inside [-1, 1].
-    side = tf.random.stateless_uniform([], seeds[1], 0.8, 1.0)
-    corner = tf.random.stateless_uniform([2], seeds[2], 0.0, 1.0) * (1.0 - side)
-    box = tf.concat([corner, corner + side], axis=0)[None]
-    image = tf.image.crop_and_resize(image[None], box, tf.zeros([1], tf.int32), size, method="bilinear")[0]
-    image = tf.image.stateless_random_brightness(image, 0.1, seeds[3])
-    image = tf.image.stateless_random_contrast(image, 0.9, 1.1, seeds[4])
-    return tf.clip_by_value(image, -1.0, 1.0)
-
-
 def make_dataset(
     records: tuple[Record, ...] | list[Record],
     *,
@@ -378,7 +309,7 @@ def make_dataset(
             fingerprint of the records and size is appended, so a stale cache is never reused), None
             decodes every epoch.
     """
-    _check_image_size(image_size)
+    check_image_size(image_size)
     records = tuple(records)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         msg = f"batch_size must be a positive int, got {batch_size!r}."

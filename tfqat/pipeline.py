@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat.files import write_atomic
-from tfqat import __version__, data, distribute, evaluate, export, models, train, verify
+from tfqat import __version__, data, distribute, evaluate, export, images, models, train, verify
 from tfqat.agreement import keras_tflite_agreement
 from tfqat.api import calibrate, quantize_model
 from tfqat.folding import fold_batch_norms
@@ -336,7 +336,7 @@ class Run:
                 "classes": list(flowers.classes),
                 "split_sizes": {name: len(flowers.split(name)) for name in data.SPLITS},
                 "skipped": [{"source": s.source, "reason": s.reason} for s in flowers.skipped],
-                "image_contract": data.IMAGE_CONTRACT,
+                "image_contract": images.IMAGE_CONTRACT,
             },
             "reference": REFERENCE,
             "models": {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results},
@@ -344,10 +344,10 @@ class Run:
         }
 
     def write_report(self) -> dict:
-        from tfqat import report
+        from tfqat import ranges, report
 
         results = self.results()
-        results["weight_ranges"] = report.weight_ranges(fold_batch_norms(self.float_model()))
+        results["weight_ranges"] = ranges.weight_ranges(fold_batch_norms(self.float_model()))
         paths = report.write_report(results, self.out)
         if self.options.export_dir is not None:
             self.publish(Path(self.options.export_dir), paths)

@@ -1,49 +1,27 @@
-"""The published report of a pipeline run: report.md, results.json and PNG plots.
+"""The published report of a pipeline run: report.md, results.json and the PNG plots of `tfqat.plots`.
 
 Everything here is a pure function of the results dict the pipeline saves as
-results.json (see `write_report`), except `weight_ranges`, which reads a Keras
-model to add the per-channel weight ranges that explain why per-tensor
-power-of-two PTQ fails on MobileNetV2's depthwise layers. No number in the
-report is made up: each is read from the dict or computed from its numbers
-(totals, ratios, shares, per-tensor power-of-two steps), and sections whose data is missing are left out.
+results.json (see `write_report`); its per-channel weight ranges come from
+`tfqat.ranges.weight_ranges`. No number in the report is made up: each is read
+from the dict or computed from its numbers (totals, ratios, shares, per-tensor
+power-of-two steps), and sections whose data is missing are left out.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from tfqat.files import write_atomic
+from tfqat.plots import NETWORKS, PEERS, format_ratio, ordered_models, plot_accuracy, plot_confusion, plot_weight_ranges
+from tfqat.ranges import DEAD_EXPONENT, layer_range_stats
 
-if TYPE_CHECKING:
-    from tfqat._keras import keras
-
-# Short names of the networks, in the order of the pipeline's stages.
-NETWORKS = {
-    "float": "float",
-    "ptq": "PTQ int8",
-    "qat": "QAT int8",
-    "tflite_ptq": "TFLite PTQ int8 (peer)",
-    "tfmot_qat": "TFMOT QAT int8 (peer)",
-}
-_PEERS = frozenset({"tflite_ptq", "tfmot_qat"})
-_KIND_COLORS = {"depthwise": "#d1495b", "conv": "#2f6db3", "dense": "#3c9d5d"}
-# tfqat.pow2's WEIGHT_QMAX and MIN_EXPONENT, repeated so that reports need no
-# TensorFlow (a test checks they agree). Channels below the smallest scale
-# tfqat uses are numerically zero: dead channels (BN gamma ~ 0) that would
-# otherwise dominate every spread.
-_WEIGHT_QMAX = 127
-DEAD_EXPONENT = -24
 _FAILURES_SHOWN = 20
 _WORST_LAYERS = 8
-
-
-# ---------------------------------------------------------------- report.md
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -61,7 +39,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": write_json_atomic(results, out / "results.json")}
-    models = _ordered_models(results)
+    models = ordered_models(results)
     classes = list((results.get("data") or {}).get("classes") or [])
     if any("accuracy" in m for m in models.values()):
         paths["accuracy_plot"] = plot_accuracy(results, out / "accuracy.png")
@@ -136,7 +114,7 @@ def _data_section(data: Mapping[str, Any] | None) -> str:
 
 
 def _accuracy_section(results: Mapping[str, Any]) -> str:
-    models = {k: m for k, m in _ordered_models(results).items() if "accuracy" in m}
+    models = {k: m for k, m in ordered_models(results).items() if "accuracy" in m}
     if not models:
         return ""
     reference = results.get("reference") or {}
@@ -153,7 +131,7 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
     lines += ["", "Networks:", ""]
     for key, m in models.items():
         file = f" (`{m['file']}`)" if m.get("file") else ""
-        peer = " Peer method, for comparison." if key in _PEERS else ""
+        peer = " Peer method, for comparison." if key in PEERS else ""
         lines.append(f"- **{NETWORKS.get(key, key)}**: {m.get('title', key)}{file}.{peer}")
     for key, m in models.items():
         if m.get("tflite_accuracy") is not None:
@@ -165,7 +143,7 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
 
 
 def _per_class_section(results: Mapping[str, Any]) -> str:
-    models = {k: m for k, m in _ordered_models(results).items() if m.get("per_class")}
+    models = {k: m for k, m in ordered_models(results).items() if m.get("per_class")}
     if not models:
         return ""
     classes = list((results.get("data") or {}).get("classes") or [])
@@ -186,7 +164,7 @@ def _per_class_section(results: Mapping[str, Any]) -> str:
 
 def _agreement_section(results: Mapping[str, Any]) -> str:
     parts = []
-    for key, m in _ordered_models(results).items():
+    for key, m in ordered_models(results).items():
         a = m.get("agreement")
         if not a:
             continue
@@ -214,7 +192,7 @@ def _agreement_section(results: Mapping[str, Any]) -> str:
 
 
 def _verify_section(results: Mapping[str, Any]) -> str:
-    models = {k: m for k, m in _ordered_models(results).items() if m.get("verify")}
+    models = {k: m for k, m in ordered_models(results).items() if m.get("verify")}
     if not models:
         return ""
     lines = ["## Shift-only int8 verification", "",
@@ -257,7 +235,7 @@ def _weight_section(weight_ranges: Mapping[str, Any] | None) -> str:
     for s in worst:
         lines.append(
             f"| {_cell(s['name'])} | {s['kind']} | {s['channels']} | {s['dead']} | {s['min']:.3g} | {s['median']:.3g} | "
-            f"{s['max']:.3g} | {_ratio(s['ratio'])} | {s['median_levels']:.1f} | {s['zeroed']} |"
+            f"{s['max']:.3g} | {format_ratio(s['ratio'])} | {s['median_levels']:.1f} | {s['zeroed']} |"
         )
     lines.append("")
     for kind in ("depthwise", "conv", "dense"):
@@ -269,7 +247,7 @@ def _weight_section(weight_ranges: Mapping[str, Any] | None) -> str:
         zeroed = sum(s["zeroed"] for s in of_kind)
         live = sum(s["channels"] - s["dead"] for s in of_kind)
         lines.append(
-            f"- {kind} ({len(of_kind)} layers): median spread {_ratio(spread)}, median channel uses "
+            f"- {kind} ({len(of_kind)} layers): median spread {format_ratio(spread)}, median channel uses "
             f"{levels:.1f} of 127 levels (median over layers); {zeroed} of {live} live channels round to zero."
         )
     return "\n".join(lines)
@@ -296,207 +274,10 @@ def _plots_section(plots: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- plots
-
-
-def plot_accuracy(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Bar chart of the test accuracy of every network, with the reference values marked."""
-    models = {k: m for k, m in _ordered_models(results).items() if "accuracy" in m}
-    reference = results.get("reference") or {}
-    fig = _figure(max(6.0, 1.5 * len(models) + 2), 4.5)
-    ax = fig.add_subplot()
-    x = np.arange(len(models))
-    colors = ["#8c8c8c" if k == "float" else "#e08a2c" if k in _PEERS else "#2f6db3" for k in models]
-    bars = ax.bar(x, [m["accuracy"] for m in models.values()], color=colors, width=0.6)
-    for bar, m in zip(bars, models.values()):
-        ax.annotate(f"{m['accuracy']:.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=9)
-    refs = [(i, reference[k]) for i, k in enumerate(models) if reference.get(k) is not None]
-    if refs:
-        ax.hlines([r for _, r in refs], [i - 0.4 for i, _ in refs], [i + 0.4 for i, _ in refs],
-                  colors="black", linestyles="--", linewidth=2, zorder=3, label="reference")
-        ax.legend(loc="upper right", fontsize=9)
-    ax.set_xticks(x, [NETWORKS.get(k, k).replace(" (peer)", "\n(peer)") for k in models], fontsize=9)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("test accuracy")
-    ax.set_xlabel("network")
-    ax.set_title("Flowers test accuracy: float vs int8 networks")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_confusion(confusion, classes: Iterable[str], path: str | os.PathLike, title: str) -> Path:
-    """Confusion matrix (rows true, columns predicted) with the count in each cell, shaded by row share."""
-    counts = np.asarray(confusion, dtype=np.int64)
-    classes = list(classes)
-    if counts.shape != (len(classes), len(classes)):
-        raise ValueError(f"confusion has shape {counts.shape} but there are {len(classes)} classes")
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    size = 2.0 + 0.9 * len(classes)
-    fig = _figure(size + 1.2, size)
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), n in np.ndenumerate(counts):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=10, color="white" if share[i, j] > 0.5 else "black")
-    ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, classes, rotation=30, ha="right")
-    ax.set_yticks(ticks, classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return _save(fig, path)
-
-
-def plot_weight_ranges(weight_ranges: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Per layer, the spread of per-channel max|w| and the int8 levels per-tensor PTQ leaves its median channel.
-
-    Top: min / median / max over live channels (log scale) and half the
-    per-tensor power-of-two step (channels below it round to zero). Bottom:
-    levels of 127 the median channel uses. Depthwise layers are highlighted.
-    """
-    stats = layer_range_stats(weight_ranges)
-    if not stats:
-        raise ValueError("weight_ranges has no layers with live (nonzero) weights to plot")
-    fig = _figure(max(10.0, 0.2 * len(stats)), 8.0)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    x = np.arange(len(stats))
-    colors = [_KIND_COLORS.get(s["kind"], "gray") for s in stats]
-    for kind, color in _KIND_COLORS.items():
-        idx = [i for i, s in enumerate(stats) if s["kind"] == kind]
-        if idx:
-            top.vlines(idx, [stats[i]["min"] for i in idx], [stats[i]["max"] for i in idx], color=color,
-                       linewidth=3 if kind == "depthwise" else 1.5, label=f"{kind}: channel min to max")
-            top.scatter(idx, [stats[i]["median"] for i in idx], color=color, s=14, zorder=3)
-    top.scatter(x, [s["half_step"] for s in stats], marker="_", color="black", s=80, zorder=4,
-                label="half the per-tensor step (below: rounds to 0)")
-    top.set_yscale("log")
-    low = min(min(s["min"], s["half_step"]) for s in stats)
-    top.set_ylim(low / 4, max(s["max"] for s in stats) * 30)  # room for the labels below and the legend above
-    for s in sorted(stats, key=lambda s: -s["ratio"])[:3]:
-        top.annotate(f"{s['name']}\nmax/min {_ratio(s['ratio'])}", (stats.index(s), s["min"]), xytext=(0, -6),
-                     textcoords="offset points", ha="center", va="top", fontsize=7,
-                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
-    dead = sum(s["dead"] for s in stats)
-    top.set_ylabel("per-channel max |w| (folded)")
-    top.legend(loc="upper center", ncol=3, fontsize=8)
-    top.grid(axis="y", alpha=0.3)
-    titles = []
-    for kind in ("depthwise", "conv", "dense"):
-        of_kind = [s for s in stats if s["kind"] == kind]
-        if of_kind:
-            w = max(of_kind, key=lambda s: s["ratio"])
-            titles.append(f"{kind} up to {_ratio(w['ratio'])} ({w['name']})")
-    top.set_title("Spread of per-channel max|w| (max/min): " + ", ".join(titles), fontsize=10)
-    bottom.bar(x, [s["median_levels"] for s in stats], color=colors)
-    bottom.set_yscale("log", base=2)
-    bottom.set_ylim(0.5, 128)
-    bottom.set_ylabel("levels of 127, median channel")
-    bottom.set_title("What per-tensor power-of-two int8 leaves the median channel of each layer", fontsize=10)
-    bottom.grid(axis="y", alpha=0.3)
-    bottom.set_xlim(-1, len(stats))
-    bottom.set_xticks([])
-    bottom.set_xlabel(f"layer, in network order ({len(stats)} layers; dots are medians; {dead} dead channels left out)")
-    return _save(fig, path)
-
-
-def layer_range_stats(weight_ranges: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per layer: the spread of per-channel max|w| and what per-tensor power-of-two int8 does to it.
-
-    Channels with max|w| < 2**DEAD_EXPONENT are counted as `dead` (BN gamma ~ 0)
-    and left out of min, median and ratio. `step` is the per-tensor weight step
-    2^k (smallest k with max / 2^k <= 127, as tfqat.pow2); `median_levels` is
-    the median live channel's max|w| / step, the int8 levels it can use;
-    `zeroed` counts live channels below half a step, which round to all zeros.
-    Layers with no live channel are skipped.
-    """
-    stats = []
-    for layer in weight_ranges.get("layers", []):
-        values = np.asarray(layer["channel_max_abs"], dtype=np.float64)
-        live = values[values >= 2.0**DEAD_EXPONENT]
-        if live.size == 0:
-            continue
-        top = float(live.max())
-        step = 2.0 ** _weight_exponent(top)
-        stats.append({
-            "name": layer["name"], "kind": layer["kind"], "channels": int(values.size),
-            "dead": int(values.size - live.size), "min": float(live.min()), "median": float(np.median(live)),
-            "max": top, "ratio": top / float(live.min()), "step": step, "half_step": step / 2,
-            "median_levels": float(np.median(live)) / step, "zeroed": int(np.sum(live < step / 2)),
-        })
-    return stats
-
-
-def _weight_exponent(max_abs: float) -> int:
-    """Smallest integer k >= DEAD_EXPONENT with max_abs / 2**k <= 127, in float32 like tfqat.pow2, exactly."""
-    ratio = max(float(np.float32(max_abs) / np.float32(_WEIGHT_QMAX)), 2.0**DEAD_EXPONENT)
-    mantissa, exponent = math.frexp(ratio)  # ratio = mantissa * 2**exponent, mantissa in [0.5, 1)
-    return exponent - 1 if mantissa == 0.5 else exponent
-
-
-# ---------------------------------------------------------------- weight ranges of a model
-
-
-def weight_ranges(model: keras.Model) -> dict[str, list[dict[str, Any]]]:
-    """Per-output-channel max|w| of every Conv2D, DepthwiseConv2D and Dense layer, in layer order.
-
-    Nested models are searched and wrappers (e.g. TFMOT's QuantizeWrapper) are
-    unwrapped. Depthwise channel c = in * depth_multiplier + m, the order of the
-    layer's outputs.
-
-    Returns:
-      {"layers": [{"name", "kind": "conv" | "depthwise" | "dense", "channel_max_abs": [float, ...]}]}
-    """
-    from tfqat._keras import keras
-
-    layers = []
-    for layer in _leaf_layers(model, keras):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kind, kernel = "depthwise", layer.depthwise_kernel
-        elif isinstance(layer, keras.layers.Conv2DTranspose):
-            continue  # output channels sit on axis -2, and MobileNetV2 has none
-        elif isinstance(layer, keras.layers.Conv2D):
-            kind, kernel = "conv", layer.kernel
-        elif isinstance(layer, keras.layers.Dense):
-            kind, kernel = "dense", layer.kernel
-        else:
-            continue
-        kernel = np.asarray(keras.backend.get_value(kernel))
-        # Depthwise kernels are (h, w, in, dm): flattening the last two axes gives channel in * dm + m.
-        channels = kernel.shape[-2] * kernel.shape[-1] if kind == "depthwise" else kernel.shape[-1]
-        max_abs = np.abs(kernel.reshape(-1, channels)).max(axis=0)
-        layers.append({"name": layer.name, "kind": kind, "channel_max_abs": [float(v) for v in max_abs]})
-    return {"layers": layers}
-
-
-def _leaf_layers(model, keras):
-    for layer in model.layers:
-        while isinstance(layer, keras.layers.Wrapper):
-            layer = layer.layer
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer, keras)
-        else:
-            yield layer
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _ordered_models(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    models = results.get("models") or {}
-    order = [k for k in NETWORKS if k in models] + [k for k in models if k not in NETWORKS]
-    return {k: models[k] for k in order if models[k]}
-
-
 def _size(size_bytes: float) -> str:
     if size_bytes >= 1e6:
         return f"{size_bytes / 1e6:.2f} MB"
     return f"{size_bytes / 1e3:.1f} KB"
-
-
-def _ratio(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _number(value: Any) -> str:
@@ -516,19 +297,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"results.json cannot hold {type(value).__name__} value {value!r}; use numbers, strings, lists and dicts")
-
-
-def _figure(width: float, height: float):
-    # Figure + Agg canvas rather than pyplot: no global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path

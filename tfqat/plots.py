@@ -1,0 +1,157 @@
+"""PNG plots of a pipeline run: accuracy per network, confusion matrices, per-channel weight ranges.
+
+Each plot is a pure function of (part of) the results dict the pipeline saves
+as results.json. The short network names and the network order live here and
+are shared with the report, so plots and text label networks alike.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from tfqat.ranges import layer_range_stats
+
+# Short names of the networks, in the order of the pipeline's stages.
+NETWORKS = {
+    "float": "float",
+    "ptq": "PTQ int8",
+    "qat": "QAT int8",
+    "tflite_ptq": "TFLite PTQ int8 (peer)",
+    "tfmot_qat": "TFMOT QAT int8 (peer)",
+}
+PEERS = frozenset({"tflite_ptq", "tfmot_qat"})
+_KIND_COLORS = {"depthwise": "#d1495b", "conv": "#2f6db3", "dense": "#3c9d5d"}
+
+
+def ordered_models(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The non-empty models of results["models"]: those of NETWORKS in its order first, then the rest."""
+    models = results.get("models") or {}
+    order = [k for k in NETWORKS if k in models] + [k for k in models if k not in NETWORKS]
+    return {k: models[k] for k in order if models[k]}
+
+
+def format_ratio(value: float) -> str:
+    """A max/min spread as text: whole with thousands separators from 100 on, else 3 significant digits."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def plot_accuracy(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Bar chart of the test accuracy of every network, with the reference values marked."""
+    models = {k: m for k, m in ordered_models(results).items() if "accuracy" in m}
+    reference = results.get("reference") or {}
+    fig = _figure(max(6.0, 1.5 * len(models) + 2), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(models))
+    colors = ["#8c8c8c" if k == "float" else "#e08a2c" if k in PEERS else "#2f6db3" for k in models]
+    bars = ax.bar(x, [m["accuracy"] for m in models.values()], color=colors, width=0.6)
+    for bar, m in zip(bars, models.values()):
+        ax.annotate(f"{m['accuracy']:.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=9)
+    refs = [(i, reference[k]) for i, k in enumerate(models) if reference.get(k) is not None]
+    if refs:
+        ax.hlines([r for _, r in refs], [i - 0.4 for i, _ in refs], [i + 0.4 for i, _ in refs],
+                  colors="black", linestyles="--", linewidth=2, zorder=3, label="reference")
+        ax.legend(loc="upper right", fontsize=9)
+    ax.set_xticks(x, [NETWORKS.get(k, k).replace(" (peer)", "\n(peer)") for k in models], fontsize=9)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy")
+    ax.set_xlabel("network")
+    ax.set_title("Flowers test accuracy: float vs int8 networks")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion, classes: Iterable[str], path: str | os.PathLike, title: str) -> Path:
+    """Confusion matrix (rows true, columns predicted) with the count in each cell, shaded by row share."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    classes = list(classes)
+    if counts.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion has shape {counts.shape} but there are {len(classes)} classes")
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    size = 2.0 + 0.9 * len(classes)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=10, color="white" if share[i, j] > 0.5 else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=30, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    return _save(fig, path)
+
+
+def plot_weight_ranges(weight_ranges: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Per layer, the spread of per-channel max|w| and the int8 levels per-tensor PTQ leaves its median channel.
+
+    Top: min / median / max over live channels (log scale) and half the
+    per-tensor power-of-two step (channels below it round to zero). Bottom:
+    levels of 127 the median channel uses. Depthwise layers are highlighted.
+    """
+    stats = layer_range_stats(weight_ranges)
+    if not stats:
+        raise ValueError("weight_ranges has no layers with live (nonzero) weights to plot")
+    fig = _figure(max(10.0, 0.2 * len(stats)), 8.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    x = np.arange(len(stats))
+    colors = [_KIND_COLORS.get(s["kind"], "gray") for s in stats]
+    for kind, color in _KIND_COLORS.items():
+        idx = [i for i, s in enumerate(stats) if s["kind"] == kind]
+        if idx:
+            top.vlines(idx, [stats[i]["min"] for i in idx], [stats[i]["max"] for i in idx], color=color,
+                       linewidth=3 if kind == "depthwise" else 1.5, label=f"{kind}: channel min to max")
+            top.scatter(idx, [stats[i]["median"] for i in idx], color=color, s=14, zorder=3)
+    top.scatter(x, [s["half_step"] for s in stats], marker="_", color="black", s=80, zorder=4,
+                label="half the per-tensor step (below: rounds to 0)")
+    top.set_yscale("log")
+    low = min(min(s["min"], s["half_step"]) for s in stats)
+    top.set_ylim(low / 4, max(s["max"] for s in stats) * 30)  # room for the labels below and the legend above
+    for s in sorted(stats, key=lambda s: -s["ratio"])[:3]:
+        top.annotate(f"{s['name']}\nmax/min {format_ratio(s['ratio'])}", (stats.index(s), s["min"]), xytext=(0, -6),
+                     textcoords="offset points", ha="center", va="top", fontsize=7,
+                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    dead = sum(s["dead"] for s in stats)
+    top.set_ylabel("per-channel max |w| (folded)")
+    top.legend(loc="upper center", ncol=3, fontsize=8)
+    top.grid(axis="y", alpha=0.3)
+    titles = []
+    for kind in ("depthwise", "conv", "dense"):
+        of_kind = [s for s in stats if s["kind"] == kind]
+        if of_kind:
+            w = max(of_kind, key=lambda s: s["ratio"])
+            titles.append(f"{kind} up to {format_ratio(w['ratio'])} ({w['name']})")
+    top.set_title("Spread of per-channel max|w| (max/min): " + ", ".join(titles), fontsize=10)
+    bottom.bar(x, [s["median_levels"] for s in stats], color=colors)
+    bottom.set_yscale("log", base=2)
+    bottom.set_ylim(0.5, 128)
+    bottom.set_ylabel("levels of 127, median channel")
+    bottom.set_title("What per-tensor power-of-two int8 leaves the median channel of each layer", fontsize=10)
+    bottom.grid(axis="y", alpha=0.3)
+    bottom.set_xlim(-1, len(stats))
+    bottom.set_xticks([])
+    bottom.set_xlabel(f"layer, in network order ({len(stats)} layers; dots are medians; {dead} dead channels left out)")
+    return _save(fig, path)
+
+
+def _figure(width: float, height: float):
+    # Figure + Agg canvas rather than pyplot: no global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
