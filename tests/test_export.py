@@ -160,3 +160,13 @@ def test_tfmot_default_qat_peer_is_not_power_of_two(exported):
 def test_export_rejects_a_non_keras_model(tmp_path):
     with pytest.raises(TypeError, match="tf_keras"):
         tfqat.export_tflite(object(), tmp_path / "x.tflite")
+
+
+def test_export_refuses_a_model_that_is_not_shift_only(exported, tmp_path):
+    """TFMOT's default QAT model converts fine but its scales are not powers of two: nothing is written."""
+    float_model, _, _, _ = exported
+    peer = export.tfmot_default_qat(float_model)
+    peer(_images(4), training=True)
+    with pytest.raises(export.ExportError, match="not shift-only"):
+        tfqat.export_tflite(peer, tmp_path / "peer.tflite")
+    assert list(tmp_path.iterdir()) == []

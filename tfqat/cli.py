@@ -219,8 +219,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (TFLiteModelError, OSError, ValueError, TypeError, ExportError, TrainingError, RuntimeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"tfqat {args.command}: error: {first_line}", file=sys.stderr)
+        print(f"tfqat {args.command}: error: {first_line}{_log_details(args, error)}", file=sys.stderr)
         return EXIT_UNUSABLE
+
+
+def _log_details(args: argparse.Namespace, error: BaseException) -> str:
+    """Keep the full traceback of a failed run in its output folder; the terminal gets one line."""
+    out = getattr(args, "out", None)
+    if out is None or not Path(out).is_dir():
+        return ""
+    import traceback
+
+    path = Path(out) / "error.log"
+    path.write_text("".join(traceback.format_exception(error)))
+    return f" (details: {path}; run the same command again to resume)"
 
 
 if __name__ == "__main__":

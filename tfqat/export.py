@@ -126,7 +126,7 @@ def labels_path(tflite_path) -> Path:
     return path.with_name(path.stem + ".labels.txt")
 
 
-def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None) -> Path:
+def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, verify: bool = True) -> Path:
     """Convert a tfqat QAT model to a fully int8 TFLite file with power-of-two scales.
 
     int8 input and output, int8 weights and activations, int32 biases, builtin
@@ -137,10 +137,25 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None) ->
       qat_model: a model from `tfqat.quantize_model`, trained and/or calibrated.
       path: the `.tflite` file to write.
       labels: class names, stored in the model's metadata and beside it.
+      verify: refuse (ExportError, nothing written) a conversion that is not
+        fully int8 with power-of-two, shift-only requantization.
     Returns:
       The path written.
     """
     if not isinstance(qat_model, keras.Model):
         msg = f"export_tflite needs a tf_keras QAT model, got {type(qat_model).__name__}"
         raise TypeError(msg)
-    return save_tflite(convert_int8(qat_model), path, labels)
+    tflite = convert_int8(qat_model)
+    if verify:
+        from tfqat.verify import verify_tflite  # the verifier needs LiteRT, the converter does not
+
+        report = verify_tflite(tflite)
+        if not report.passed:
+            shown = "; ".join(report.failures[:3])
+            more = f" (and {len(report.failures) - 3} more)" if len(report.failures) > 3 else ""
+            msg = (
+                f"the int8 conversion of '{qat_model.name}' is not shift-only, nothing was written: {shown}{more}; "
+                "is it a model from tfqat.quantize_model, calibrated or trained?"
+            )
+            raise ExportError(msg)
+    return save_tflite(tflite, path, labels)
