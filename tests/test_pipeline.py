@@ -100,3 +100,11 @@ def test_missing_weights_file_is_a_clear_error(tmp_path, capsys):
         pytest.skip("no shared photos")
     assert code == 2
     assert "none.h5 does not exist" in capsys.readouterr().err
+
+
+@needs_shared
+def test_resuming_with_other_settings_is_refused(quick_run, capsys):
+    out, _ = quick_run
+    code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", "none"])
+    assert code == 2
+    assert "other settings" in capsys.readouterr().err

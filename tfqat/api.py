@@ -9,6 +9,7 @@ import tensorflow_model_optimization as tfmot
 
 from tfqat import graph
 from tfqat.folding import fold_batch_norms
+from tfqat.linking import link_accumulators
 from tfqat.quantizers import collecting_ranges
 from tfqat.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 
@@ -61,7 +62,9 @@ def quantize_model(
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
-        return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+        qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+    link_accumulators(qat)
+    return qat
 
 
 def _range_flags(model):
@@ -111,4 +114,6 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
 def load_model(path, **kwargs):
     """Load a saved tfqat QAT model (any format `keras.models.load_model` reads)."""
     with quantize_scope():
-        return keras.models.load_model(path, **kwargs)
+        model = keras.models.load_model(path, **kwargs)
+    link_accumulators(model)
+    return model

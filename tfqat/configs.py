@@ -11,7 +11,7 @@ from tfqat._keras import keras
 
 import tensorflow_model_optimization as tfmot
 
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -77,8 +77,8 @@ class _Pow2Config(_QuantizeConfig):
 class KernelQuantizeConfig(_Pow2Config):
     """Conv2D, DepthwiseConv2D (BN already folded in) and Dense.
 
-    The kernel gets a power-of-two weight quantizer; the bias stays float in
-    training, as TFLite stores it as int32 at scale s_input * s_weight. The
+    The kernel gets a power-of-two weight quantizer; the bias is rounded to the
+    int32 grid s_input * s_weight on which TFLite stores it. The
     output is quantized after the layer's own activation, unless a ReLU that
     TFLite fuses follows (then `quantize_output=False` and the ReLU quantizes).
 
@@ -112,7 +112,10 @@ class KernelQuantizeConfig(_Pow2Config):
         # per-channel axis through that transpose, so Dense stays per tensor.
         per_channel = self.per_channel and kind != "dense"
         quantizer = Pow2WeightQuantizer(per_channel=per_channel, kind=kind)
-        return [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
+        pairs = [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
+        if layer.use_bias:
+            pairs.append((layer.bias, Pow2BiasQuantizer()))
+        return pairs
 
     def get_activations_and_quantizers(self, layer):
         # Wrapped by TFMOT's QuantizeAwareActivation: after linear/relu, before
@@ -123,6 +126,8 @@ class KernelQuantizeConfig(_Pow2Config):
 
     def set_quantize_weights(self, layer, quantize_weights):
         setattr(layer, self._kernel_attribute(layer), quantize_weights[0])
+        if layer.use_bias:
+            layer.bias = quantize_weights[1]
 
     def set_quantize_activations(self, layer, quantize_activations):
         if quantize_activations:

@@ -31,9 +31,11 @@ def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Seq
     }
 
 
-def evaluate_tflite(model, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], batch_size: int = 32) -> dict:
+def evaluate_tflite(
+    model, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], batch_size: int = 32, progress: str = ""
+) -> dict:
     """Metrics of a TFLite model (int8 or float) on float images under the image contract."""
-    outputs = litert.predict(model, images, batch_size=batch_size)
+    outputs = litert.predict(model, images, batch_size=batch_size, progress=progress)
     return classification_metrics(labels, outputs, classes)
 
 
@@ -72,7 +74,7 @@ def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batc
     images, folder_labels = data.to_arrays(scan.records, image_size=image_size)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[scan.classes[label]] for label in folder_labels], np.int64)
-    result = evaluate_tflite(model_path, images, labels, classes, batch_size)
+    result = evaluate_tflite(model_path, images, labels, classes, batch_size, progress=Path(model_path).name)
     result.update(model=str(model_path), data=str(folder), skipped=[s.source for s in scan.skipped])
     if out_json is not None:
         write_atomic(out_json, json.dumps(result, indent=2).encode("utf-8"))

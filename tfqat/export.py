@@ -19,6 +19,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tfqat import graph
 from tfqat.files import write_atomic
+from tfqat.quantizers import tracing_for_export
 
 LABELS_METADATA = "tfqat_labels"
 
@@ -31,7 +32,8 @@ def _converter(model):
     """A converter over the inference-mode function of `model` (no training branches)."""
     specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
     function = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
-    concrete = function.get_concrete_function(*specs)
+    with tracing_for_export():
+        concrete = function.get_concrete_function(*specs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     # Freeze the function directly: lowering to a SavedModel first re-traces every
     # Keras layer and takes most of a minute even for a tiny model.

@@ -6,11 +6,13 @@ LiteRT (ai_edge_litert) does not need TensorFlow, and neither does this module.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union, overload
 
 import numpy as np
+from tqdm import tqdm
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 ModelSource = Union[str, os.PathLike, bytes, Interpreter]
@@ -178,6 +180,7 @@ def predict(
     num_threads: int | None = ...,
     kernels: Kernels = ...,
     return_raw: Literal[False] = ...,
+    progress: str = ...,
 ) -> np.ndarray: ...
 
 
@@ -190,10 +193,11 @@ def predict(
     num_threads: int | None = ...,
     kernels: Kernels = ...,
     return_raw: Literal[True],
+    progress: str = ...,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="builtin", return_raw=False):
+def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="builtin", return_raw=False, progress=""):
     """Runs a single-input, single-output TFLite model on float images.
 
     Quantized models get their input quantized with the model's own scale and
@@ -207,6 +211,7 @@ def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="bu
       num_threads, kernels: see load_interpreter (ignored for an Interpreter).
       return_raw: also return the output exactly as LiteRT produced it
         (int8 for a quantized model).
+      progress: a label to show a progress bar on stderr under (empty: none).
 
     Returns:
       float32 outputs [N, ...], or (float outputs, raw outputs) with return_raw.
@@ -223,7 +228,7 @@ def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="bu
     input_spec, output_spec = io.inputs[0], io.outputs[0]
     images = _checked_images(float_images, input_spec)
     feed = quantize(images, input_spec) if input_spec.quantized else images.astype(input_spec.dtype)
-    raw = _run_batches(interpreter, feed, batch_size, input_spec, output_spec)
+    raw = _run_batches(interpreter, feed, batch_size, input_spec, output_spec, progress)
     values = dequantize(raw, output_spec) if output_spec.quantized else raw.astype(np.float32)
     return (values, raw) if return_raw else values
 
@@ -244,11 +249,12 @@ def _checked_images(float_images: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return images.astype(np.float32, copy=False)
 
 
-def _run_batches(interpreter, feed, batch_size, input_spec, output_spec) -> np.ndarray:
+def _run_batches(interpreter, feed, batch_size, input_spec, output_spec, progress="") -> np.ndarray:
     if len(feed) == 0:
         item_shape = interpreter.get_output_details()[0]["shape"][1:]
         return np.zeros((0, *item_shape), output_spec.dtype)
     results, start, size, allocated = [], 0, batch_size, None
+    bar = tqdm(total=len(feed), desc=progress, unit="img", disable=not progress, leave=False, file=sys.stderr)
     while start < len(feed):
         chunk = feed[start : start + size]
         try:
@@ -266,6 +272,8 @@ def _run_batches(interpreter, feed, batch_size, input_spec, output_spec) -> np.n
             size = 1
             continue
         start += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
     return np.concatenate(results)
 
 

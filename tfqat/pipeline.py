@@ -6,6 +6,7 @@ inside a `model.fit`, at the last finished epoch).
 """
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -85,6 +86,8 @@ class RunOptions:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be 0 or more")
 
 
+# Options that do not change results, so a run may resume with other values.
+_NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
 QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
 QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 
@@ -92,6 +95,10 @@ QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 def _sample(records, count: int):
     """`count` records in content-hash order: classes mixed, and the same images on every run."""
     return tuple(sorted(records, key=lambda record: record.sha256)[:count])
+
+
+# Keras progress bars on a terminal; one line per epoch in logs.
+_FIT_VERBOSITY = 1 if sys.stdout.isatty() else 2
 
 
 def _log(message: str) -> None:
@@ -139,10 +146,29 @@ class Run:
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.out / "state.json")
+        self._check_resumable()
         self.times = dict(self.state.results.get("stage_seconds", {}))
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
+
+    def _check_resumable(self) -> None:
+        """Refuse to mix stages of runs with different settings in one output folder."""
+        settings = {k: v for k, v in asdict(self.options).items() if k not in _NOT_SETTINGS}
+        for name in ("data", "weights", "float_model"):
+            if settings[name] and settings[name] not in ("imagenet", "tfds"):
+                settings[name] = os.path.realpath(settings[name])
+        recorded = self.state.results.get("settings")
+        if recorded is None:
+            self.state.save("settings", settings)
+            return
+        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+        if changed:
+            msg = (
+                f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
+                "use another --out, or delete the folder to start over"
+            )
+            raise ValueError(msg)
 
     # ------------------------------------------------------------------ data
     def load_data(self):
@@ -186,11 +212,8 @@ class Run:
             self._float_model = model
         return self._float_model
 
-    def _pow2_model(self, weights_file: Optional[Path] = None):
-        qat = quantize_model(self.float_model(), per_channel=self.options.per_channel)
-        if weights_file is not None:
-            qat.load_weights(str(weights_file))
-        return qat
+    def _pow2_model(self):
+        return quantize_model(self.float_model(), per_channel=self.options.per_channel)
 
     def _fit(self, model, stage: str):
         return train.fit(
@@ -200,14 +223,16 @@ class Run:
             epochs=self.options.qat_epochs,
             learning_rate=self.options.qat_learning_rate,
             backup_dir=self.out / "backup" / stage,
-            verbose=2,
+            verbose=_FIT_VERBOSITY,
         )
 
     def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
         """Save, verify and evaluate one int8 model; with its Keras model, measure agreement."""
         path = export.save_tflite(tflite, self.out / FILES[stage], labels=self.flowers.classes)
         report = verify.verify_tflite(path)
-        result = evaluate.evaluate_tflite(path, self.test_images, self.test_labels, self.flowers.classes)
+        result = evaluate.evaluate_tflite(
+            path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{stage} LiteRT"
+        )
         result.update(
             title=TITLES[stage],
             engine="LiteRT int8",
@@ -253,14 +278,16 @@ class Run:
                 model, base, self.train_ds, self.val_ds,
                 head_epochs=o.head_epochs, fine_tune_epochs=o.fine_tune_epochs,
                 head_learning_rate=o.head_learning_rate, fine_tune_learning_rate=o.fine_tune_learning_rate,
-                backup_dir=self.out / "backup" / "float", verbose=2,
+                backup_dir=self.out / "backup" / "float", verbose=_FIT_VERBOSITY,
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)
         self._float_model = model
         result = evaluate.evaluate_keras(model, self.test_images, self.test_labels, self.flowers.classes)
         path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)
-        tflite = evaluate.evaluate_tflite(path, self.test_images, self.test_labels, self.flowers.classes)
+        tflite = evaluate.evaluate_tflite(
+            path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
+        )
         result.update(
             title=TITLES["float"], engine="Keras", tflite_accuracy=tflite["accuracy"],
             file=FILES["float"], size_bytes=evaluate.file_size(path),

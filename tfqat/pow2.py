@@ -78,12 +78,52 @@ def fake_quant_weights(weights, exponent, per_channel_axis=None):
     return tf.transpose(moved, inverse)
 
 
-def fake_quant_activations(values, exponent):
-    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0."""
+def round_half_away_from_zero(values):
+    """Rounding as LiteRT's int8 kernels do it (TF's FakeQuant rounds ties up instead)."""
+    return tf.sign(values) * tf.floor(tf.abs(values) + 0.5)
+
+
+def fake_quant_activations(values, exponent, litert_rounding: bool = False, accumulator_exponent=None):
+    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0.
+
+    With `litert_rounding`, values are first rounded to the grid half away from
+    zero, as LiteRT's ADD (and QUANTIZE) requantization does, so a tie such as
+    -2.5 steps gives -3 as on the device, not FakeQuant's -2; FakeQuant then
+    only clamps.
+    With an `accumulator_exponent` too, the values are a conv/dense output and
+    are requantized as `litert_requantize` does. Gradients stay straight-through.
+    The graph handed to the TFLite converter must not carry these extra ops (it
+    reads the ranges off FakeQuant alone).
+    """
     scale = tf.stop_gradient(scale_from_exponent(exponent))
+    if litert_rounding:
+        if accumulator_exponent is None:
+            rounded = round_half_away_from_zero(values / scale) * scale
+        else:
+            rounded = litert_requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent))
+        values = values + tf.stop_gradient(rounded - values)
     return tf.quantization.fake_quant_with_min_max_vars(
         values, ACTIVATION_QMIN * scale, ACTIVATION_QMAX * scale, num_bits=8, narrow_range=False
     )
+
+
+def litert_requantize(values, accumulator_exponent, exponent):
+    """Round conv/dense outputs to the grid 2**exponent exactly as LiteRT's int8 kernels do.
+
+    `values` are int32 accumulators times 2**accumulator_exponent (input scale x
+    weight scale, per channel along the last axis). LiteRT multiplies by
+    2**-n, n = exponent - accumulator_exponent, as a Q31 multiplier of 0.5 and
+    a shift: it rounds acc/2 half up, then divides by 2**(n-1), again rounding
+    half up (measured bit-exact on ai-edge-litert 2.3's CONV_2D,
+    DEPTHWISE_CONV_2D and FULLY_CONNECTED). That double rounding differs from a
+    single rounding on about one value in 2**n, which for small n is often.
+    """
+    accumulator = values * tf.pow(2.0, -accumulator_exponent)
+    n = exponent - accumulator_exponent
+    halved = tf.floor(accumulator * 0.5 + 0.5)
+    shifted = tf.floor(halved * tf.pow(2.0, 1.0 - tf.maximum(n, 1.0)) + 0.5)
+    steps = tf.where(n >= 1.0, shifted, accumulator * tf.pow(2.0, -n))
+    return steps * tf.pow(2.0, exponent)
 
 
 def is_power_of_two(values):

@@ -95,8 +95,10 @@ def _global(value, reduce):
 class Pow2ActivationQuantizer(_Quantizer):
     """int8 activations in [-128, 127] * 2**k with zero point 0.
 
-    Training tracks the range as a moving average of batch min/max (the first
-    batch sets it); inference uses the frozen range. Inside
+    Values round half away from zero, as LiteRT's int8 kernels round, so the
+    Keras model and its TFLite export agree on ties. Training tracks the range
+    as a moving average of batch min/max (the first batch sets it); inference
+    uses the frozen range. Inside
     `collecting_ranges()` an inference call widens the range to everything
     seen instead: that is calibration, i.e. post-training quantization.
 
@@ -105,12 +107,16 @@ class Pow2ActivationQuantizer(_Quantizer):
     """
 
     _collecting = False  # set by `collecting_ranges`, read when a graph is traced
+    _exporting = False  # set by `tracing_for_export`, read when a graph is traced
 
     def __init__(self, ema_decay: float = 0.99):
         if not 0.0 <= float(ema_decay) < 1.0:
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         self.ema_decay = float(ema_decay)
+        # Set by tfqat.linking when this quantizes a conv/dense output: returns the
+        # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
+        self.accumulator_exponent = None
 
     def build(self, tensor_shape, name, layer):
         def weight(suffix, value):
@@ -151,7 +157,11 @@ class Pow2ActivationQuantizer(_Quantizer):
                 exponent = self.exponent(weights)
         else:
             exponent = self.exponent(weights)
-        return pow2.fake_quant_activations(inputs, exponent)
+        litert_rounding = not Pow2ActivationQuantizer._exporting
+        accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
+        return pow2.fake_quant_activations(
+            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator
+        )
 
     def get_config(self):
         return {"ema_decay": self.ema_decay}
@@ -167,6 +177,42 @@ class Pow2ActivationQuantizer(_Quantizer):
         return not self.__eq__(other)
 
 
+@_register
+class Pow2BiasQuantizer(_Quantizer):
+    """Bias on the int32 grid input scale x weight scale, as the TFLite converter stores it.
+
+    The grid is only known once the layer is linked to its input's quantizer
+    (tfqat.linking); until then, and in graphs traced for export (the converter
+    quantizes the bias itself), the bias passes unchanged.
+    """
+
+    def __init__(self):
+        self.accumulator_exponent = None
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if Pow2ActivationQuantizer._exporting or self.accumulator_exponent is None:
+            return inputs
+        scale = tf.stop_gradient(tf.pow(2.0, self.accumulator_exponent()))
+        rounded = pow2.round_half_away_from_zero(inputs / scale) * scale
+        return inputs + tf.stop_gradient(rounded - inputs)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, Pow2BiasQuantizer)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
 @contextlib.contextmanager
 def collecting_ranges() -> Iterator[None]:
     """Within this block, graphs traced in inference mode widen activation ranges to the data seen."""
@@ -175,3 +221,13 @@ def collecting_ranges() -> Iterator[None]:
         yield
     finally:
         Pow2ActivationQuantizer._collecting = False
+
+
+@contextlib.contextmanager
+def tracing_for_export() -> Iterator[None]:
+    """Within this block, traced graphs carry plain FakeQuant ops only, which the TFLite converter reads."""
+    Pow2ActivationQuantizer._exporting = True
+    try:
+        yield
+    finally:
+        Pow2ActivationQuantizer._exporting = False

@@ -1,0 +1,107 @@
+"""Linking each conv/dense layer of a QAT model to its input's quantizer.
+
+TFLite requantizes a conv's int32 accumulator, at scale s_input * s_weight,
+to the output scale with its own rounding, and stores the bias on that grid.
+To reproduce this exactly, the Keras model must know s_input, which lives in
+another layer's quantizer. `link_accumulators` finds it by walking the graph
+and hands each conv's output and bias quantizers a function of the variables
+that give s_input and s_weight. The link is Python state: `quantize_model`
+and `load_model` make it, and an unlinked model only rounds less exactly.
+"""
+
+from tfqat._keras import keras
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
+
+from tfqat import pow2
+from tfqat.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+
+_Wrapper = quantize_wrapper.QuantizeWrapper
+
+
+def _producer(layer):
+    """The single layer feeding `layer`, or None."""
+    nodes = layer._inbound_nodes
+    if len(nodes) != 1:
+        return None
+    inbound = nodes[0].inbound_layers
+    if isinstance(inbound, (list, tuple)):
+        return inbound[0] if len(inbound) == 1 else None
+    return inbound
+
+
+def _output_range(layer):
+    """(min_var, max_var) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
+    while layer is not None:
+        if isinstance(layer, quantize_layer.QuantizeLayer):
+            if isinstance(layer.quantizer, Pow2ActivationQuantizer):
+                return layer.quantizer_vars["min_var"], layer.quantizer_vars["max_var"]
+            return None
+        if not isinstance(layer, _Wrapper):
+            return None
+        quantizer = _activation_quantizer(layer)
+        if quantizer is not None:
+            return quantizer
+        if not isinstance(layer.quantize_config, PassThroughQuantizeConfig):
+            return None
+        layer = _producer(layer)
+    return None
+
+
+def _activation_quantizer(wrapper):
+    """Range variables of the wrapper's own power-of-two output quantizer, if it has one."""
+    for activation in getattr(wrapper, "_quantize_activations", []):
+        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_post_activation_vars"):
+            return activation._post_activation_vars["min_var"], activation._post_activation_vars["max_var"]
+    for quantizer in getattr(wrapper, "_output_quantizers", None) or []:
+        if isinstance(quantizer, Pow2ActivationQuantizer):
+            return wrapper._output_quantizer_vars["min_var"], wrapper._output_quantizer_vars["max_var"]
+    return None
+
+
+def _output_quantizers(wrapper, consumers):
+    """The power-of-two quantizer that rounds this kernel layer's accumulator: its own, or a fused ReLU's."""
+    found = [a.quantizer for a in getattr(wrapper, "_quantize_activations", [])
+             if isinstance(a.quantizer, Pow2ActivationQuantizer) and hasattr(a, "_post_activation_vars")]
+    if found:
+        return found
+    users = consumers.get(id(wrapper), [])
+    if wrapper.quantize_config.quantize_output is False and len(users) == 1:
+        return [q for q in getattr(users[0], "_output_quantizers", None) or [] if isinstance(q, Pow2ActivationQuantizer)]
+    return []
+
+
+def _accumulator_exponent(input_range, kernel, weight_quantizer):
+    min_var, max_var = input_range
+
+    def exponent():
+        return pow2.activation_exponent(min_var, max_var) + weight_quantizer.exponent(kernel)
+
+    return exponent
+
+
+def link_accumulators(qat_model) -> int:
+    """Link every conv/dense of a tfqat QAT model to its input's scale; returns how many were linked."""
+    consumers = {}
+    for layer in qat_model.layers:
+        producer = _producer(layer)
+        if producer is not None:
+            consumers.setdefault(id(producer), []).append(layer)
+    linked = 0
+    for layer in qat_model.layers:
+        if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):
+            continue
+        input_range = _output_range(_producer(layer))
+        weights = [(w, q) for w, q, _ in layer._weight_vars]
+        kernel = [(w, q) for w, q in weights if isinstance(q, Pow2WeightQuantizer)]
+        if input_range is None or not kernel:
+            continue
+        exponent = _accumulator_exponent(input_range, *kernel[0])
+        for _, quantizer in weights:
+            if isinstance(quantizer, Pow2BiasQuantizer):
+                quantizer.accumulator_exponent = exponent
+        for quantizer in _output_quantizers(layer, consumers):
+            quantizer.accumulator_exponent = exponent
+        linked += 1
+    return linked
