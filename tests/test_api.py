@@ -13,7 +13,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 import tfqat
 from tfqat import configs, pow2
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 layers = keras.layers
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
@@ -89,10 +89,22 @@ def scales(model) -> dict:
     for layer in model.layers:
         if isinstance(layer, QuantizeWrapperV2):
             for weight, quantizer, _ in layer._weight_vars:
-                found[(layer.name, "weight")] = pow2.scale_from_exponent(quantizer.exponent(weight)).numpy()
+                if isinstance(quantizer, Pow2BiasQuantizer):  # the int32 grid s_input * s_weight
+                    found[(layer.name, "bias")] = pow2.scale_from_exponent(quantizer.accumulator_exponent()).numpy()
+                else:
+                    found[(layer.name, "weight")] = pow2.scale_from_exponent(quantizer.exponent(weight)).numpy()
         for i, (quantizer, variables) in enumerate(activation_quantizers(layer)):
             found[(layer.name, f"activation{i}")] = activation_scale(quantizer, variables)
     return found
+
+
+def quantized_biases(model) -> dict:
+    """Every bias as the graph uses it now (on the grid of the current input and weight scales)."""
+    return {
+        layer.name: quantizer(weight, training=False, weights={}).numpy()
+        for layer in model.layers if isinstance(layer, QuantizeWrapperV2)
+        for weight, quantizer, _ in layer._weight_vars if isinstance(quantizer, Pow2BiasQuantizer)
+    }
 
 
 def frexp_power_of_two(values) -> bool:
@@ -100,24 +112,33 @@ def frexp_power_of_two(values) -> bool:
     return all(v > 0 and math.frexp(float(v))[0] == 0.5 for v in np.ravel(values))
 
 
-def assert_power_of_two_scales(model, found, per_channel):
+def assert_power_of_two_scales(model, found, per_channel, biases):
     # 52 convs + the Dense; input, 35 ReLU6, 10 adds, 17 linear projections, pooling and logits.
     assert sum(role == "weight" for _, role in found) == 53
-    assert sum(role != "weight" for _, role in found) == 1 + 35 + 10 + 17 + 1 + 1
+    # Every conv has a bias once its BN is folded in, and the Dense has its own.
+    assert sum(role == "bias" for _, role in found) == 53
+    assert sum(role not in ("weight", "bias") for _, role in found) == 1 + 35 + 10 + 17 + 1 + 1
     for key, scale in found.items():
         assert pow2.is_power_of_two(scale) and frexp_power_of_two(scale), (key, scale)
     for layer in model.layers:
         if not isinstance(layer, QuantizeWrapperV2):
             continue
+        inner = layer.layer
+        # Dense kernels stay per tensor (the converter transposes them to (out, in)).
+        channel_scales = per_channel and not isinstance(inner, layers.Dense)
         for weight, quantizer, _ in layer._weight_vars:
+            if isinstance(quantizer, Pow2BiasQuantizer):
+                # One accumulator scale per output channel where the kernel has one; the bias is on its grid.
+                scale = found[(layer.name, "bias")]
+                assert np.shape(scale) == (weight.shape if channel_scales else ()), layer.name
+                steps = biases[layer.name] / scale
+                np.testing.assert_array_equal(steps, np.round(steps))
+                continue
             scale = found[(layer.name, "weight")]
-            inner = layer.layer
             if isinstance(inner, layers.DepthwiseConv2D):
                 channels = weight.shape[2] * weight.shape[3]
             else:
                 channels = weight.shape[-1]
-            # Dense kernels stay per tensor (the converter transposes them to (out, in)).
-            channel_scales = per_channel and not isinstance(inner, layers.Dense)
             assert np.shape(scale) == ((channels,) if channel_scales else ()), layer.name
             # The fake-quantized kernel is on that grid (channel c = in * multiplier + m) and inside [-127, 127].
             quantized = quantizer(weight, training=False, weights={}).numpy()
@@ -147,6 +168,7 @@ def run(request):
     qat.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
     after_fit = snapshot(qat)
     fit_scales = scales(qat)
+    fit_biases = quantized_biases(qat)
     fit_logits = qat(x[:4], training=False).numpy()
     # One batch first: the upstream ranges in that pass are the final ones, so a
     # probe afterwards sees exactly the tensors each quantizer saw.
@@ -173,6 +195,7 @@ def run(request):
         before_fit=before_fit,
         after_fit=after_fit,
         fit_scales=fit_scales,
+        fit_biases=fit_biases,
         fit_logits=fit_logits,
         single_used=single_used,
         single_ranges=single_ranges,
@@ -180,6 +203,7 @@ def run(request):
         used=used,
         after_calibration=snapshot(qat),
         calibration_scales=scales(qat),
+        calibration_biases=quantized_biases(qat),
     )
 
 
@@ -210,7 +234,7 @@ def test_fit_trains_weights_and_ranges(run):
 
 
 def test_scales_are_powers_of_two_after_fit(run):
-    assert_power_of_two_scales(run.qat, run.fit_scales, run.per_channel)
+    assert_power_of_two_scales(run.qat, run.fit_scales, run.per_channel, run.fit_biases)
     # The logits are the Dense output quantizer's grid.
     dense = run.qat.layers[-1]
     scale = run.fit_scales[(dense.name, "activation0")]
@@ -220,7 +244,7 @@ def test_scales_are_powers_of_two_after_fit(run):
 
 
 def test_scales_are_powers_of_two_after_calibrate(run):
-    assert_power_of_two_scales(run.qat, run.calibration_scales, run.per_channel)
+    assert_power_of_two_scales(run.qat, run.calibration_scales, run.per_channel, run.calibration_biases)
 
 
 # ---------------------------------------------------------------- calibrate

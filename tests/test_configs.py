@@ -14,7 +14,7 @@ from tfqat.configs import (
     OutputQuantizeConfig,
     PassThroughQuantizeConfig,
 )
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
@@ -35,35 +35,65 @@ KERNEL_LAYERS = {
 FIXED_SCALES = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0)}
 
 
-def built(kind, activation="linear"):
+def built(kind, activation="linear", use_bias=True):
     factory, shape, _, _ = KERNEL_LAYERS[kind]
     layer = factory(activation)
+    layer.use_bias = use_bias
     layer.build((None,) + shape[1:])
     return layer
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("kind", sorted(KERNEL_LAYERS))
-def test_kernel_config_quantizes_the_kernel_only(kind, per_channel):
+def test_kernel_config_quantizes_the_kernel_and_the_bias(kind, per_channel):
     layer = built(kind)
     config = KernelQuantizeConfig(per_channel=per_channel)
-    [(weight, quantizer)] = config.get_weights_and_quantizers(layer)
+    [(weight, quantizer), (bias, bias_quantizer)] = config.get_weights_and_quantizers(layer)
     _, _, attribute, quantizer_kind = KERNEL_LAYERS[kind]
     assert weight is getattr(layer, attribute)
     # Dense stays per tensor: the converter transposes its kernel to (out, in).
     expected_per_channel = per_channel and kind != "dense"
     assert quantizer == Pow2WeightQuantizer(per_channel=expected_per_channel, kind=quantizer_kind)
-    # The bias stays float: TFLite stores it as int32 at s_input * s_weight.
-    assert all(w is not layer.bias for w, _ in config.get_weights_and_quantizers(layer))
+    assert type(quantizer) is Pow2WeightQuantizer
+    # The bias goes onto TFLite's int32 grid s_input * s_weight, once linked to the input's scale.
+    assert bias is layer.bias
+    assert type(bias_quantizer) is Pow2BiasQuantizer and bias_quantizer == Pow2BiasQuantizer()
+    assert bias_quantizer.accumulator_exponent is None  # tfqat.linking sets it, not the config
+    # A fresh bias quantizer per call, so linking one layer never links another.
+    assert config.get_weights_and_quantizers(layer)[1][1] is not bias_quantizer
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", sorted(KERNEL_LAYERS))
+def test_kernel_config_without_bias_quantizes_the_kernel_only(kind, per_channel):
+    layer = built(kind, use_bias=False)
+    assert layer.bias is None
+    config = KernelQuantizeConfig(per_channel=per_channel)
+    [(weight, quantizer)] = config.get_weights_and_quantizers(layer)
+    _, _, attribute, quantizer_kind = KERNEL_LAYERS[kind]
+    assert weight is getattr(layer, attribute)
+    assert quantizer == Pow2WeightQuantizer(per_channel=per_channel and kind != "dense", kind=quantizer_kind)
 
 
 @pytest.mark.parametrize("kind", sorted(KERNEL_LAYERS))
-def test_kernel_config_sets_the_quantized_kernel(kind):
+def test_kernel_config_sets_the_quantized_kernel_and_bias(kind):
     layer = built(kind)
+    config = KernelQuantizeConfig()
+    replacement = tf.zeros_like(getattr(layer, KERNEL_LAYERS[kind][2]))
+    bias_replacement = tf.ones_like(layer.bias)
+    config.set_quantize_weights(layer, [replacement, bias_replacement])
+    assert getattr(layer, KERNEL_LAYERS[kind][2]) is replacement
+    assert layer.bias is bias_replacement
+
+
+@pytest.mark.parametrize("kind", sorted(KERNEL_LAYERS))
+def test_kernel_config_without_bias_sets_the_quantized_kernel(kind):
+    layer = built(kind, use_bias=False)
     config = KernelQuantizeConfig()
     replacement = tf.zeros_like(getattr(layer, KERNEL_LAYERS[kind][2]))
     config.set_quantize_weights(layer, [replacement])
     assert getattr(layer, KERNEL_LAYERS[kind][2]) is replacement
+    assert layer.bias is None
 
 
 @pytest.mark.parametrize("activation", ["linear", "relu", "softmax", "sigmoid", "tanh"])
@@ -93,7 +123,8 @@ def test_kernel_config_without_output_quantizer(kind):
     before = layer.activation
     config.set_quantize_activations(layer, [])
     assert layer.activation is before
-    assert len(config.get_weights_and_quantizers(layer)) == 1
+    # Kernel and bias are still quantized.
+    assert [type(q) for _, q in config.get_weights_and_quantizers(layer)] == [Pow2WeightQuantizer, Pow2BiasQuantizer]
 
 
 @pytest.mark.parametrize("activation", sorted(FIXED_SCALES))

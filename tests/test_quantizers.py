@@ -9,7 +9,13 @@ import pytest
 import tensorflow as tf
 
 from tfqat import pow2
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, collecting_ranges
+from tfqat.quantizers import (
+    Pow2ActivationQuantizer,
+    Pow2BiasQuantizer,
+    Pow2WeightQuantizer,
+    collecting_ranges,
+    tracing_for_export,
+)
 
 # Kernel shapes of each layer kind: Conv2D (h, w, in, out), DepthwiseConv2D (h, w, in, dm), Dense (in, out).
 KERNEL_SHAPES = {
@@ -33,6 +39,27 @@ def fake_quant_reference(x, scale, qmin, qmax):
     low, high = np.float32(qmin) * scale, np.float32(qmax) * scale
     shifted = np.clip(x, low, high) - low
     return (np.floor(shifted * (np.float32(1) / scale) + np.float32(0.5)) * scale + low).astype(np.float32)
+
+
+def round_half_away(x):
+    """std::round, exact in float64 for float32 inputs."""
+    x = np.asarray(x, np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def litert_fake_quant_reference(x, scale):
+    """LiteRT's int8 activations: round half away from zero onto 2**k, then saturate to [-128, 127]."""
+    scale = np.float64(scale)
+    steps = np.clip(round_half_away(np.asarray(x, np.float32).astype(np.float64) / scale), -128, 127)
+    return (steps * scale).astype(np.float32)
+
+
+def litert_requantize_reference(acc, n: int):
+    """LiteRT's requantization of integer accumulators by 2**-n: acc/2 rounded half up, then a rounding shift."""
+    acc = np.asarray(acc, np.float64)
+    if n <= 0:
+        return acc * 2.0**-n
+    return np.floor(np.floor(acc / 2 + 0.5) / 2.0 ** (n - 1) + 0.5)
 
 
 def channel_scales(kernel: np.ndarray, kind: str) -> np.ndarray:
@@ -167,7 +194,7 @@ def test_activation_quantizer_first_training_batch_sets_range():
     k = reference_exponent(40.0)  # 40/127 dominates 3/128
     assert pow2.activation_exponent(-3.0, 40.0).numpy() == k
     # The output already uses the new range: 40 is not clipped to the initial ReLU6 range.
-    np.testing.assert_array_equal(out, fake_quant_reference(batch.numpy(), 2.0**k, -128, 127))
+    np.testing.assert_array_equal(out, litert_fake_quant_reference(batch.numpy(), 2.0**k))
     assert out.max() == 40.0
 
 
@@ -194,7 +221,7 @@ def test_activation_quantizer_later_batches_move_range_by_ema(decay):
         got_low, got_high = range_of(weights)
         assert (got_low, got_high) == (float(low), float(high))  # same float32 arithmetic
         k = pow2.activation_exponent(got_low, got_high).numpy()
-        np.testing.assert_array_equal(out, fake_quant_reference([batch], 2.0**k, -128, 127))
+        np.testing.assert_array_equal(out, litert_fake_quant_reference([batch], 2.0**k))
 
 
 def test_activation_quantizer_inference_freezes_range():
@@ -225,7 +252,7 @@ def test_collecting_ranges_widens_to_min_max_over_batches():
         for batch in batches:
             out = quantizer(tf.constant([batch]), training=False, weights=weights).numpy()
             k = pow2.activation_exponent(*range_of(weights)).numpy()
-            np.testing.assert_array_equal(out, fake_quant_reference([batch], 2.0**k, -128, 127))
+            np.testing.assert_array_equal(out, litert_fake_quant_reference([batch], 2.0**k))
     assert range_of(weights) == (-4.0, 7.0)  # min/max over batches, no moving average
     # Outside the block inference is frozen again.
     quantizer(tf.constant([[-100.0, 100.0]]), training=False, weights=weights)
@@ -293,6 +320,186 @@ def test_activation_quantizer_rejects_bad_decay(decay):
         Pow2ActivationQuantizer(decay)
 
 
+# ---------------------------------------------------------------- LiteRT rounding and export tracing
+
+# Steps at the scale 2**-7 of the range [-1, 0.5]: ties, values just off ties, and values beyond the range.
+TIE_STEPS = [-2.5, 2.5, -0.5, 0.5, -1.5, 1.5, -127.5, 126.5, -128.5, 127.5, -2.4999, 2.5001, -200.0, 300.0, 0.0]
+LITERT_STEPS = [-3, 3, -1, 1, -2, 2, -128, 127, -128, 127, -2, 3, -128, 127, 0]
+FAKE_QUANT_STEPS = [-2, 3, 0, 1, -1, 2, -127, 127, -128, 127, -2, 3, -128, 127, 0]  # TF rounds ties up
+
+
+def frozen_quantizer():
+    """A quantizer that has seen data: range [-1, 0.5], scale 2**-7."""
+    quantizer, weights = built_activation_quantizer(ema_decay=0.9)
+    weights["min_var"].assign(-1.0)
+    weights["max_var"].assign(0.5)
+    weights["seen"].assign(1.0)
+    return quantizer, weights
+
+
+def tie_batch():
+    return tf.constant(np.array(TIE_STEPS, np.float32)[None, :] * np.float32(2.0**-7))
+
+
+@pytest.mark.parametrize("mode", ["inference", "collecting"])
+def test_activation_quantizer_rounds_ties_away_from_zero(mode):
+    quantizer, weights = frozen_quantizer()
+    steps, expected = np.array(TIE_STEPS), np.array(LITERT_STEPS)
+    if mode == "inference":
+        out = quantizer(tie_batch(), training=False, weights=weights).numpy()
+    else:
+        inside = (steps >= -128) & (steps <= 127)  # keeps the scale 2**-7 while widening [-1, 0.5]
+        steps, expected = steps[inside], expected[inside]
+        with collecting_ranges():
+            out = quantizer(tf.constant(steps[None, :] * 2.0**-7, tf.float32), training=False, weights=weights).numpy()
+        assert range_of(weights) == (-1.0, 126.5 * 2.0**-7)
+    assert pow2.activation_exponent(*range_of(weights)).numpy() == -7
+    np.testing.assert_array_equal(out[0] / 2.0**-7, expected)
+    np.testing.assert_array_equal(out, litert_fake_quant_reference(steps[None, :] * 2.0**-7, 2.0**-7))
+
+
+def test_activation_quantizer_in_training_rounds_ties_away_from_zero():
+    quantizer, weights = built_activation_quantizer(ema_decay=0.0)
+    batch = tf.constant([[-1.0, 1.0] + [s * 2.0**-6 for s in (-2.5, 2.5, -0.5, 0.5, -1.5, 1.5)]])
+    out = quantizer(batch, training=True, weights=weights).numpy()
+    assert range_of(weights) == (-1.0, 1.0)  # scale 2**-6
+    np.testing.assert_array_equal(out[0, 2:] / 2.0**-6, [-3, 3, -1, 1, -2, 2])
+    np.testing.assert_array_equal(out, litert_fake_quant_reference(batch.numpy(), 2.0**-6))
+
+
+def _plain_fake_quant(x, scale):
+    return tf.quantization.fake_quant_with_min_max_vars(x, -128 * scale, 127 * scale, num_bits=8, narrow_range=False)
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["unlinked", "linked"])
+def test_activation_quantizer_inside_tracing_for_export_is_tf_fake_quant(linked):
+    quantizer, weights = frozen_quantizer()
+    if linked:
+        quantizer.accumulator_exponent = lambda: tf.constant(-10.0)
+    # Ties (which LiteRT rounds away from zero) and, for a linked conv output, accumulators that LiteRT's
+    # double rounding takes elsewhere: 0.375 -> 1 and -0.625 -> 0 at n = 3.
+    x = tf.concat([tie_batch(), tf.constant([[0.375 * 2.0**-7, -0.625 * 2.0**-7]])], axis=1)
+    plain = _plain_fake_quant(x, 2.0**-7).numpy()
+    np.testing.assert_array_equal(plain[0] / 2.0**-7, FAKE_QUANT_STEPS + [0, -1])
+    with tracing_for_export():
+        assert Pow2ActivationQuantizer._exporting
+        eager = quantizer(x, training=False, weights=weights).numpy()
+        traced = tf.function(lambda v: quantizer(v, training=False, weights=weights))
+        graph = traced.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    assert not Pow2ActivationQuantizer._exporting
+    np.testing.assert_array_equal(eager, plain)
+    np.testing.assert_array_equal(traced(x).numpy(), plain)  # the graph traced for export, called later
+    # The converter reads ranges off FakeQuant; the traced graph has no rounding ops of its own.
+    op_types = {op.type for op in graph.get_operations()}
+    assert "FakeQuantWithMinMaxVars" in op_types
+    assert not op_types & {"Floor", "Sign", "Round"}, op_types
+    # Outside the block the same quantizer rounds as LiteRT does.
+    outside = quantizer(x, training=False, weights=weights).numpy()
+    if linked:
+        np.testing.assert_array_equal(outside[0, -2:] / 2.0**-7, [1, 0])
+    else:
+        np.testing.assert_array_equal(outside[0, :-2] / 2.0**-7, LITERT_STEPS)
+    outside_graph = tf.function(lambda v: quantizer(v, training=False, weights=weights)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    assert "Floor" in {op.type for op in outside_graph.get_operations()}
+
+
+def test_tracing_for_export_is_reset_after_an_error():
+    with pytest.raises(RuntimeError):
+        with tracing_for_export():
+            assert Pow2ActivationQuantizer._exporting
+            raise RuntimeError("boom")
+    assert not Pow2ActivationQuantizer._exporting
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_linked_activation_quantizer_requantizes_accumulators_as_litert(training):
+    quantizer, weights = frozen_quantizer()  # [-1, 0.5]: scale 2**-7
+    quantizer.accumulator_exponent = lambda: tf.constant(-11.0)  # n = 4
+    acc = np.random.default_rng(3).integers(-16 * 128, 16 * 64, 400)
+    # -1.5, -0.5, 0.5, 1.5, -2.5, 2.5, -128 and 127.5 steps: inside [-1, 0.996], so training keeps 2**-7.
+    acc[:8] = [-24, -8, 8, 24, -40, 40, -2048, 2040]
+    if not training:
+        acc[8:10] = [-2056, -2072]  # -128.5 and -129.5 steps
+    x = tf.constant((acc * 2.0**-11)[None, :], tf.float32)
+    out = quantizer(x, training=training, weights=weights).numpy()[0]
+    assert pow2.activation_exponent(*range_of(weights)).numpy() == -7
+    expected = np.clip(litert_requantize_reference(acc, 4), -128, 127)
+    np.testing.assert_array_equal(out / 2.0**-7, expected)
+    # Ties round up, not away from zero; 127.5 saturates.
+    np.testing.assert_array_equal(expected[:8], [-1, 0, 1, 2, -2, 3, -128, 127])
+    if not training:
+        np.testing.assert_array_equal(expected[8:10], [-128, -128])  # -128.5 rounds up into the range
+
+
+# ---------------------------------------------------------------- biases
+
+
+def _bias():
+    steps = np.array([-2.5, 2.5, -0.5, 0.5, 1.5, -1.5, 0.3, -7.7, 1000.2, 0.0])
+    return tf.Variable((steps * 2.0**-12).astype(np.float32)), steps
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_bias_quantizer_is_identity_unlinked(training):
+    quantizer = Pow2BiasQuantizer()
+    assert quantizer.build(tf.TensorShape([10]), "bias", _Owner()) == {}
+    assert quantizer.accumulator_exponent is None
+    bias, _ = _bias()
+    with tf.GradientTape() as tape:
+        out = quantizer(bias, training=training, weights={})
+    np.testing.assert_array_equal(out.numpy(), bias.numpy())
+    np.testing.assert_array_equal(tape.gradient(out, bias).numpy(), 1.0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_bias_quantizer_linked_rounds_onto_the_accumulator_grid(training):
+    quantizer = Pow2BiasQuantizer()
+    quantizer.accumulator_exponent = lambda: tf.constant(-12.0)
+    bias, steps = _bias()
+    with tf.GradientTape() as tape:
+        out = quantizer(bias, training=training, weights={})
+    got = out.numpy() / 2.0**-12
+    np.testing.assert_array_equal(got, [-3, 3, -1, 1, 2, -2, 0, -8, 1000, 0])  # ties away from zero
+    np.testing.assert_array_equal(got, round_half_away(steps))
+    np.testing.assert_array_equal(tape.gradient(out, bias).numpy(), 1.0)  # straight through
+
+
+def test_bias_quantizer_per_channel_grid_and_live_exponent():
+    """One exponent per channel; the grid follows the variables the link reads, at every call."""
+    quantizer = Pow2BiasQuantizer()
+    exponents = tf.Variable([-12.0, -9.0, -14.0, -3.0])
+    quantizer.accumulator_exponent = lambda: exponents + 0.0
+    bias = tf.constant(np.random.default_rng(2).normal(0, 0.5, 4).astype(np.float32))
+    for values in ([-12.0, -9.0, -14.0, -3.0], [-4.0, -20.0, -2.0, -10.0]):
+        exponents.assign(values)
+        scales = 2.0 ** np.array(values)
+        got = quantizer(bias, training=False, weights={}).numpy()
+        np.testing.assert_array_equal(got / scales, round_half_away(bias.numpy().astype(np.float64) / scales))
+
+
+def test_bias_quantizer_is_identity_inside_tracing_for_export():
+    quantizer = Pow2BiasQuantizer()
+    quantizer.accumulator_exponent = lambda: tf.constant(-12.0)
+    bias, _ = _bias()
+    with tracing_for_export():
+        eager = quantizer(bias, training=False, weights={})
+        graph = tf.function(lambda b: quantizer(b, training=False, weights={})).get_concrete_function(
+            tf.TensorSpec([10], tf.float32)).graph
+    np.testing.assert_array_equal(eager.numpy(), bias.numpy())
+    assert not {op.type for op in graph.get_operations()} & {"Floor", "Sign", "Pow"}
+    assert np.any(quantizer(bias, training=False, weights={}).numpy() != bias.numpy())  # linked outside
+
+
+def test_links_are_not_serialized():
+    for quantizer in (Pow2BiasQuantizer(), Pow2ActivationQuantizer(0.9)):
+        config = quantizer.get_config()
+        quantizer.accumulator_exponent = lambda: tf.constant(-3.0)
+        assert quantizer.get_config() == config
+        clone = type(quantizer).from_config(config)
+        assert clone == quantizer and clone.accumulator_exponent is None
+
+
 # ---------------------------------------------------------------- serialization
 
 
@@ -303,6 +510,7 @@ QUANTIZERS = [
     Pow2WeightQuantizer(per_channel=False, kind="dense"),
     Pow2ActivationQuantizer(0.99),
     Pow2ActivationQuantizer(0.0),
+    Pow2BiasQuantizer(),
 ]
 
 
@@ -326,3 +534,5 @@ def test_quantizer_equality_tells_options_apart():
     assert Pow2WeightQuantizer(True, "conv") != Pow2WeightQuantizer(True, "depthwise")
     assert Pow2ActivationQuantizer(0.9) != Pow2ActivationQuantizer(0.99)
     assert Pow2ActivationQuantizer(0.9) != Pow2WeightQuantizer()
+    assert Pow2BiasQuantizer() == Pow2BiasQuantizer() and not (Pow2BiasQuantizer() != Pow2BiasQuantizer())
+    assert Pow2BiasQuantizer() != Pow2WeightQuantizer() and Pow2BiasQuantizer() != Pow2ActivationQuantizer()

@@ -15,7 +15,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 import tfqat
 from tfqat import configs
-from tfqat.quantizers import Pow2ActivationQuantizer
+from tfqat.linking import link_accumulators
+from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 from tfqat.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 
 layers = keras.layers
@@ -146,9 +147,11 @@ def test_fused_relu_has_no_quantizer_before_it(kind, relu):
     assert output_quantizers(producer) == [] and range_variables(producer) == []
     assert output_quantizers(relu_layer) == [Pow2ActivationQuantizer()]
     if kind != "add":
-        # The kernel is still quantized.
+        # The kernel and the bias are still quantized.
         assert producer.quantize_config == configs.KernelQuantizeConfig(quantize_output=False)
-        assert len(producer._weight_vars) == 1
+        assert [type(q) for _, q, _ in producer._weight_vars] == [Pow2WeightQuantizer, Pow2BiasQuantizer]
+        assert [w.name.split("/")[-1].split(":")[0] for w, _, _ in producer._weight_vars] == [
+            "depthwise_kernel" if kind == "depthwise" else "kernel", "bias"]
 
 
 @pytest.mark.parametrize(
@@ -252,7 +255,11 @@ def test_options_reach_every_quantizer(per_channel):
     x = layers.DepthwiseConv2D(3, name="dw")(x)
     x = layers.GlobalAveragePooling2D()(x)
     qat = tfqat.quantize_model(keras.Model(inputs, layers.Dense(2)(x)), per_channel=per_channel, ema_decay=0.75)
-    weight_quantizers = [q for l in qat.layers if isinstance(l, QuantizeWrapperV2) for _, q, _ in l._weight_vars]
+    all_weight_quantizers = [q for l in qat.layers if isinstance(l, QuantizeWrapperV2) for _, q, _ in l._weight_vars]
+    # Each layer's kernel, then its bias.
+    assert [type(q) for q in all_weight_quantizers] == [Pow2WeightQuantizer, Pow2BiasQuantizer] * 3
+    weight_quantizers = all_weight_quantizers[0::2]
+    assert all(q == Pow2BiasQuantizer() for q in all_weight_quantizers[1::2])
     activation_quantizers = [q for l in qat.layers for q in output_quantizers(l)]
     assert len(weight_quantizers) == 3 and len(activation_quantizers) == 5
     assert [q.per_channel for q in weight_quantizers] == [per_channel, per_channel, False]  # Dense: per tensor
@@ -316,7 +323,22 @@ def test_mobilenet_every_conv_quantizes_its_kernel(mobilenet_qat):
     convs = [l for l in base.layers if isinstance(l, (layers.Conv2D, layers.DepthwiseConv2D))]
     for conv in convs:
         layer = wrapped(qat, conv.name)
-        [(weight, quantizer, _)] = layer._weight_vars
+        [(weight, quantizer, _), (bias, bias_quantizer, _)] = layer._weight_vars
         expected_attribute = "depthwise_kernel" if isinstance(conv, layers.DepthwiseConv2D) else "kernel"
         assert weight.name.split("/")[-1].startswith(expected_attribute)
+        assert type(quantizer) is Pow2WeightQuantizer
         assert quantizer.kind == ("depthwise" if expected_attribute == "depthwise_kernel" else "conv")
+        # Every MobileNetV2 conv is followed by BN, so every folded conv has a bias, on the int32 grid.
+        assert not conv.use_bias and bias.name.split("/")[-1].startswith("bias")
+        assert type(bias_quantizer) is Pow2BiasQuantizer and callable(bias_quantizer.accumulator_exponent)
+
+
+def test_mobilenet_every_conv_and_dense_output_is_linked(mobilenet_qat):
+    """quantize_model links all 52 convs and the dense; only quantizers of their outputs round accumulators."""
+    _, qat = mobilenet_qat
+    assert link_accumulators(qat) == 52 + 1
+    for layer in qat.layers[1:]:
+        kind = type(inner(layer)).__name__
+        for quantizer in output_quantizers(layer):
+            consumes_accumulator = kind in ("ReLU", "Conv2D", "DepthwiseConv2D", "Dense")
+            assert (quantizer.accumulator_exponent is not None) == consumes_accumulator, layer.name

@@ -79,8 +79,14 @@ def fake_quant_weights(weights, exponent, per_channel_axis=None):
 
 
 def round_half_away_from_zero(values):
-    """Rounding as LiteRT's int8 kernels do it (TF's FakeQuant rounds ties up instead)."""
-    return tf.sign(values) * tf.floor(tf.abs(values) + 0.5)
+    """Rounding as LiteRT's int8 kernels do it (TF's FakeQuant rounds ties up instead).
+
+    Exact for every float: |x| - floor(|x|) loses nothing, whereas floor(|x| + 0.5)
+    rounds the sum first and gets 0.49999997 (to 1) and odd values >= 2**23 wrong.
+    """
+    magnitude = tf.abs(values)
+    whole = tf.floor(magnitude)
+    return tf.sign(values) * (whole + tf.cast(magnitude - whole >= 0.5, magnitude.dtype))
 
 
 def fake_quant_activations(values, exponent, litert_rounding: bool = False, accumulator_exponent=None):
