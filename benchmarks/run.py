@@ -78,6 +78,7 @@ def time_latency(tflite_models, image, threads, invokes, repeats):
     runners = {}
     for name, content in tflite_models.items():
         interpreter = litert.load_interpreter(content, num_threads=threads, kernels="xnnpack")
+        interpreter.allocate_tensors()
         spec = litert.describe(interpreter).inputs[0]
         feed = litert.quantize(image, spec) if spec.quantized else image
         index = interpreter.get_input_details()[0]["index"]
