@@ -19,6 +19,7 @@ import tfqat
 from tfqat import litert, pow2
 from tfqat.linking import link_accumulators
 from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, tracing_for_export
+from references import reference_weight_exponent, reference_activation_exponent
 
 layers = keras.layers
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
@@ -89,19 +90,6 @@ def calibration_data():
 def wrapped(model, name):
     return model.get_layer("quant_" + name)
 
-
-def reference_weight_exponent(max_abs: float) -> int:
-    k = int(pow2.MIN_EXPONENT)
-    while max_abs / 2.0**k > 127:
-        k += 1
-    return k
-
-
-def reference_activation_exponent(low: float, high: float) -> int:
-    k = int(pow2.MIN_EXPONENT)
-    while high / 2.0**k > 127 or low / 2.0**k < -128:
-        k += 1
-    return k
 
 
 def variable(wrapper, suffix):

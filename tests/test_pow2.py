@@ -9,24 +9,10 @@ import pytest
 import tensorflow as tf
 
 from tfqat import pow2
+from references import reference_weight_exponent, reference_activation_exponent, fake_quant_reference
 
 F32_MAX = float(np.finfo(np.float32).max)
 
-
-def reference_weight_exponent(max_abs: float) -> int:
-    """Smallest integer k >= MIN_EXPONENT with max_abs / 2**k <= 127, in exact float64 arithmetic."""
-    k = int(pow2.MIN_EXPONENT)
-    while max_abs / 2.0**k > 127:
-        k += 1
-    return k
-
-
-def reference_activation_exponent(low: float, high: float) -> int:
-    """Smallest integer k >= MIN_EXPONENT with high / 2**k <= 127 and low / 2**k >= -128."""
-    k = int(pow2.MIN_EXPONENT)
-    while high / 2.0**k > 127 or low / 2.0**k < -128:
-        k += 1
-    return k
 
 
 def _up(x):
@@ -178,15 +164,6 @@ def test_is_power_of_two(values, expected):
 
 
 # ---------------------------------------------------------------- fake quantization
-
-
-def fake_quant_reference(x, scale, qmin, qmax):
-    """TensorFlow's FakeQuant arithmetic in numpy float32: clamp, shift by the minimum, round half up."""
-    x = np.asarray(x, np.float32)
-    scale = np.asarray(scale, np.float32)
-    low, high = np.float32(qmin) * scale, np.float32(qmax) * scale
-    shifted = np.clip(x, low, high) - low
-    return (np.floor(shifted * (np.float32(1) / scale) + np.float32(0.5)) * scale + low).astype(np.float32)
 
 
 def _grid_check(quantized, scale, qmin, qmax):

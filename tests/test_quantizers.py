@@ -17,28 +17,14 @@ from tfqat.quantizers import (
     tracing_for_export,
 )
 
+from references import fake_quant_reference, reference_weight_exponent
+
 # Kernel shapes of each layer kind: Conv2D (h, w, in, out), DepthwiseConv2D (h, w, in, dm), Dense (in, out).
 KERNEL_SHAPES = {
     "conv": (3, 3, 4, 6),
     "depthwise": (3, 3, 5, 2),
     "dense": (7, 5),
 }
-
-
-def reference_exponent(max_abs: float) -> int:
-    k = int(pow2.MIN_EXPONENT)
-    while max_abs / 2.0**k > 127:
-        k += 1
-    return k
-
-
-def fake_quant_reference(x, scale, qmin, qmax):
-    """TensorFlow's FakeQuant arithmetic in numpy float32: clamp, shift by the minimum, round half up."""
-    x = np.asarray(x, np.float32)
-    scale = np.asarray(scale, np.float32)
-    low, high = np.float32(qmin) * scale, np.float32(qmax) * scale
-    shifted = np.clip(x, low, high) - low
-    return (np.floor(shifted * (np.float32(1) / scale) + np.float32(0.5)) * scale + low).astype(np.float32)
 
 
 def round_half_away(x):
@@ -73,10 +59,10 @@ def channel_scales(kernel: np.ndarray, kind: str) -> np.ndarray:
         scales = np.empty((channels_in, multiplier))
         for i in range(channels_in):
             for m in range(multiplier):
-                scales[i, m] = 2.0 ** reference_exponent(float(np.abs(kernel[:, :, i, m]).max()))
+                scales[i, m] = 2.0 ** reference_weight_exponent(float(np.abs(kernel[:, :, i, m]).max()))
         return scales.reshape(1, 1, channels_in, multiplier)
     flat = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
-    return np.array([2.0 ** reference_exponent(float(m)) for m in flat])
+    return np.array([2.0 ** reference_weight_exponent(float(m)) for m in flat])
 
 
 def spread_kernel(shape, seed) -> np.ndarray:
@@ -113,7 +99,7 @@ def range_of(weights):
 def test_weight_quantizer_per_tensor(kind):
     kernel = spread_kernel(KERNEL_SHAPES[kind], seed=1)
     quantizer = Pow2WeightQuantizer(per_channel=False, kind=kind)
-    k = reference_exponent(float(np.abs(kernel).max()))
+    k = reference_weight_exponent(float(np.abs(kernel).max()))
     assert quantizer.exponent(kernel).numpy() == k
     out = quantizer(tf.constant(kernel), training=True, weights={}).numpy()
     np.testing.assert_array_equal(out, fake_quant_reference(kernel, 2.0**k, -127, 127))
@@ -191,7 +177,7 @@ def test_activation_quantizer_first_training_batch_sets_range():
     batch = tf.constant([[-3.0, 0.5, 40.0, 2.0]])
     out = quantizer(batch, training=True, weights=weights).numpy()
     assert range_of(weights) == (-3.0, 40.0) and weights["seen"].numpy() == 1.0
-    k = reference_exponent(40.0)  # 40/127 dominates 3/128
+    k = reference_weight_exponent(40.0)  # 40/127 dominates 3/128
     assert pow2.activation_exponent(-3.0, 40.0).numpy() == k
     # The output already uses the new range: 40 is not clipped to the initial ReLU6 range.
     np.testing.assert_array_equal(out, litert_fake_quant_reference(batch.numpy(), 2.0**k))
