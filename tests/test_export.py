@@ -69,20 +69,25 @@ def test_every_scale_power_of_two_and_every_requantization_a_shift(exported):
 
 
 def test_keras_and_tflite_agree_on_mobilenet(exported):
-    """Both sides use the same power-of-two ranges, so they differ only in rounding: TF's FakeQuant
-    rounds ties up, LiteRT rounds ties away from zero (and in two steps for a shift), and its bias is
-    int32. Each requantization can so differ by one step; residual Adds of odd values at a finer
-    scale hit exact ties often, and these steps accumulate over 17 blocks of a random network, whose
-    logits are tiny (a few hundred steps). Measured: top-1 1.0, mean 1.9 and max 6 steps."""
+    """Every conv, depthwise and Add rounds as LiteRT does, so the only difference left is LiteRT's
+    MEAN (global average pooling), which tfqat does not emulate: one step at the pooled tensor,
+    which the Dense layer scales up. This random network's logits are tiny, so its output step
+    (2**-8) is fine next to the pooled step and the difference shows as a few output steps
+    (measured: max 4 and mean 1.8 per-tensor, max 3 and mean 1.1 per-channel; on the trained
+    flowers model, max 1 step). The top-1 class agrees."""
     _, qat, path, _ = exported
     report = keras_tflite_agreement(qat, path, _images(64, seed=7))
     assert report.top1_agreement >= 0.95
-    assert report.max_steps <= 8
-    assert report.mean_steps <= 3
+    assert report.max_steps <= 6
+    assert report.mean_steps <= 2.5
 
 
-def test_keras_and_tflite_agree_within_one_step_on_a_shallow_network(tmp_path):
-    """With one requantization per tensor and no residual Add, rounding can differ by at most one step."""
+def test_keras_and_tflite_agree_on_a_shallow_network_up_to_the_mean(tmp_path):
+    """Conv and depthwise outputs are requantized exactly as LiteRT does, so everything up to the
+    global average pool matches bit for bit (tests/test_linking.py checks that without a MEAN).
+    LiteRT's MEAN divides by 144 with its own fixed-point multiplier, which tfqat does not emulate:
+    the pooled value can be one step off, and the Dense layer after it scales that step by the
+    sum of its quantized weights; here that is at most a few output steps (measured: 3)."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
@@ -99,7 +104,8 @@ def test_keras_and_tflite_agree_within_one_step_on_a_shallow_network(tmp_path):
     path = tfqat.export_tflite(qat, tmp_path / "shallow.tflite")
     assert verify.verify_tflite(path).passed
     report = keras_tflite_agreement(qat, path, images)
-    assert report.max_steps <= 1
+    assert report.max_steps <= 4
+    assert report.mean_steps <= 0.5
     assert report.top1_agreement >= 0.95
 
 
