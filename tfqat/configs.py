@@ -11,7 +11,7 @@ from tfqat._keras import keras
 
 import tensorflow_model_optimization as tfmot
 
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantizers import ConfigEquality, Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -37,21 +37,8 @@ def fixed_output_quantizer(activation_name: str):
     return _FixedQuantizer(num_bits=8, init_min=low, init_max=high, narrow_range=False)
 
 
-class _Pow2Config(_QuantizeConfig):
-    """Shared serialization for configs whose constructor arguments are their config."""
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
+class _Pow2Config(ConfigEquality, _QuantizeConfig):
+    """A config quantizing nothing unless a subclass says otherwise."""
 
     def get_weights_and_quantizers(self, layer):
         return []

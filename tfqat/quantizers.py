@@ -20,6 +20,23 @@ _register = keras.utils.register_keras_serializable(package="tfqat")
 KERNEL_KINDS = ("dense", "conv", "depthwise")
 
 
+class ConfigEquality:
+    """Serialization and equality for classes whose constructor arguments are their config."""
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
 def _per_channel_max(weights, kind):
     """Max |w| per output channel: last axis, or in*depth_multiplier for depthwise."""
     if kind == "depthwise":
@@ -31,7 +48,7 @@ def _per_channel_max(weights, kind):
 
 
 @_register
-class Pow2WeightQuantizer(_Quantizer):
+class Pow2WeightQuantizer(ConfigEquality, _Quantizer):
     """Symmetric int8 weights in [-127, 127] * 2**k, k from the current weights.
 
     The scale is derived from the weights on every call (no stale range after the
@@ -72,16 +89,6 @@ class Pow2WeightQuantizer(_Quantizer):
     def get_config(self):
         return {"per_channel": self.per_channel, "kind": self.kind}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, Pow2WeightQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
 
 def _global(value, reduce):
     """Reduce a per-replica scalar over all replicas, so a distributed step sees the whole batch's range."""
@@ -92,7 +99,7 @@ def _global(value, reduce):
 
 
 @_register
-class Pow2ActivationQuantizer(_Quantizer):
+class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
     """int8 activations in [-128, 127] * 2**k with zero point 0.
 
     Values round half away from zero, as LiteRT's int8 kernels round, so the
@@ -166,19 +173,9 @@ class Pow2ActivationQuantizer(_Quantizer):
     def get_config(self):
         return {"ema_decay": self.ema_decay}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, Pow2ActivationQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
 
 @_register
-class Pow2BiasQuantizer(_Quantizer):
+class Pow2BiasQuantizer(ConfigEquality, _Quantizer):
     """Bias on the int32 grid input scale x weight scale, as the TFLite converter stores it.
 
     The grid is only known once the layer is linked to its input's quantizer
@@ -199,18 +196,6 @@ class Pow2BiasQuantizer(_Quantizer):
         rounded = pow2.round_half_away_from_zero(inputs / scale) * scale
         return inputs + tf.stop_gradient(rounded - inputs)
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, Pow2BiasQuantizer)
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 @contextlib.contextmanager
