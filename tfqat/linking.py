@@ -31,6 +31,21 @@ def _producer(layer):
     return inbound
 
 
+def _own_quantizers(wrapper):
+    """(quantizer, range variables) of the wrapper's own power-of-two output quantizers."""
+    pairs = [
+        (activation.quantizer, activation._post_activation_vars)
+        for activation in getattr(wrapper, "_quantize_activations", [])
+        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_post_activation_vars")
+    ]
+    pairs += [
+        (quantizer, wrapper._output_quantizer_vars)
+        for quantizer in getattr(wrapper, "_output_quantizers", None) or []
+        if isinstance(quantizer, Pow2ActivationQuantizer)
+    ]
+    return pairs
+
+
 def _output_range(layer):
     """(min_var, max_var) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
     while layer is not None:
@@ -40,35 +55,24 @@ def _output_range(layer):
             return None
         if not isinstance(layer, _Wrapper):
             return None
-        quantizer = _activation_quantizer(layer)
-        if quantizer is not None:
-            return quantizer
+        own = _own_quantizers(layer)
+        if own:
+            variables = own[0][1]
+            return variables["min_var"], variables["max_var"]
         if not isinstance(layer.quantize_config, PassThroughQuantizeConfig):
             return None
         layer = _producer(layer)
     return None
 
 
-def _activation_quantizer(wrapper):
-    """Range variables of the wrapper's own power-of-two output quantizer, if it has one."""
-    for activation in getattr(wrapper, "_quantize_activations", []):
-        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_post_activation_vars"):
-            return activation._post_activation_vars["min_var"], activation._post_activation_vars["max_var"]
-    for quantizer in getattr(wrapper, "_output_quantizers", None) or []:
-        if isinstance(quantizer, Pow2ActivationQuantizer):
-            return wrapper._output_quantizer_vars["min_var"], wrapper._output_quantizer_vars["max_var"]
-    return None
-
-
 def _output_quantizers(wrapper, consumers):
     """The power-of-two quantizer that rounds this kernel layer's accumulator: its own, or a fused ReLU's."""
-    found = [a.quantizer for a in getattr(wrapper, "_quantize_activations", [])
-             if isinstance(a.quantizer, Pow2ActivationQuantizer) and hasattr(a, "_post_activation_vars")]
-    if found:
-        return found
+    own = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
+    if own:
+        return own
     users = consumers.get(id(wrapper), [])
     if wrapper.quantize_config.quantize_output is False and len(users) == 1:
-        return [q for q in getattr(users[0], "_output_quantizers", None) or [] if isinstance(q, Pow2ActivationQuantizer)]
+        return [quantizer for quantizer, _ in _own_quantizers(users[0])]
     return []
 
 
