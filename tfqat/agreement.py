@@ -90,8 +90,15 @@ def keras_tflite_agreement(
         step = output_spec.scale
     if step <= 0:
         raise ValueError(f"step={step} is not valid; it must be > 0")
-    expected = _keras_outputs(keras_model, images, batch_size)
+    expected = keras_outputs(keras_model, images, batch_size)
     actual = predict(interpreter, images, batch_size=batch_size)
+    return compare_outputs(expected, actual, step)
+
+
+def compare_outputs(expected: np.ndarray, actual: np.ndarray, step: float) -> AgreementReport:
+    """The agreement of two models' outputs on the same images, `step` being one output step."""
+    if step <= 0:
+        raise ValueError(f"step={step} is not valid; it must be > 0")
     if expected.shape != actual.shape:
         raise ValueError(f"Keras outputs {expected.shape} but TFLite outputs {actual.shape} for the same images")
     error = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
@@ -102,7 +109,7 @@ def keras_tflite_agreement(
     classes = expected.shape[-1]
     same_class = expected.reshape(-1, classes).argmax(-1) == actual.reshape(-1, classes).argmax(-1)
     return AgreementReport(
-        count=len(images),
+        count=len(expected),
         top1_agreement=float(same_class.mean()),
         step=float(step),
         max_steps=float(steps.max()),
@@ -112,7 +119,8 @@ def keras_tflite_agreement(
     )
 
 
-def _keras_outputs(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+def keras_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Outputs of a single-output Keras model in inference mode, batch by batch."""
     outputs = []
     for start in range(0, len(images), batch_size):
         result = model(images[start : start + batch_size], training=False)

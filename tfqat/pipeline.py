@@ -8,7 +8,6 @@ inside a `model.fit`, at the last finished epoch).
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,12 +16,11 @@ from typing import Optional
 
 from tfqat._keras import keras
 
-import numpy as np
 import tensorflow as tf
 
 from tfqat.files import write_atomic
-from tfqat import __version__, data, distribute, evaluate, export, images, models, train, verify
-from tfqat.agreement import keras_tflite_agreement
+from tfqat import __version__, data, distribute, evaluate, export, images, litert, models, train, verify
+from tfqat.agreement import compare_outputs, keras_outputs
 from tfqat.api import calibrate, quantize_model
 from tfqat.folding import fold_batch_norms
 
@@ -213,7 +211,10 @@ class Run:
         return self._float_model
 
     def _pow2_model(self):
-        return quantize_model(self.float_model(), per_channel=self.options.per_channel)
+        """The float model quantized to power-of-two int8 and calibrated on training images (PTQ)."""
+        qat = quantize_model(self.float_model(), per_channel=self.options.per_channel)
+        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
+        return qat
 
     def _fit(self, model, stage: str):
         return train.fit(
@@ -227,12 +228,14 @@ class Run:
         )
 
     def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
-        """Save, verify and evaluate one int8 model; with its Keras model, measure agreement."""
+        """Save, verify and evaluate one int8 model; with its Keras model, measure agreement.
+
+        Each model runs once over the test images; accuracy and agreement both use those outputs.
+        """
         path = export.save_tflite(tflite, self.out / FILES[stage], labels=self.flowers.classes)
         report = verify.verify_tflite(path)
-        result = evaluate.evaluate_tflite(
-            path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{stage} LiteRT"
-        )
+        outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
+        result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
         result.update(
             title=TITLES[stage],
             engine="LiteRT int8",
@@ -246,10 +249,11 @@ class Run:
             },
         )
         if keras_model is not None:
-            agreement = keras_tflite_agreement(keras_model, path, self.test_images)
-            result["agreement"] = agreement.to_dict()
-            result["keras_accuracy"] = evaluate.evaluate_keras(
-                keras_model, self.test_images, self.test_labels, self.flowers.classes
+            expected = keras_outputs(keras_model, self.test_images)
+            step = litert.describe(path).outputs[0].scale
+            result["agreement"] = compare_outputs(expected, outputs, step).to_dict()
+            result["keras_accuracy"] = evaluate.classification_metrics(
+                self.test_labels, expected, self.flowers.classes
             )["accuracy"]
         return result
 
@@ -296,13 +300,10 @@ class Run:
 
     def stage_ptq(self) -> dict:
         qat = self._pow2_model()
-        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
         return self._finish_int8("ptq", export.convert_int8(qat), qat)
 
     def stage_qat(self) -> dict:
-        qat = self._pow2_model()
-        # Start from data ranges rather than the [-6, 6] placeholder.
-        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
+        qat = self._pow2_model()  # starts from data ranges rather than the [-6, 6] placeholder
         self._fit(qat, "qat")
         qat.save_weights(str(self.out / "qat.weights.h5"))
         return self._finish_int8("qat", export.convert_int8(qat), qat)
