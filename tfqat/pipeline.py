@@ -16,6 +16,7 @@ from typing import Optional
 
 from tfqat._keras import keras
 
+import numpy as np
 import tensorflow as tf
 
 from tfqat.files import write_atomic
@@ -216,6 +217,16 @@ class Run:
         calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
         return qat
 
+    def _validation_accuracy(self, model) -> float:
+        """Top-1 accuracy of a Keras model on the validation split, the only split training choices may look at."""
+        outputs, labels = [], []
+        for images, batch_labels in self.val_ds:
+            outputs.append(keras_outputs(model, images.numpy()))
+            labels.append(batch_labels.numpy())
+        return evaluate.classification_metrics(np.concatenate(labels), np.concatenate(outputs), self.flowers.classes)[
+            "accuracy"
+        ]
+
     def _fit(self, model, stage: str):
         return train.fit(
             model,
@@ -255,6 +266,7 @@ class Run:
             result["keras_accuracy"] = evaluate.classification_metrics(
                 self.test_labels, expected, self.flowers.classes
             )["accuracy"]
+            result["validation_accuracy"] = self._validation_accuracy(keras_model)
         return result
 
     # ---------------------------------------------------------------- stages
@@ -288,6 +300,7 @@ class Run:
         train.unfreeze(model)
         self._float_model = model
         result = evaluate.evaluate_keras(model, self.test_images, self.test_labels, self.flowers.classes)
+        result["validation_accuracy"] = self._validation_accuracy(model)
         path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)
         tflite = evaluate.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
