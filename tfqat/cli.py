@@ -45,14 +45,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 # Numeric run options: (flag, type, help). Defaults live in tfqat.pipeline.RunOptions only.
 _TRAINING_OPTIONS = (
-    ("--head-epochs", int, "epochs of the new head alone (default 3)"),
-    ("--fine-tune-epochs", int, "epochs of the whole network (default 5)"),
-    ("--fine-tune-learning-rate", float, "initial learning rate of fine-tuning, cosine-decayed (default 5e-5)"),
+    ("--head-epochs", int, "epochs of the new head alone"),
+    ("--fine-tune-epochs", int, "epochs of the whole network"),
+    ("--fine-tune-learning-rate", float, "initial learning rate of fine-tuning, cosine-decayed"),
 )
 _QUANTIZATION_OPTIONS = (
-    ("--qat-epochs", int, "epochs of quantization-aware training (default 6)"),
-    ("--qat-learning-rate", float, "initial learning rate of QAT, cosine-decayed (default 1e-4)"),
-    ("--calibration-images", int, "training images that set the PTQ and initial QAT ranges (default 512)"),
+    ("--qat-epochs", int, "epochs of quantization-aware training"),
+    ("--qat-learning-rate", float, "initial learning rate of QAT, cosine-decayed"),
+    ("--calibration-images", int, "training images that set the PTQ and initial QAT ranges"),
 )
 
 
@@ -75,8 +75,11 @@ def _add_run_options(parser, *, stages) -> None:
     if stages != ("float",):
         parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
         options += _QUANTIZATION_OPTIONS
+    from tfqat.pipeline import RunOptions
+
     for flag, kind, text in options:
-        parser.add_argument(flag, type=kind, default=None, help=text)
+        default = RunOptions.__dataclass_fields__[flag[2:].replace("-", "_")].default
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default {default:g})")
     parser.set_defaults(handler=_run, stages=stages)
 
 

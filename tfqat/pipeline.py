@@ -54,10 +54,10 @@ class RunOptions:
     image_size: int = 224
     batch_size: int = 32
     head_epochs: int = 3
-    fine_tune_epochs: int = 5
+    fine_tune_epochs: int = 6
     head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 5e-5
-    qat_epochs: int = 6
+    fine_tune_learning_rate: float = 1e-4
+    qat_epochs: int = 8
     qat_learning_rate: float = 1e-4
     calibration_images: int = 512
     per_channel: bool = False
