@@ -56,6 +56,12 @@ def test_results_are_consistent(quick_run):
     assert not models["tflite_ptq"]["verify"]["passed"]
     assert not models["tfmot_qat"]["verify"]["passed"]
     assert 0.0 <= models["qat"]["agreement"]["top1_agreement"] <= 1.0
+    # Every model with a Keras side is scored on the whole validation split; the converter's PTQ has none.
+    validation = pipeline.QUICK_IMAGES["validation"]
+    for stage in ("float", "ptq", "qat", "tfmot_qat"):
+        correct = models[stage]["validation_accuracy"] * validation
+        assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
+    assert "validation_accuracy" not in models["tflite_ptq"]
     report = (out / "report.md").read_text()
     assert f"{models['qat']['accuracy']:.4f}" in report
 
