@@ -252,12 +252,15 @@ def test_collecting_ranges_first_batch_replaces_the_initial_range():
     assert range_of(weights) == (0.0, 0.75)  # not widened from the initial [-6, 6]
 
 
-def test_collecting_ranges_is_reset_after_an_error():
+@pytest.mark.parametrize(
+    "block, flag", [(collecting_ranges, "_collecting"), (tracing_for_export, "_exporting")]
+)
+def test_class_flag_is_reset_after_an_error(block, flag):
     with pytest.raises(RuntimeError):
-        with collecting_ranges():
-            assert Pow2ActivationQuantizer._collecting
+        with block():
+            assert getattr(Pow2ActivationQuantizer, flag)
             raise RuntimeError("boom")
-    assert not Pow2ActivationQuantizer._collecting
+    assert not getattr(Pow2ActivationQuantizer, flag)
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -388,14 +391,6 @@ def test_activation_quantizer_inside_tracing_for_export_is_tf_fake_quant(linked)
     outside_graph = tf.function(lambda v: quantizer(v, training=False, weights=weights)).get_concrete_function(
         tf.TensorSpec(x.shape, tf.float32)).graph
     assert "Floor" in {op.type for op in outside_graph.get_operations()}
-
-
-def test_tracing_for_export_is_reset_after_an_error():
-    with pytest.raises(RuntimeError):
-        with tracing_for_export():
-            assert Pow2ActivationQuantizer._exporting
-            raise RuntimeError("boom")
-    assert not Pow2ActivationQuantizer._exporting
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -57,6 +57,9 @@ _QUANTIZATION_OPTIONS = (
 
 
 def _add_run_options(parser, *, stages) -> None:
+    from tfqat.distribute import STRATEGIES
+    from tfqat.pipeline import RunOptions
+
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -65,7 +68,7 @@ def _add_run_options(parser, *, stages) -> None:
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
     parser.add_argument(
-        "--strategy", choices=("default", "mirrored", "multi_worker"), default="default",
+        "--strategy", choices=STRATEGIES, default="default",
         help="tf.distribute strategy for training: one device, all local devices, or the workers of TF_CONFIG",
     )
     options = []
@@ -75,8 +78,6 @@ def _add_run_options(parser, *, stages) -> None:
     if stages != ("float",):
         parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
         options += _QUANTIZATION_OPTIONS
-    from tfqat.pipeline import RunOptions
-
     for flag, kind, text in options:
         default = RunOptions.__dataclass_fields__[flag[2:].replace("-", "_")].default
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default {default:g})")

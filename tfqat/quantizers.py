@@ -5,7 +5,7 @@ the math lives in `tfqat.pow2`.
 """
 
 import contextlib
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from tfqat._keras import keras
 
@@ -197,22 +197,21 @@ class Pow2BiasQuantizer(ConfigEquality, _Quantizer):
         return inputs + tf.stop_gradient(rounded - inputs)
 
 
-
-@contextlib.contextmanager
-def collecting_ranges() -> Iterator[None]:
+def collecting_ranges() -> ContextManager[None]:
     """Within this block, graphs traced in inference mode widen activation ranges to the data seen."""
-    Pow2ActivationQuantizer._collecting = True
-    try:
-        yield
-    finally:
-        Pow2ActivationQuantizer._collecting = False
+    return _class_flag("_collecting")
+
+
+def tracing_for_export() -> ContextManager[None]:
+    """Within this block, traced graphs carry plain FakeQuant ops only, which the TFLite converter reads."""
+    return _class_flag("_exporting")
 
 
 @contextlib.contextmanager
-def tracing_for_export() -> Iterator[None]:
-    """Within this block, traced graphs carry plain FakeQuant ops only, which the TFLite converter reads."""
-    Pow2ActivationQuantizer._exporting = True
+def _class_flag(name: str) -> Iterator[None]:
+    """Sets a Pow2ActivationQuantizer class flag for the block (read when graphs are traced), then clears it."""
+    setattr(Pow2ActivationQuantizer, name, True)
     try:
         yield
     finally:
-        Pow2ActivationQuantizer._exporting = False
+        setattr(Pow2ActivationQuantizer, name, False)

@@ -125,7 +125,7 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key, m in models.items():
-        ref = f"{reference[key]:.4f}" if reference.get(key) is not None else "–"
+        ref = _number(reference.get(key))
         size = _size(m["size_bytes"]) if m.get("size_bytes") is not None else "–"
         val = _number(m.get("validation_accuracy"))
         lines.append(
