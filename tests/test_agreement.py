@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import tflite_models as tm
-from tfqat.agreement import keras_tflite_agreement
+from tfqat._keras import keras
+from tfqat.agreement import keras_outputs, keras_tflite_agreement
 
 # Step used for the float comparison: the int8 softmax output step, 1/256.
 SOFTMAX_STEP = 2.0**-8
@@ -62,3 +63,18 @@ def test_float_tflite_needs_an_explicit_step():
 def test_empty_images_are_refused():
     with pytest.raises(ValueError, match="at least one image"):
         keras_tflite_agreement(tm.pow2_keras_model(), tm.pow2_int8_tflite(), np.zeros((0, *tm.IMAGE_SHAPE)))
+
+
+def test_keras_outputs_refuses_a_two_output_model():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
+    with pytest.raises(ValueError, match="single-output"):
+        keras_outputs(model, np.zeros((2, 4), np.float32))
+
+
+def test_keras_outputs_match_eager_calls_and_keep_every_image():
+    model = tm.tiny_float_keras_model()
+    images = tm.random_images(37, seed=2)  # a partial last batch
+    got = keras_outputs(model, images, batch_size=16)
+    assert got.shape == (37, tm.NUM_CLASSES) and got.dtype == np.float32
+    np.testing.assert_allclose(got, model(images, training=False).numpy(), atol=1e-6)

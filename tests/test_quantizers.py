@@ -180,7 +180,7 @@ def test_activation_quantizer_first_training_batch_sets_range():
     k = reference_weight_exponent(40.0)  # 40/127 dominates 3/128
     assert pow2.activation_exponent(-3.0, 40.0).numpy() == k
     # The output already uses the new range: 40 is not clipped to the initial ReLU6 range.
-    np.testing.assert_array_equal(out, litert_fake_quant_reference(batch.numpy(), 2.0**k))
+    np.testing.assert_array_equal(out, _plain_fake_quant(batch, 2.0**k).numpy())
     assert out.max() == 40.0
 
 
@@ -207,7 +207,7 @@ def test_activation_quantizer_later_batches_move_range_by_ema(decay):
         got_low, got_high = range_of(weights)
         assert (got_low, got_high) == (float(low), float(high))  # same float32 arithmetic
         k = pow2.activation_exponent(got_low, got_high).numpy()
-        np.testing.assert_array_equal(out, litert_fake_quant_reference([batch], 2.0**k))
+        np.testing.assert_array_equal(out, _plain_fake_quant(tf.constant([batch]), 2.0**k).numpy())
 
 
 def test_activation_quantizer_inference_freezes_range():
@@ -347,13 +347,29 @@ def test_activation_quantizer_rounds_ties_away_from_zero(mode):
     np.testing.assert_array_equal(out, litert_fake_quant_reference(steps[None, :] * 2.0**-7, 2.0**-7))
 
 
-def test_activation_quantizer_in_training_rounds_ties_away_from_zero():
+def test_activation_quantizer_in_training_rounds_as_fake_quant():
+    """Training steps skip the costly LiteRT emulation: ties go up, as TF's FakeQuant rounds them."""
     quantizer, weights = built_activation_quantizer(ema_decay=0.0)
     batch = tf.constant([[-1.0, 1.0] + [s * 2.0**-6 for s in (-2.5, 2.5, -0.5, 0.5, -1.5, 1.5)]])
     out = quantizer(batch, training=True, weights=weights).numpy()
     assert range_of(weights) == (-1.0, 1.0)  # scale 2**-6
-    np.testing.assert_array_equal(out[0, 2:] / 2.0**-6, [-3, 3, -1, 1, -2, 2])
-    np.testing.assert_array_equal(out, litert_fake_quant_reference(batch.numpy(), 2.0**-6))
+    np.testing.assert_array_equal(out[0, 2:] / 2.0**-6, [-2, 3, 0, 1, -1, 2])
+    # The same batch in inference, range now frozen, rounds away from zero as LiteRT does.
+    inferred = quantizer(batch, training=False, weights=weights).numpy()
+    np.testing.assert_array_equal(inferred[0, 2:] / 2.0**-6, [-3, 3, -1, 1, -2, 2])
+
+
+def test_linked_activation_quantizer_in_training_is_plain_fake_quant():
+    quantizer, weights = frozen_quantizer()
+    quantizer.accumulator_exponent = lambda: tf.constant(-11.0)
+    x = tf.constant((np.arange(-2048, 2040, 8) * 2.0**-11)[None, :], tf.float32)
+    train_step = tf.function(lambda v: quantizer(v, training=True, weights=weights))
+    graph = train_step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    operations = {op.type for op in graph.get_operations()}
+    assert "FakeQuantWithMinMaxVars" in operations
+    assert "Floor" not in operations  # no rounding emulation in the training graph
+    k = pow2.activation_exponent(*range_of(weights)).numpy()
+    np.testing.assert_array_equal(train_step(x).numpy(), _plain_fake_quant(x, 2.0**k).numpy())
 
 
 def _plain_fake_quant(x, scale):
@@ -393,24 +409,20 @@ def test_activation_quantizer_inside_tracing_for_export_is_tf_fake_quant(linked)
     assert "Floor" in {op.type for op in outside_graph.get_operations()}
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_linked_activation_quantizer_requantizes_accumulators_as_litert(training):
+def test_linked_activation_quantizer_requantizes_accumulators_as_litert():
     quantizer, weights = frozen_quantizer()  # [-1, 0.5]: scale 2**-7
     quantizer.accumulator_exponent = lambda: tf.constant(-11.0)  # n = 4
     acc = np.random.default_rng(3).integers(-16 * 128, 16 * 64, 400)
-    # -1.5, -0.5, 0.5, 1.5, -2.5, 2.5, -128 and 127.5 steps: inside [-1, 0.996], so training keeps 2**-7.
-    acc[:8] = [-24, -8, 8, 24, -40, 40, -2048, 2040]
-    if not training:
-        acc[8:10] = [-2056, -2072]  # -128.5 and -129.5 steps
+    # -1.5, -0.5, 0.5, 1.5, -2.5, 2.5, -128, 127.5, -128.5 and -129.5 steps.
+    acc[:10] = [-24, -8, 8, 24, -40, 40, -2048, 2040, -2056, -2072]
     x = tf.constant((acc * 2.0**-11)[None, :], tf.float32)
-    out = quantizer(x, training=training, weights=weights).numpy()[0]
+    out = quantizer(x, training=False, weights=weights).numpy()[0]
     assert pow2.activation_exponent(*range_of(weights)).numpy() == -7
     expected = np.clip(litert_requantize_reference(acc, 4), -128, 127)
     np.testing.assert_array_equal(out / 2.0**-7, expected)
     # Ties round up, not away from zero; 127.5 saturates.
     np.testing.assert_array_equal(expected[:8], [-1, 0, 1, 2, -2, 3, -128, 127])
-    if not training:
-        np.testing.assert_array_equal(expected[8:10], [-128, -128])  # -128.5 rounds up into the range
+    np.testing.assert_array_equal(expected[8:10], [-128, -128])  # -128.5 rounds up into the range
 
 
 # ---------------------------------------------------------------- biases

@@ -120,11 +120,14 @@ def compare_outputs(expected: np.ndarray, actual: np.ndarray, step: float) -> Ag
 
 
 def keras_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Outputs of a single-output Keras model in inference mode, batch by batch."""
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        result = model(images[start : start + batch_size], training=False)
-        if isinstance(result, (list, tuple, dict)):
-            raise ValueError("keras_tflite_agreement needs a single-output Keras model")
-        outputs.append(np.asarray(result, np.float32))
-    return np.concatenate(outputs)
+    """Outputs of a single-output Keras model in inference mode, batch by batch.
+
+    Runs through the model's traced `predict` (about twice as fast as eager calls
+    on a QAT model, and traced once per model, not once per call).
+    """
+    if len(model.outputs or ()) > 1:
+        raise ValueError("keras_tflite_agreement needs a single-output Keras model")
+    result = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    if isinstance(result, (list, tuple, dict)):
+        raise ValueError("keras_tflite_agreement needs a single-output Keras model")
+    return np.asarray(result, np.float32)
