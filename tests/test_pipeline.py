@@ -62,6 +62,7 @@ def test_results_are_consistent(quick_run):
         correct = models[stage]["validation_accuracy"] * validation
         assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
     assert "validation_accuracy" not in models["tflite_ptq"]
+    assert results["options"]["qat_distillation"] is False  # the default: QAT learns the labels
     report = (out / "report.md").read_text()
     assert f"{models['qat']['accuracy']:.4f}" in report
 
@@ -114,3 +115,17 @@ def test_resuming_with_other_settings_is_refused(quick_run, capsys):
     code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", "none"])
     assert code == 2
     assert "other settings" in capsys.readouterr().err
+    code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", str(WEIGHTS), "--distillation"])
+    assert code == 2
+    assert "qat_distillation: False -> True" in capsys.readouterr().err
+
+
+@needs_shared
+def test_a_run_recorded_before_a_setting_existed_still_resumes(quick_run, tmp_path):
+    out, _ = quick_run
+    settings = json.loads((out / "state.json").read_text())["settings"]
+    del settings["qat_distillation"]  # as recorded by a version without the option
+    (tmp_path / "state.json").write_text(json.dumps({"settings": settings}))
+    pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
+    with pytest.raises(ValueError, match="qat_distillation: False -> True"):
+        pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, qat_distillation=True))

@@ -67,3 +67,47 @@ def test_cosine_schedule_decays_to_zero():
     schedule = train.cosine_schedule(1e-3, 2, _data())
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(8)) == pytest.approx(0.0, abs=1e-12)
+
+
+def _tiny_teacher():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x) * 3.0, name="teacher")
+
+
+def test_distillation_targets_are_the_teachers_probabilities():
+    teacher = _tiny_teacher()
+    for (images, labels), (same_images, targets) in zip(_data(), train.distillation_targets(_data(), teacher)):
+        np.testing.assert_array_equal(images.numpy(), same_images.numpy())
+        np.testing.assert_allclose(targets.numpy(), tf.nn.softmax(teacher(images)).numpy(), atol=1e-6)
+        np.testing.assert_allclose(targets.numpy().sum(-1), 1.0, atol=1e-6)
+
+
+def _kl_to_teacher(model, teacher, images):
+    p = tf.nn.softmax(teacher(images, training=False))
+    return float(tf.reduce_mean(keras.losses.kl_divergence(p, tf.nn.softmax(model(images, training=False)))))
+
+
+def test_distillation_moves_the_model_towards_a_frozen_teacher():
+    model, teacher = _tiny_qat_model(), _tiny_teacher()
+    images = np.concatenate([x.numpy() for x, _ in _data()])
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    before = _kl_to_teacher(model, teacher, images)
+    history = train.fit(model, _data(), _data(), epochs=20, learning_rate=1e-2, teacher=teacher, verbose=0)
+    assert _kl_to_teacher(model, teacher, images) < 0.5 * before
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, teacher.get_weights()))
+    # Validation scores the model against the labels, not the teacher.
+    outputs = model.predict(images, verbose=0)
+    labels = np.concatenate([y.numpy() for _, y in _data()])
+    assert history.history["val_accuracy"][-1] == pytest.approx(float((outputs.argmax(-1) == labels).mean()))
+
+
+def test_a_teacher_with_other_outputs_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    four_classes = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)), name="wrong")
+    with pytest.raises(ValueError, match=r"teacher 'wrong' maps .*\(None, 4\).*distillation needs the same"):
+        train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, teacher=four_classes, verbose=0)
+    with pytest.raises(TypeError, match="teacher must be a Keras model"):
+        train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, teacher="float.h5", verbose=0)

@@ -77,6 +77,10 @@ def _add_run_options(parser, *, stages) -> None:
         options += _TRAINING_OPTIONS
     if stages != ("float",):
         parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
+        parser.add_argument(
+            "--distillation", action="store_true",
+            help="QAT (ours and the TFMOT peer) learns the float model's class probabilities instead of the labels",
+        )
         options += _QUANTIZATION_OPTIONS
     for flag, kind, text in options:
         default = RunOptions.__dataclass_fields__[flag[2:].replace("-", "_")].default
@@ -116,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data,
         weights=None if weights in (None, "none") else weights,
         per_channel=args.per_channel,
+        qat_distillation=getattr(args, "distillation", False),
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
         strategy=args.strategy,

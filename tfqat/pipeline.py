@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +59,7 @@ class RunOptions:
     fine_tune_learning_rate: float = 1e-4
     qat_epochs: int = 8
     qat_learning_rate: float = 1e-4
+    qat_distillation: bool = False  # both QAT models learn the float model's class probabilities instead of labels
     calibration_images: int = 512
     per_channel: bool = False
     peers: bool = True
@@ -161,7 +162,11 @@ class Run:
         if recorded is None:
             self.state.save("settings", settings)
             return
-        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+        # A setting added since that run was recorded counts as its default, so such runs still resume.
+        defaults = {f.name: f.default for f in fields(RunOptions)}
+        changed = [
+            f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in settings.items() if recorded.get(k, defaults[k]) != v
+        ]
         if changed:
             msg = (
                 f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
@@ -228,12 +233,14 @@ class Run:
         ]
 
     def _fit(self, model, stage: str):
+        """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
         return train.fit(
             model,
             self.train_ds,
             self.val_ds,
             epochs=self.options.qat_epochs,
             learning_rate=self.options.qat_learning_rate,
+            teacher=self.float_model() if self.options.qat_distillation else None,
             backup_dir=self.out / "backup" / stage,
             verbose=_FIT_VERBOSITY,
         )

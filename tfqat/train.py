@@ -21,12 +21,37 @@ def cosine_schedule(learning_rate: float, epochs: int, train_ds):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
 
 
-def compile_classifier(model, learning_rate) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+def compile_classifier(model, learning_rate, *, soft_targets: bool = False) -> None:
+    """Adam and cross-entropy on logits; targets are class indices, or class probabilities with `soft_targets`."""
+    if soft_targets:
+        loss, accuracy = keras.losses.CategoricalCrossentropy(from_logits=True), keras.metrics.CategoricalAccuracy
+    else:
+        loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), keras.metrics.SparseCategoricalAccuracy
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[accuracy(name="accuracy")])
+
+
+def distillation_targets(dataset, teacher):
+    """(images, labels) batches -> (images, the teacher's class probabilities for those same images).
+
+    Training a QAT model towards the float model it came from (knowledge
+    distillation) gives it the teacher's confidence in every class, a richer
+    target than the label. The teacher runs in inference mode on the augmented
+    batch, so both models see the same pixels.
+    """
+    return dataset.map(lambda images, labels: (images, tf.nn.softmax(teacher(images, training=False))))
+
+
+def _check_teacher(model, teacher) -> int:
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"teacher must be a Keras model, got {type(teacher).__name__}")
+    shapes = {"student": (model.input_shape, model.output_shape), "teacher": (teacher.input_shape, teacher.output_shape)}
+    if shapes["student"] != shapes["teacher"]:
+        msg = (
+            f"teacher '{teacher.name}' maps {shapes['teacher'][0]} to {shapes['teacher'][1]} but "
+            f"'{model.name}' maps {shapes['student'][0]} to {shapes['student'][1]}; distillation needs the same"
+        )
+        raise ValueError(msg)
+    return int(model.output_shape[-1])
 
 
 def fit(
@@ -37,6 +62,7 @@ def fit(
     epochs: int,
     learning_rate: float,
     backup_dir: Optional[Path] = None,
+    teacher: Optional[keras.Model] = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
 ):
@@ -44,8 +70,19 @@ def fit(
 
     An interrupted fit restarts from its last finished epoch when called again
     with the same `backup_dir`; the backup is removed when the fit completes.
+    With a `teacher` (a model with the same inputs and logits, e.g. the float
+    model a QAT model was made from), the model learns the teacher's class
+    probabilities instead of the labels (`distillation_targets`); its training
+    "accuracy" is then its top-1 agreement with the teacher, while validation
+    still scores it against the labels. The teacher is not trained.
     """
-    compile_classifier(model, cosine_schedule(learning_rate, epochs, train_ds))
+    schedule = cosine_schedule(learning_rate, epochs, train_ds)
+    if teacher is not None:
+        classes = _check_teacher(model, teacher)
+        train_ds = distillation_targets(train_ds, teacher).prefetch(tf.data.AUTOTUNE)
+        if val_ds is not None:
+            val_ds = val_ds.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
+    compile_classifier(model, schedule, soft_targets=teacher is not None)
     last_good = _LastGoodWeights()
     all_callbacks = [last_good, keras.callbacks.TerminateOnNaN(), *callbacks]
     if backup_dir is not None:
