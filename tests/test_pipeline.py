@@ -129,3 +129,12 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(quick_run, tmp_pa
     pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
     with pytest.raises(ValueError, match="qat_distillation: False -> True"):
         pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, qat_distillation=True))
+
+
+@needs_shared
+def test_a_stage_command_keeps_the_settings_it_has_no_flags_for(quick_run, capsys):
+    """`tfqat qat` has no --weights: after `tfqat train --weights F` it continues that run instead of refusing it."""
+    out, _ = quick_run
+    assert cli.main(["qat", "--data", str(DATA), "--out", str(out), "--quick"]) == 0
+    assert "qat: done in an earlier run, kept" in capsys.readouterr().out
+    assert json.loads((out / "state.json").read_text())["settings"]["weights"] == str(WEIGHTS.resolve())

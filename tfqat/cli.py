@@ -110,25 +110,35 @@ def _add_stage(name: str, stage: str, help_text: str):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tfqat.pipeline import RunOptions, run
+    from tfqat.pipeline import RunOptions, recorded_settings, run
 
     weights = getattr(args, "weights", "imagenet")
     numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
-    given = {name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None}
+    settings = {
+        "weights": None if weights in (None, "none") else weights,
+        "qat_distillation": getattr(args, "distillation", False),
+        "float_model": getattr(args, "float_model", None),
+        **{name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None},
+    }
+    # Settings this command has no flag for (`qat` has no --weights, `train` no --qat-epochs) keep
+    # their values from the run already in --out, so `train --weights F` then `qat` is one run.
+    flags = {"weights": "weights", "qat_distillation": "distillation", "float_model": "float_model"}
+    flags.update((name, name) for name in numeric)
+    settings.update(
+        (name, value) for name, value in recorded_settings(args.out).items()
+        if name in flags and not hasattr(args, flags[name])
+    )
     options = RunOptions(
         out=Path(args.out),
         data=args.data,
-        weights=None if weights in (None, "none") else weights,
         per_channel=args.per_channel,
-        qat_distillation=getattr(args, "distillation", False),
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
         strategy=args.strategy,
         export_dir=Path(args.export_dir) if getattr(args, "export_dir", None) else None,
         stages=tuple(args.stages),
-        float_model=getattr(args, "float_model", None),
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
-        **given,
+        **settings,
     )
     results = run(options)
     for stage, result in results["models"].items():

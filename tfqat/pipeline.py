@@ -105,6 +105,12 @@ def _log(message: str) -> None:
     print(f"[tfqat] {message}", flush=True)
 
 
+def recorded_settings(out) -> dict:
+    """The settings of the run already in the folder `out`, or {} when there is none."""
+    path = Path(out) / "state.json"
+    return _State(path).results.get("settings", {}) if path.is_file() else {}
+
+
 class _State:
     """Results of finished stages, saved after each one."""
 
