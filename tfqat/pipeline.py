@@ -107,8 +107,7 @@ def _log(message: str) -> None:
 
 def recorded_settings(out) -> dict:
     """The settings of the run already in the folder `out`, or {} when there is none."""
-    path = Path(out) / "state.json"
-    return _State(path).results.get("settings", {}) if path.is_file() else {}
+    return _State(Path(out) / "state.json").results.get("settings", {})
 
 
 class _State:
