@@ -63,6 +63,7 @@ def test_results_are_consistent(quick_run):
         assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
     assert "validation_accuracy" not in models["tflite_ptq"]
     assert results["options"]["qat_distillation"] is False  # the default: QAT learns the labels
+    assert results["options"]["restore_best"] is True  # the default: each fit ends on its best validation epoch
     report = (out / "report.md").read_text()
     assert f"{models['qat']['accuracy']:.4f}" in report
 
@@ -118,6 +119,9 @@ def test_resuming_with_other_settings_is_refused(quick_run, capsys):
     code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", str(WEIGHTS), "--distillation"])
     assert code == 2
     assert "qat_distillation: False -> True" in capsys.readouterr().err
+    code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", str(WEIGHTS), "--keep-last-epoch"])
+    assert code == 2
+    assert "restore_best: True -> False" in capsys.readouterr().err
 
 
 @needs_shared
@@ -129,6 +133,12 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(quick_run, tmp_pa
     pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
     with pytest.raises(ValueError, match="qat_distillation: False -> True"):
         pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, qat_distillation=True))
+    # Runs from before restore_best kept their last epochs: they resume as such, not as the new default.
+    del settings["restore_best"]
+    (tmp_path / "state.json").write_text(json.dumps({"settings": settings}))
+    pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, restore_best=False))
+    with pytest.raises(ValueError, match="restore_best: False -> True"):
+        pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
 
 
 @needs_shared

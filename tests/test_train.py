@@ -63,6 +63,61 @@ def test_interrupted_fit_resumes_to_the_same_weights(tmp_path):
     assert not any(tmp_path.iterdir())  # the backup is removed once the fit completes
 
 
+def _contrary_validation():
+    """The training images with other labels: the better the fit, the higher its val_loss."""
+    images, labels = next(iter(_data(count=32).unbatch().batch(32)))
+    return tf.data.Dataset.from_tensor_slices((images, (labels + 1) % 3)).batch(8)
+
+
+class _EpochWeights(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights, self.val_losses = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+        self.val_losses.append(logs["val_loss"])
+
+
+def test_restore_best_ends_on_the_epoch_with_the_lowest_val_loss():
+    model, epochs = _tiny_qat_model(), _EpochWeights()
+    train.fit(model, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, restore_best=True,
+              callbacks=[epochs], verbose=0)
+    best = int(np.argmin(epochs.val_losses))
+    assert best < 3, "the val_loss must rise for this test to tell the best epoch from the last"
+    for got, want in zip(model.get_weights(), epochs.weights[best]):
+        np.testing.assert_array_equal(got, want)  # activation ranges too: they belong to that epoch
+
+
+def test_without_restore_best_the_last_epoch_stays():
+    model, epochs = _tiny_qat_model(), _EpochWeights()
+    train.fit(model, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, callbacks=[epochs], verbose=0)
+    for got, want in zip(model.get_weights(), epochs.weights[-1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_restore_best_survives_an_interruption(tmp_path):
+    reference = _tiny_qat_model()
+    train.fit(reference, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, restore_best=True, verbose=0)
+
+    model = _tiny_qat_model()
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, restore_best=True,
+                  backup_dir=tmp_path, callbacks=[_Interrupt()], verbose=0)
+    assert (tmp_path / "best" / "best.json").is_file()
+    resumed = _tiny_qat_model()
+    train.fit(resumed, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, restore_best=True,
+              backup_dir=tmp_path, verbose=0)
+    # The best epoch came before the interruption: only the saved copy can bring it back.
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not any(tmp_path.iterdir())
+
+
+def test_restore_best_without_validation_data_is_refused():
+    with pytest.raises(ValueError, match="restore_best=True .* pass val_ds"):
+        train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, restore_best=True, verbose=0)
+
+
 def test_cosine_schedule_decays_to_zero():
     schedule = train.cosine_schedule(1e-3, 2, _data())
     assert float(schedule(0)) == pytest.approx(1e-3)

@@ -71,6 +71,10 @@ def _add_run_options(parser, *, stages) -> None:
         "--strategy", choices=STRATEGIES, default="default",
         help="tf.distribute strategy for training: one device, all local devices, or the workers of TF_CONFIG",
     )
+    parser.add_argument(
+        "--keep-last-epoch", action="store_true",
+        help="end every fit on its last epoch (default: on the epoch with the lowest validation loss)",
+    )
     options = []
     if "float" in stages:
         parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
@@ -117,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = {
         "weights": None if weights in (None, "none") else weights,
         "qat_distillation": getattr(args, "distillation", False),
+        "restore_best": not args.keep_last_epoch,
         "float_model": getattr(args, "float_model", None),
         **{name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None},
     }

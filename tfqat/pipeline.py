@@ -60,6 +60,7 @@ class RunOptions:
     qat_epochs: int = 8
     qat_learning_rate: float = 1e-4
     qat_distillation: bool = False  # both QAT models learn the float model's class probabilities instead of labels
+    restore_best: bool = True  # every fit ends on its epoch with the lowest validation loss, not its last
     calibration_images: int = 512
     per_channel: bool = False
     peers: bool = True
@@ -88,6 +89,8 @@ class RunOptions:
 
 # Options that do not change results, so a run may resume with other values.
 _NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
+# What runs recorded before a setting existed did, where that is not the setting's default.
+_BEFORE_RECORDED = {"restore_best": False}
 QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
 QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 
@@ -167,8 +170,8 @@ class Run:
         if recorded is None:
             self.state.save("settings", settings)
             return
-        # A setting added since that run was recorded counts as its default, so such runs still resume.
-        defaults = {f.name: f.default for f in fields(RunOptions)}
+        # A setting added since that run was recorded counts as what that run did, so such runs still resume.
+        defaults = {**{f.name: f.default for f in fields(RunOptions)}, **_BEFORE_RECORDED}
         changed = [
             f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in settings.items() if recorded.get(k, defaults[k]) != v
         ]
@@ -247,6 +250,7 @@ class Run:
             learning_rate=self.options.qat_learning_rate,
             teacher=self.float_model() if self.options.qat_distillation else None,
             backup_dir=self.out / "backup" / stage,
+            restore_best=self.options.restore_best,
             verbose=_FIT_VERBOSITY,
         )
 
@@ -306,7 +310,7 @@ class Run:
                 model, base, self.train_ds, self.val_ds,
                 head_epochs=o.head_epochs, fine_tune_epochs=o.fine_tune_epochs,
                 head_learning_rate=o.head_learning_rate, fine_tune_learning_rate=o.fine_tune_learning_rate,
-                backup_dir=self.out / "backup" / "float", verbose=_FIT_VERBOSITY,
+                backup_dir=self.out / "backup" / "float", restore_best=o.restore_best, verbose=_FIT_VERBOSITY,
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)

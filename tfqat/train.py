@@ -1,12 +1,18 @@
 """Training with plain `model.fit`: the float transfer learning, and QAT fine-tuning."""
 
+import io
+import json
 import math
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from tfqat._keras import keras
 
+import numpy as np
 import tensorflow as tf
+
+from tfqat.files import write_atomic
 
 
 class TrainingError(RuntimeError):
@@ -63,6 +69,7 @@ def fit(
     learning_rate: float,
     backup_dir: Optional[Path] = None,
     teacher: Optional[keras.Model] = None,
+    restore_best: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
 ):
@@ -70,12 +77,18 @@ def fit(
 
     An interrupted fit restarts from its last finished epoch when called again
     with the same `backup_dir`; the backup is removed when the fit completes.
+    With `restore_best`, the model ends with the weights of the epoch that had
+    the lowest validation loss (as EarlyStopping's restore_best_weights, but
+    also when every epoch runs): fine-tuning a small set overfits in its last
+    epochs.
     With a `teacher` (a model with the same inputs and logits, e.g. the float
     model a QAT model was made from), the model learns the teacher's class
     probabilities instead of the labels (`distillation_targets`); its training
     "accuracy" is then its top-1 agreement with the teacher, while validation
     still scores it against the labels. The teacher is not trained.
     """
+    if restore_best and val_ds is None:
+        raise ValueError("restore_best=True picks the epoch with the lowest validation loss: pass val_ds")
     schedule = cosine_schedule(learning_rate, epochs, train_ds)
     if teacher is not None:
         classes = _check_teacher(model, teacher)
@@ -85,6 +98,8 @@ def fit(
     compile_classifier(model, schedule, soft_targets=teacher is not None)
     last_good = _LastGoodWeights()
     all_callbacks = [last_good, keras.callbacks.TerminateOnNaN(), *callbacks]
+    if restore_best:
+        all_callbacks.append(_BestWeights(Path(backup_dir) / "best" if backup_dir is not None else None, verbose))
     if backup_dir is not None:
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
@@ -120,6 +135,46 @@ class _LastGoodWeights(keras.callbacks.Callback):
             self.weights, self.epoch = self.model.get_weights(), epoch + 1
 
 
+class _BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest val_loss and puts them back when the fit ends.
+
+    With a `folder`, the best epoch so far is also written there, so a fit resumed
+    by BackupAndRestore still knows the epochs it ran before the interruption.
+    """
+
+    def __init__(self, folder: Optional[Path], verbose: int):
+        super().__init__()
+        self.folder, self.verbose = folder, verbose
+
+    def on_train_begin(self, logs=None):
+        self.best, self.epoch, self.weights = math.inf, None, None
+        if self.folder is not None and (self.folder / "best.json").is_file():
+            record = json.loads((self.folder / "best.json").read_text())
+            with np.load(self.folder / "best.npz") as saved:
+                self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            self.best, self.epoch = record["val_loss"], record["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss")
+        if value is None or not math.isfinite(value) or value >= self.best or not _finite(self.model):
+            return
+        self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
+        if self.folder is not None:
+            arrays = io.BytesIO()
+            np.savez(arrays, *self.weights)
+            write_atomic(self.folder / "best.npz", arrays.getvalue())  # before the record that points to it
+            write_atomic(self.folder / "best.json", json.dumps({"epoch": epoch, "val_loss": self.best}))
+
+    def on_train_end(self, logs=None):
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)  # the fit is over: nothing left to resume
+        if self.weights is None:
+            return
+        self.model.set_weights(self.weights)
+        if self.verbose:
+            print(f"restored the weights of epoch {self.epoch + 1} (lowest val_loss {self.best:.4f})", flush=True)
+
+
 def unfreeze(model) -> None:
     """Make every layer trainable except BatchNormalization, which stays on its statistics.
 
@@ -144,20 +199,25 @@ def train_float(
     head_learning_rate: float = 1e-3,
     fine_tune_learning_rate: float = 1e-5,
     backup_dir: Optional[Path] = None,
+    restore_best: bool = False,
     verbose: int = 1,
 ):
-    """Transfer learning in two phases: the new head alone, then the whole network at a small rate."""
+    """Transfer learning in two phases: the new head alone, then the whole network at a small rate.
+
+    With `restore_best`, each phase ends on its epoch with the lowest validation loss (see `fit`).
+    """
     histories = {}
     base.trainable = False
     if head_epochs:
         histories["head"] = fit(
             model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
-            backup_dir=backup_dir / "head" if backup_dir else None, verbose=verbose,
+            backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best, verbose=verbose,
         )
     if fine_tune_epochs:
         unfreeze(model)
         histories["fine_tune"] = fit(
             model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
-            backup_dir=backup_dir / "fine_tune" if backup_dir else None, verbose=verbose,
+            backup_dir=backup_dir / "fine_tune" if backup_dir else None, restore_best=restore_best,
+            verbose=verbose,
         )
     return histories
