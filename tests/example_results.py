@@ -35,7 +35,7 @@ def example_results():
         "command": "tfqat run --data ../shared/data/flower_photos --weights w.h5 --out runs/flowers",
         "versions": {"tfqat": "0.1.0", "tensorflow": "2.21.0", "tf_keras": "2.21.0", "tfmot": "0.8.1",
                      "ai_edge_litert": "2.3.0", "python": "3.11.7", "platform": "Linux-x86_64"},
-        "started": "2026-11-28T02:10:00Z", "seed": 0, "quick": False,
+        "started": "2026-11-28T02:10:00Z", "written": "2026-11-28T02:45:00Z", "seed": 0, "quick": False,
         "data": {
             "source": "/work/shared/data/flower_photos", "classes": CLASSES,
             "split_sizes": {"train": 2021, "validation": 316, "test": 593},

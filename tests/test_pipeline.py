@@ -1,6 +1,7 @@
 """The flowers workflow end to end, in --quick mode on the shared photos (a smoke test of `tfqat run`)."""
 
 import json
+import time
 from pathlib import Path
 
 from tfqat._keras import keras  # noqa: F401
@@ -64,6 +65,9 @@ def test_results_are_consistent(quick_run):
     assert "validation_accuracy" not in models["tflite_ptq"]
     assert results["options"]["qat_distillation"] is False  # the default: QAT learns the labels
     assert results["options"]["restore_best"] is True  # the default: each fit ends on its best validation epoch
+    # "started" comes from the first command (`tfqat train`), so the span to the report covers the float stage.
+    started, written = (time.mktime(time.strptime(results[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("started", "written"))
+    assert written - started >= results["stage_seconds"]["float"]
     report = (out / "report.md").read_text()
     assert f"{models['qat']['accuracy']:.4f}" in report
 

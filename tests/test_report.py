@@ -38,6 +38,7 @@ def test_report_contains_every_number(tmp_path):
         assert row in text
     assert "scores 0.9292" in text  # the float model's own TFLite accuracy
     assert results["command"] in text
+    assert "started: 2026-11-28T02:10:00Z · report written: 2026-11-28T02:45:00Z · seed: 0" in text
     assert "| tfmot | 0.8.1 |" in text
     assert "train 2021, validation 316, test 593" in text
     assert "Skipped files: 2" in text and "roses/broken.jpg" in text

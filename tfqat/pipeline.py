@@ -113,6 +113,10 @@ def recorded_settings(out) -> dict:
     return _State(Path(out) / "state.json").results.get("settings", {})
 
 
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class _State:
     """Results of finished stages, saved after each one."""
 
@@ -155,6 +159,8 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.out / "state.json")
         self._check_resumable()
+        if "started" not in self.state.results:  # the first command of this run; resumed ones keep it
+            self.state.save("started", _utc_now())
         self.times = dict(self.state.results.get("stage_seconds", {}))
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
@@ -384,7 +390,8 @@ class Run:
         return {
             "command": o.command,
             "versions": _versions(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "started": self.state.results.get("started"),  # None for folders from before it was recorded
+            "written": _utc_now(),  # when this report was made
             "seed": o.seed,
             "quick": o.quick,
             "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()},

@@ -81,7 +81,8 @@ def _header(results: Mapping[str, Any]) -> str:
     lines = ["# tfqat: power-of-two int8 MobileNetV2 on flowers"]
     if "command" in results:
         lines += ["", "Command:", "", "```", str(results["command"]), "```"]
-    run = [f"{name}: {results[key]}" for key, name in (("started", "started"), ("seed", "seed")) if key in results]
+    fields = (("started", "started"), ("written", "report written"), ("seed", "seed"))
+    run = [f"{name}: {results[key]}" for key, name in fields if results.get(key) is not None]
     if "quick" in results:
         run.append("quick run (reduced training; not comparable with the reference)" if results["quick"] else "full run")
     if run:
