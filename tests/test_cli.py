@@ -69,3 +69,30 @@ def test_console_entry_point_has_no_traceback(models):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tfqat verify: error: ")
+
+
+def _options(argv):
+    from tfqat.cli import build_parser, run_options
+
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)
+    return run_options(args)
+
+
+def test_unset_numeric_flags_resume_the_recorded_run(tmp_path):
+    """A run recorded under other defaults resumes as recorded; a flag given on the command line still wins."""
+    from tfqat.pipeline import RunOptions
+
+    recorded = {"qat_epochs": 8, "fine_tune_learning_rate": 5e-5, "weights": "w.h5", "qat_distillation": True}
+    (tmp_path / "state.json").write_text(json.dumps({"settings": recorded}))
+    resumed = _options(["run", "--data", "d", "--out", str(tmp_path)])
+    assert (resumed.qat_epochs, resumed.fine_tune_learning_rate) == (8, 5e-5)
+    # Flags that `run` has keep their command-line values, so a different choice is seen (and refused by Run).
+    assert resumed.weights == "imagenet" and resumed.qat_distillation is False
+    assert _options(["run", "--data", "d", "--out", str(tmp_path), "--qat-epochs", "3"]).qat_epochs == 3
+    # `qat` has no --weights: it continues the recorded run's.
+    stage = _options(["qat", "--data", "d", "--out", str(tmp_path)])
+    assert (stage.weights, stage.qat_epochs) == ("w.h5", 8)
+    # A new folder takes the defaults.
+    fresh = _options(["run", "--data", "d", "--out", str(tmp_path / "new")])
+    assert fresh.qat_epochs == RunOptions.qat_epochs and fresh.fine_tune_learning_rate == RunOptions.fine_tune_learning_rate

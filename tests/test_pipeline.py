@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tfqat._keras import keras  # noqa: F401
 
+import numpy as np
 import pytest
 
 from tfqat import cli, pipeline
@@ -152,3 +153,20 @@ def test_a_stage_command_keeps_the_settings_it_has_no_flags_for(quick_run, capsy
     assert cli.main(["qat", "--data", str(DATA), "--out", str(out), "--quick"]) == 0
     assert "qat: done in an earlier run, kept" in capsys.readouterr().out
     assert json.loads((out / "state.json").read_text())["settings"]["weights"] == str(WEIGHTS.resolve())
+
+
+@needs_shared
+def test_qat_starts_from_the_ptq_calibration_without_calibrating_again(quick_run, monkeypatch):
+    out, _ = quick_run
+    run = pipeline.Run(pipeline.RunOptions(out=out, data=str(DATA), weights=str(WEIGHTS), quick=True))
+    run.load_data()
+    calls = []
+    real = pipeline.calibrate
+    monkeypatch.setattr(pipeline, "calibrate", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    ptq, qat = run._pow2_model(), run._pow2_model()
+    assert len(calls) == 1 and ptq is not qat
+    for a, b in zip(ptq.get_weights(), qat.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    # Calibration moved the activation ranges off their placeholder; the second model has them too.
+    fresh = pipeline.quantize_model(run.float_model())
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), qat.get_weights(), strict=True))

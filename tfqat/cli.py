@@ -113,8 +113,15 @@ def _add_stage(name: str, stage: str, help_text: str):
     return add
 
 
-def _run(args: argparse.Namespace) -> int:
-    from tfqat.pipeline import RunOptions, recorded_settings, run
+def run_options(args: argparse.Namespace):
+    """The RunOptions of a parsed `run` or stage command.
+
+    Settings the command has no flag for (`qat` has no --weights, `train` no
+    --qat-epochs), and numeric ones left unset, keep their values from the run
+    already in --out: `train --weights F` then `qat` is one run, and a run
+    recorded under older defaults resumes as it was recorded.
+    """
+    from tfqat.pipeline import RunOptions, recorded_settings
 
     weights = getattr(args, "weights", "imagenet")
     numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
@@ -125,15 +132,14 @@ def _run(args: argparse.Namespace) -> int:
         "float_model": getattr(args, "float_model", None),
         **{name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None},
     }
-    # Settings this command has no flag for (`qat` has no --weights, `train` no --qat-epochs) keep
-    # their values from the run already in --out, so `train --weights F` then `qat` is one run.
     flags = {"weights": "weights", "qat_distillation": "distillation", "float_model": "float_model"}
     flags.update((name, name) for name in numeric)
-    settings.update(
-        (name, value) for name, value in recorded_settings(args.out).items()
-        if name in flags and not hasattr(args, flags[name])
-    )
-    options = RunOptions(
+
+    def unset(name: str) -> bool:
+        return not hasattr(args, flags[name]) or (name in numeric and getattr(args, flags[name]) is None)
+
+    settings.update((name, value) for name, value in recorded_settings(args.out).items() if name in flags and unset(name))
+    return RunOptions(
         out=Path(args.out),
         data=args.data,
         per_channel=args.per_channel,
@@ -145,6 +151,12 @@ def _run(args: argparse.Namespace) -> int:
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
         **settings,
     )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tfqat.pipeline import run
+
+    options = run_options(args)
     results = run(options)
     for stage, result in results["models"].items():
         print(f"{stage:<11} {result['accuracy']:.4f}  {result['title']}")

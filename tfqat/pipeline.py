@@ -165,6 +165,7 @@ class Run:
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
+        self._calibrated = None  # the PTQ model's weights once calibrated, so QAT does not calibrate again
 
     def _check_resumable(self) -> None:
         """Refuse to mix stages of runs with different settings in one output folder."""
@@ -233,7 +234,12 @@ class Run:
     def _pow2_model(self):
         """The float model quantized to power-of-two int8 and calibrated on training images (PTQ)."""
         qat = quantize_model(self.float_model(), per_channel=self.options.per_channel)
-        calibrate(qat, tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size))
+        if self._calibrated is None:
+            images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
+            calibrate(qat, images)
+            self._calibrated = qat.get_weights()
+        else:
+            qat.set_weights(self._calibrated)
         return qat
 
     def _validation_accuracy(self, model) -> float:
