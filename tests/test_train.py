@@ -166,3 +166,44 @@ def test_a_teacher_with_other_outputs_is_refused():
         train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, teacher=four_classes, verbose=0)
     with pytest.raises(TypeError, match="teacher must be a Keras model"):
         train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, teacher="float.h5", verbose=0)
+
+
+def _tiny_classifier():
+    """A float classifier with a `base` sub-model, as `models.build_classifier` makes."""
+    keras.utils.set_random_seed(0)
+    base_inputs = keras.Input((8, 8, 3))
+    features = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(base_inputs)))
+    base = keras.Model(base_inputs, features, name="base")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(base(inputs)))
+    return keras.Model(inputs, outputs), base
+
+
+def test_train_float_resumed_inside_fine_tuning_does_not_train_the_head_again(tmp_path, monkeypatch):
+    settings = dict(head_epochs=2, fine_tune_epochs=2, head_learning_rate=1e-2, fine_tune_learning_rate=1e-2, verbose=0)
+    reference, base = _tiny_classifier()
+    train.train_float(reference, base, _data(), None, backup_dir=tmp_path / "reference", **settings)
+    assert not [p for p in (tmp_path / "reference").rglob("*") if p.is_file()]  # nothing left to resume
+
+    real_fit, phases = train.fit, []
+
+    def interrupted_fine_tuning(model, *args, **kwargs):
+        phases.append(kwargs["learning_rate"] if not phases else "fine_tune")
+        if len(phases) == 2:
+            raise KeyboardInterrupt  # stopped before fine-tuning finished an epoch
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", interrupted_fine_tuning)
+    model, base = _tiny_classifier()
+    with pytest.raises(KeyboardInterrupt):
+        train.train_float(model, base, _data(), None, backup_dir=tmp_path / "run", **settings)
+    assert (tmp_path / "run" / "head.weights.h5").is_file()
+
+    phases.clear()
+    monkeypatch.setattr(train, "fit", lambda *a, **k: phases.append(k["epochs"]) or real_fit(*a, **k))
+    resumed, base = _tiny_classifier()  # a new process rebuilds the model with an untrained head
+    histories = train.train_float(resumed, base, _data(), None, backup_dir=tmp_path / "run", **settings)
+    assert list(histories) == ["fine_tune"] and len(phases) == 1
+    for a, b in zip(reference.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not (tmp_path / "run" / "head.weights.h5").exists()

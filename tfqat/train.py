@@ -205,14 +205,27 @@ def train_float(
     """Transfer learning in two phases: the new head alone, then the whole network at a small rate.
 
     With `restore_best`, each phase ends on its epoch with the lowest validation loss (see `fit`).
+    With a `backup_dir`, an interrupted call resumes where it stopped: inside either phase at its
+    last finished epoch, and a finished head phase is not run again.
     """
     histories = {}
     base.trainable = False
-    if head_epochs:
+    backup_dir = Path(backup_dir) if backup_dir else None
+    head_weights = backup_dir / "head.weights.h5" if backup_dir else None
+    if head_epochs and head_weights is not None and head_weights.is_file():
+        model.load_weights(str(head_weights))  # the head phase finished before an interruption
+        if verbose:
+            print(f"head phase: finished before the interruption, weights restored from {head_weights}", flush=True)
+    elif head_epochs:
         histories["head"] = fit(
             model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
             backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best, verbose=verbose,
         )
+        if head_weights is not None:
+            partial = head_weights.with_name("head.partial.weights.h5")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            model.save_weights(str(partial))
+            partial.replace(head_weights)  # atomic: the file is there whole or not at all
     if fine_tune_epochs:
         unfreeze(model)
         histories["fine_tune"] = fit(
@@ -220,4 +233,6 @@ def train_float(
             backup_dir=backup_dir / "fine_tune" if backup_dir else None, restore_best=restore_best,
             verbose=verbose,
         )
+    if head_weights is not None:
+        head_weights.unlink(missing_ok=True)  # both phases are over: nothing left to resume
     return histories
