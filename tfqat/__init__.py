@@ -3,6 +3,7 @@
 from tfqat._keras import keras  # first: selects tf_keras before TensorFlow loads
 
 from tfqat.api import calibrate, load_model, quantize_model, quantize_scope
+from tfqat.equalize import equalize
 from tfqat.export import export_tflite
 from tfqat.folding import fold_batch_norms
 from tfqat.scheme import Pow2QuantizeScheme
@@ -11,6 +12,7 @@ from tfqat import distribute  # noqa: E402  (tf.distribute strategies by name)
 
 __all__ = [
     "calibrate",
+    "equalize",
     "export_tflite",
     "fold_batch_norms",
     "keras",

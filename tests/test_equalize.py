@@ -1,0 +1,141 @@
+"""Cross-layer equalization: the same function, and equal ranges on both sides of each pair."""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqat
+from tfqat import graph
+from tfqat.equalize import equalization_scales, equalize, find_pairs
+
+
+def _spread_batch_norms(model, seed=0):
+    """BN statistics whose per-channel gains span three decades, as trained depthwise layers have."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            gain = 10.0 ** rng.uniform(-2, 1, gamma.shape)
+            layer.set_weights([gain, rng.normal(0, 0.5, beta.shape), rng.normal(0, 0.1, mean.shape), variance])
+    return model
+
+
+def _block(relu_max=None):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 1, use_bias=False, name="expand")(inputs)
+    x = keras.layers.BatchNormalization(name="expand_bn")(x)
+    x = keras.layers.ReLU(relu_max, name="expand_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name="pad")(x)
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="depthwise")(x)
+    x = keras.layers.BatchNormalization(name="depthwise_bn")(x)
+    x = keras.layers.ReLU(relu_max, name="depthwise_relu")(x)
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="project")(x)
+    x = keras.layers.BatchNormalization(name="project_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return _spread_batch_norms(keras.Model(inputs, keras.layers.Dense(3, name="logits")(x)))
+
+
+def _images(count=8, size=12, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (count, size, size, 3)).astype(np.float32)
+
+
+def _ranges(model, name, side):
+    kernel = model.get_layer(name).get_weights()[0]
+    if side == "in" or isinstance(model.get_layer(name), keras.layers.DepthwiseConv2D):
+        return np.abs(kernel).max(axis=(0, 1, 3))
+    return np.abs(kernel).max(axis=(0, 1, 2))
+
+
+def test_scales_give_both_kernels_the_geometric_mean_range_and_never_grow_the_first():
+    first, second = np.array([8.0, 9.0, 1.0, 0.0, 2.0]), np.array([2.0, 1.0, 4.0, 3.0, 0.0])
+    scales = equalization_scales(first, second)
+    np.testing.assert_allclose(scales, [2.0, 3.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose((first / scales)[:2], (second * scales)[:2])
+
+
+def test_pairs_reach_across_relu_and_padding_but_not_pooling():
+    pairs = find_pairs(tfqat.fold_batch_norms(_block()))
+    assert [(p.first, p.second) for p in pairs] == [("expand", "depthwise"), ("depthwise", "project")]
+
+
+def test_equalized_model_computes_the_same_function():
+    model = _block()
+    equalized = equalize(model)
+    np.testing.assert_allclose(equalized(_images()).numpy(), model(_images()).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_every_pair_ends_with_the_first_no_wider_than_the_second():
+    folded = tfqat.fold_batch_norms(_block())
+    equalized = equalize(folded)
+    for pair in find_pairs(equalized):
+        before = _ranges(folded, pair.first, "out"), _ranges(folded, pair.second, "in")
+        after = _ranges(equalized, pair.first, "out"), _ranges(equalized, pair.second, "in")
+        assert np.all(after[0] <= after[1] * (1 + 1e-3))  # wider first channels were shrunk to meet the second
+        assert after[0].max() < before[0].max()  # so the first kernel's per-tensor range shrank
+    # Some channel was wider in the first kernel, so the test has something to check.
+    assert np.any(_ranges(folded, "expand", "out") > _ranges(folded, "depthwise", "in"))
+
+
+def test_relu6_stays_and_the_function_is_kept_below_its_clip():
+    model = _block(relu_max=6.0)
+    equalized = equalize(model)
+    assert equalized.get_layer("expand_relu").max_value == 6.0
+    # Inputs small enough that no pre-activation reaches 6: there the clip never acts and the models agree.
+    images = _images() * 0.05
+    pre_activations = keras.Model(model.inputs, [model.get_layer(n).input for n in ("expand_relu", "depthwise_relu")])
+    assert max(float(np.max(t)) for t in pre_activations(images)) < 6.0
+    np.testing.assert_allclose(equalized(images).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, include_top=False)
+    _spread_batch_norms(base)
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(base(inputs)))
+    return keras.Model(inputs, outputs)
+
+
+def test_mobilenet_v2_pairs_and_function(mobilenet):
+    folded = tfqat.fold_batch_norms(mobilenet)
+    pairs = find_pairs(folded)
+    depthwise = {layer.name for layer in folded.layers if isinstance(layer, keras.layers.DepthwiseConv2D)}
+    # Every one of the 17 depthwise layers is equalized with the conv before it and the one after it.
+    assert sorted(p.second for p in pairs if p.second in depthwise) == sorted(depthwise)
+    assert sorted(p.first for p in pairs if p.first in depthwise) == sorted(depthwise)
+    # With every ReLU6 made ReLU, the clip is out of the way and the function is kept exactly.
+    relu = _relu_for_relu6(mobilenet)
+    images = _images(size=32)
+    np.testing.assert_allclose(equalize(relu)(images).numpy(), relu(images).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def _relu_for_relu6(model):
+    def hook(layer, args, kwargs):
+        if isinstance(layer, keras.layers.ReLU):
+            return keras.layers.ReLU(name=layer.name)(*args, **kwargs)
+        return None
+
+    return graph.rebuild(model, hook)
+
+
+def test_power_of_two_quantization_of_the_equalized_model_is_closer_to_its_float(mobilenet):
+    images = _images(count=32, size=32)
+
+    def relative_error(float_model):
+        qat = tfqat.quantize_model(float_model)
+        tfqat.calibrate(qat, tf.data.Dataset.from_tensor_slices(images).batch(16))
+        expected = float_model(images).numpy()
+        return np.linalg.norm(qat(images, training=False).numpy() - expected) / np.linalg.norm(expected)
+
+    assert relative_error(equalize(mobilenet)) < 0.8 * relative_error(mobilenet)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="rounds"):
+        equalize(_block(), rounds=0)
+    with pytest.raises(TypeError, match="tf_keras Model"):
+        equalize("model.h5")
