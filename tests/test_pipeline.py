@@ -40,6 +40,7 @@ def test_run_writes_every_artifact(quick_run):
         assert (out / name).is_file(), name
     published = sorted(p.name for p in (out / "export").iterdir())
     assert "flowers_mobilenet_v2_int8_qat.tflite" in published and "report.md" in published
+    assert "flowers_mobilenet_v2_int8_ptq_equalized.tflite" in published
     assert "flowers_mobilenet_v2_int8_tflite_ptq.tflite" not in published
 
 
@@ -55,17 +56,19 @@ def test_results_are_consistent(quick_run):
         assert sum(map(sum, result["confusion"])) == pipeline.QUICK_IMAGES["test"]
     # The power-of-two exports pass the verifier; the peers' float scales do not.
     assert models["ptq"]["verify"]["passed"] and models["qat"]["verify"]["passed"]
+    assert models["ptq_equalized"]["verify"]["passed"]
     assert not models["tflite_ptq"]["verify"]["passed"]
     assert not models["tfmot_qat"]["verify"]["passed"]
     assert 0.0 <= models["qat"]["agreement"]["top1_agreement"] <= 1.0
     # Every model with a Keras side is scored on the whole validation split; the converter's PTQ has none.
     validation = pipeline.QUICK_IMAGES["validation"]
-    for stage in ("float", "ptq", "qat", "tfmot_qat"):
+    for stage in ("float", "ptq", "ptq_equalized", "qat", "tfmot_qat"):
         correct = models[stage]["validation_accuracy"] * validation
         assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
     assert "validation_accuracy" not in models["tflite_ptq"]
     assert results["options"]["qat_distillation"] is False  # the default: QAT learns the labels
     assert results["options"]["restore_best"] is True  # the default: each fit ends on its best validation epoch
+    assert results["options"]["equalize"] is False  # the default: QAT starts from the float model as it is
     # "started" comes from the first command (`tfqat train`), so the span to the report covers the float stage.
     started, written = (time.mktime(time.strptime(results[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("started", "written"))
     assert written - started >= results["stage_seconds"]["float"]
@@ -127,6 +130,9 @@ def test_resuming_with_other_settings_is_refused(quick_run, capsys):
     code = cli.main(["run", "--data", str(DATA), "--out", str(out), "--quick", "--weights", str(WEIGHTS), "--keep-last-epoch"])
     assert code == 2
     assert "restore_best: True -> False" in capsys.readouterr().err
+    code = cli.main(["qat", "--data", str(DATA), "--out", str(out), "--quick", "--equalize"])
+    assert code == 2
+    assert "equalize: False -> True" in capsys.readouterr().err
 
 
 @needs_shared
@@ -163,10 +169,12 @@ def test_qat_starts_from_the_ptq_calibration_without_calibrating_again(quick_run
     calls = []
     real = pipeline.calibrate
     monkeypatch.setattr(pipeline, "calibrate", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
-    ptq, qat = run._pow2_model(), run._pow2_model()
+    ptq, qat = run._pow2_model(equalized=True), run._pow2_model(equalized=True)
     assert len(calls) == 1 and ptq is not qat
     for a, b in zip(ptq.get_weights(), qat.get_weights(), strict=True):
         assert np.array_equal(a, b)
+    run._pow2_model(equalized=False)  # the model as it is has ranges of its own
+    assert len(calls) == 2
     # Calibration moved the activation ranges off their placeholder; the second model has them too.
-    fresh = pipeline.quantize_model(run.float_model())
+    fresh = pipeline.quantize_model(pipeline.equalize(run.float_model()))
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), qat.get_weights(), strict=True))

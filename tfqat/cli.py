@@ -85,6 +85,10 @@ def _add_run_options(parser, *, stages) -> None:
             "--distillation", action="store_true",
             help="QAT (ours and the TFMOT peer) learns the float model's class probabilities instead of the labels",
         )
+        parser.add_argument(
+            "--equalize", action="store_true",
+            help="start tfqat's QAT from the cross-layer-equalized float model (default: the float model as it is)",
+        )
         options += _QUANTIZATION_OPTIONS
     for flag, kind, text in options:
         default = RunOptions.__dataclass_fields__[flag[2:].replace("-", "_")].default
@@ -93,7 +97,7 @@ def _add_run_options(parser, *, stages) -> None:
 
 
 def _add_run(subparsers) -> None:
-    from_stages = ("float", "ptq", "qat", "tflite_ptq", "tfmot_qat")
+    from_stages = ("float", "ptq", "ptq_equalized", "qat", "tflite_ptq", "tfmot_qat")
     parser = subparsers.add_parser(
         "run",
         help="the whole flowers workflow: float, power-of-two PTQ and QAT, peers, evaluation, report",
@@ -106,10 +110,10 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--export-dir", default=None, help="also copy the published artifacts here (e.g. export)")
 
 
-def _add_stage(name: str, stage: str, help_text: str):
+def _add_stage(name: str, stages: tuple, help_text: str):
     def add(subparsers) -> None:
         parser = subparsers.add_parser(name, help=help_text, description=help_text + " Results go to --out.")
-        _add_run_options(parser, stages=(stage,))
+        _add_run_options(parser, stages=stages)
     return add
 
 
@@ -128,11 +132,12 @@ def run_options(args: argparse.Namespace):
     settings = {
         "weights": None if weights in (None, "none") else weights,
         "qat_distillation": getattr(args, "distillation", False),
+        "equalize": getattr(args, "equalize", False),
         "restore_best": not args.keep_last_epoch,
         "float_model": getattr(args, "float_model", None),
         **{name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None},
     }
-    flags = {"weights": "weights", "qat_distillation": "distillation", "float_model": "float_model"}
+    flags = {"weights": "weights", "qat_distillation": "distillation", "equalize": "equalize", "float_model": "float_model"}
     flags.update((name, name) for name in numeric)
 
     def unset(name: str) -> bool:
@@ -217,9 +222,13 @@ def _export(args: argparse.Namespace) -> int:
 
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
-    _add_stage("train", "float", "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
-    _add_stage("ptq", "ptq", "Power-of-two int8 post-training quantization: fold, calibrate, export, verify, evaluate."),
-    _add_stage("qat", "qat", "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
+    _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
+    _add_stage(
+        "ptq", ("ptq", "ptq_equalized"),
+        "Power-of-two int8 post-training quantization, of the float model and of its cross-layer-equalized copy: "
+        "fold, (equalize,) calibrate, export, verify, evaluate.",
+    ),
+    _add_stage("qat", ("qat",), "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
     _add_export,
     _add_verify,
     _add_evaluate,

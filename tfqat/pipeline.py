@@ -23,13 +23,15 @@ from tfqat.files import write_atomic
 from tfqat import __version__, data, distribute, evaluate, export, images, litert, models, train, verify
 from tfqat.agreement import compare_outputs, keras_outputs
 from tfqat.api import calibrate, quantize_model
+from tfqat.equalize import equalize
 from tfqat.folding import fold_batch_norms
 
-STAGES = ("float", "ptq", "qat", "tflite_ptq", "tfmot_qat")
+STAGES = ("float", "ptq", "ptq_equalized", "qat", "tflite_ptq", "tfmot_qat")
 REFERENCE = {"float": 0.8965, "ptq": 0.2943, "qat": 0.8910}
 TITLES = {
     "float": "original float network",
     "ptq": "int8 via post-training quantization (power-of-two, per-tensor)",
+    "ptq_equalized": "int8 via post-training quantization after cross-layer equalization (power-of-two, per-tensor)",
     "qat": "int8 via quantization-aware training (power-of-two, per-tensor)",
     "tflite_ptq": "int8 via TFLite converter PTQ (per-channel, float scales)",
     "tfmot_qat": "int8 via TFMOT default 8-bit QAT",
@@ -37,11 +39,12 @@ TITLES = {
 FILES = {
     "float": "flowers_mobilenet_v2_float.tflite",
     "ptq": "flowers_mobilenet_v2_int8_ptq.tflite",
+    "ptq_equalized": "flowers_mobilenet_v2_int8_ptq_equalized.tflite",
     "qat": "flowers_mobilenet_v2_int8_qat.tflite",
     "tflite_ptq": "flowers_mobilenet_v2_int8_tflite_ptq.tflite",
     "tfmot_qat": "flowers_mobilenet_v2_int8_tfmot_qat.tflite",
 }
-PUBLISHED = ("float", "ptq", "qat")
+PUBLISHED = ("float", "ptq", "ptq_equalized", "qat")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class RunOptions:
     qat_learning_rate: float = 1e-4
     qat_distillation: bool = False  # both QAT models learn the float model's class probabilities instead of labels
     restore_best: bool = True  # every fit ends on its epoch with the lowest validation loss, not its last
+    equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
     calibration_images: int = 512
     per_channel: bool = False
     peers: bool = True
@@ -165,7 +169,7 @@ class Run:
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
-        self._calibrated = None  # the PTQ model's weights once calibrated, so QAT does not calibrate again
+        self._calibrated = {}  # equalized or not -> the PTQ model's calibrated weights, so QAT does not calibrate again
 
     def _check_resumable(self) -> None:
         """Refuse to mix stages of runs with different settings in one output folder."""
@@ -231,15 +235,16 @@ class Run:
             self._float_model = model
         return self._float_model
 
-    def _pow2_model(self):
-        """The float model quantized to power-of-two int8 and calibrated on training images (PTQ)."""
-        qat = quantize_model(self.float_model(), per_channel=self.options.per_channel)
-        if self._calibrated is None:
+    def _pow2_model(self, equalized: bool = False):
+        """The float model (cross-layer equalized, or not) quantized to power-of-two int8 and calibrated on training images."""
+        float_model = equalize(self.float_model()) if equalized else self.float_model()
+        qat = quantize_model(float_model, per_channel=self.options.per_channel)
+        if equalized not in self._calibrated:
             images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
             calibrate(qat, images)
-            self._calibrated = qat.get_weights()
+            self._calibrated[equalized] = qat.get_weights()
         else:
-            qat.set_weights(self._calibrated)
+            qat.set_weights(self._calibrated[equalized])
         return qat
 
     def _validation_accuracy(self, model) -> float:
@@ -343,8 +348,13 @@ class Run:
         qat = self._pow2_model()
         return self._finish_int8("ptq", export.convert_int8(qat), qat)
 
+    def stage_ptq_equalized(self) -> dict:
+        qat = self._pow2_model(equalized=True)
+        return self._finish_int8("ptq_equalized", export.convert_int8(qat), qat)
+
     def stage_qat(self) -> dict:
-        qat = self._pow2_model()  # starts from data ranges rather than the [-6, 6] placeholder
+        # Starts from data ranges rather than the [-6, 6] placeholder; with `equalize`, on the equalized model.
+        qat = self._pow2_model(equalized=self.options.equalize)
         self._fit(qat, "qat")
         qat.save_weights(str(self.out / "qat.weights.h5"))
         return self._finish_int8("qat", export.convert_int8(qat), qat)

@@ -19,6 +19,7 @@ from tfqat.ranges import layer_range_stats
 NETWORKS = {
     "float": "float",
     "ptq": "PTQ int8",
+    "ptq_equalized": "PTQ int8, equalized",
     "qat": "QAT int8",
     "tflite_ptq": "TFLite PTQ int8 (peer)",
     "tfmot_qat": "TFMOT QAT int8 (peer)",
