@@ -137,13 +137,16 @@ def run_options(args: argparse.Namespace):
         "float_model": getattr(args, "float_model", None),
         **{name: getattr(args, name) for name in numeric if getattr(args, name, None) is not None},
     }
-    flags = {"weights": "weights", "qat_distillation": "distillation", "equalize": "equalize", "float_model": "float_model"}
+    flags = {
+        "weights": "weights", "qat_distillation": "distillation", "equalize": "equalize", "float_model": "float_model",
+    }
     flags.update((name, name) for name in numeric)
 
     def unset(name: str) -> bool:
         return not hasattr(args, flags[name]) or (name in numeric and getattr(args, flags[name]) is None)
 
-    settings.update((name, value) for name, value in recorded_settings(args.out).items() if name in flags and unset(name))
+    recorded = recorded_settings(args.out)
+    settings.update((name, value) for name, value in recorded.items() if name in flags and unset(name))
     return RunOptions(
         out=Path(args.out),
         data=args.data,

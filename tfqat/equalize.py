@@ -143,7 +143,8 @@ def equalize(model, *, rounds: int = 20, tolerance: float = 1e-4):
         if layer.name in weights:
             new_layer = graph.clone_layer(layer)
             outputs = new_layer(*args, **kwargs)
-            new_layer.set_weights([w.astype(v.dtype.as_numpy_dtype) for w, v in zip(weights[layer.name], layer.weights)])
+            dtypes = [v.dtype.as_numpy_dtype for v in layer.weights]
+            new_layer.set_weights([w.astype(dtype) for w, dtype in zip(weights[layer.name], dtypes)])
             return outputs
         return None
 

@@ -236,7 +236,7 @@ class Run:
         return self._float_model
 
     def _pow2_model(self, equalized: bool = False):
-        """The float model (cross-layer equalized, or not) quantized to power-of-two int8 and calibrated on training images."""
+        """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ)."""
         float_model = equalize(self.float_model()) if equalized else self.float_model()
         qat = quantize_model(float_model, per_channel=self.options.per_channel)
         if equalized not in self._calibrated:
