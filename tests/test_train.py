@@ -197,7 +197,7 @@ def test_train_float_resumed_inside_fine_tuning_does_not_train_the_head_again(tm
     model, base = _tiny_classifier()
     with pytest.raises(KeyboardInterrupt):
         train.train_float(model, base, _data(), None, backup_dir=tmp_path / "run", **settings)
-    assert (tmp_path / "run" / "head.weights.h5").is_file()
+    assert (tmp_path / "run" / "head.npz").is_file()
 
     phases.clear()
     monkeypatch.setattr(train, "fit", lambda *a, **k: phases.append(k["epochs"]) or real_fit(*a, **k))
@@ -206,4 +206,4 @@ def test_train_float_resumed_inside_fine_tuning_does_not_train_the_head_again(tm
     assert list(histories) == ["fine_tune"] and len(phases) == 1
     for a, b in zip(reference.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    assert not (tmp_path / "run" / "head.weights.h5").exists()
+    assert not (tmp_path / "run" / "head.npz").exists()

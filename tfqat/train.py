@@ -120,6 +120,18 @@ def fit(
     return history
 
 
+def _save_weights(path: Path, weights) -> None:
+    """Write a list of weight arrays atomically (npz): a reader finds all of them or none."""
+    arrays = io.BytesIO()
+    np.savez(arrays, *weights)
+    write_atomic(path, arrays.getvalue())
+
+
+def _load_weights(path: Path) -> list:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
 def _finite(model) -> bool:
     return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in model.weights if w.dtype.is_floating)
 
@@ -150,8 +162,7 @@ class _BestWeights(keras.callbacks.Callback):
         self.best, self.epoch, self.weights = math.inf, None, None
         if self.folder is not None and (self.folder / "best.json").is_file():
             record = json.loads((self.folder / "best.json").read_text())
-            with np.load(self.folder / "best.npz") as saved:
-                self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            self.weights = _load_weights(self.folder / "best.npz")
             self.best, self.epoch = record["val_loss"], record["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -160,9 +171,7 @@ class _BestWeights(keras.callbacks.Callback):
             return
         self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
         if self.folder is not None:
-            arrays = io.BytesIO()
-            np.savez(arrays, *self.weights)
-            write_atomic(self.folder / "best.npz", arrays.getvalue())  # before the record that points to it
+            _save_weights(self.folder / "best.npz", self.weights)  # before the record that points to it
             write_atomic(self.folder / "best.json", json.dumps({"epoch": epoch, "val_loss": self.best}))
 
     def on_train_end(self, logs=None):
@@ -211,9 +220,9 @@ def train_float(
     histories = {}
     base.trainable = False
     backup_dir = Path(backup_dir) if backup_dir else None
-    head_weights = backup_dir / "head.weights.h5" if backup_dir else None
+    head_weights = backup_dir / "head.npz" if backup_dir else None
     if head_epochs and head_weights is not None and head_weights.is_file():
-        model.load_weights(str(head_weights))  # the head phase finished before an interruption
+        model.set_weights(_load_weights(head_weights))  # the head phase finished before an interruption
         if verbose:
             print(f"head phase: finished before the interruption, weights restored from {head_weights}", flush=True)
     elif head_epochs:
@@ -222,10 +231,7 @@ def train_float(
             backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best, verbose=verbose,
         )
         if head_weights is not None:
-            partial = head_weights.with_name("head.partial.weights.h5")
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            model.save_weights(str(partial))
-            partial.replace(head_weights)  # atomic: the file is there whole or not at all
+            _save_weights(head_weights, model.get_weights())
     if fine_tune_epochs:
         unfreeze(model)
         histories["fine_tune"] = fit(
