@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tfqat
 from tfqat import graph
-from tfqat.equalize import equalization_scales, equalize, find_pairs
+from tfqat.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
 
 
 def _spread_batch_norms(model, seed=0):
@@ -59,6 +59,8 @@ def test_scales_give_both_kernels_the_geometric_mean_range_and_never_grow_the_fi
 def test_pairs_reach_across_relu_and_padding_but_not_pooling():
     pairs = find_pairs(tfqat.fold_batch_norms(_block()))
     assert [(p.first, p.second) for p in pairs] == [("expand", "depthwise"), ("depthwise", "project")]
+    assert [p.clip for p in pairs] == [None, None]
+    assert [p.clip for p in find_pairs(tfqat.fold_batch_norms(_block(relu_max=6.0)))] == [6.0, 6.0]
 
 
 def test_equalized_model_computes_the_same_function():
@@ -88,6 +90,29 @@ def test_relu6_stays_and_the_function_is_kept_below_its_clip():
     pre_activations = keras.Model(model.inputs, [model.get_layer(n).input for n in ("expand_relu", "depthwise_relu")])
     assert max(float(np.max(t)) for t in pre_activations(images)) < 6.0
     np.testing.assert_allclose(equalized(images).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_clipped_fractions_count_the_positions_above_the_clip():
+    folded = tfqat.fold_batch_norms(_block(relu_max=6.0))
+    images = _images(count=6) * 10  # large enough that some ReLU6 clips act
+    fractions = clipped_fractions(folded, find_pairs(folded), [images[:4], (images[4:], None)])
+    pre_activations = keras.Model(folded.inputs, folded.get_layer("expand").output)(images).numpy()
+    expected = (pre_activations > 6.0).mean(axis=(0, 1, 2))
+    assert 0 < expected.max() < 1  # some channels clip somewhere, so the count is tested
+    np.testing.assert_allclose(fractions["expand"], expected)
+    assert set(fractions) == {"expand", "depthwise"}
+
+
+def test_with_images_channels_that_clip_keep_their_scale_and_the_function():
+    model = _block(relu_max=6.0)
+    images = _images() * 10  # large enough that some ReLU6 clips act
+    without_data = equalize(model)
+    with_data = equalize(model, [images], max_clipped=0.0)
+    assert np.abs(without_data(images).numpy() - model(images).numpy()).max() > 1e-3  # moved clips change outputs
+    np.testing.assert_allclose(with_data(images).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
+    folded = tfqat.fold_batch_norms(model)
+    shrunk = _ranges(with_data, "depthwise", "out") < _ranges(folded, "depthwise", "out") * (1 - 1e-3)
+    assert shrunk.any()  # channels that never clip were still equalized
 
 
 @pytest.fixture(scope="module")
@@ -137,5 +162,9 @@ def test_power_of_two_quantization_of_the_equalized_model_is_closer_to_its_float
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="rounds"):
         equalize(_block(), rounds=0)
+    with pytest.raises(ValueError, match="max_clipped"):
+        equalize(_block(), [_images()], max_clipped=2.0)
+    with pytest.raises(ValueError, match="no image batches"):
+        equalize(_block(relu_max=6.0), [])
     with pytest.raises(TypeError, match="tf_keras Model"):
         equalize("model.h5")

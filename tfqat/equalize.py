@@ -12,9 +12,13 @@ grows its activations too and widens the per-tensor activation range, which on
 the flowers MobileNetV2 cost more than the even weights gained. ReLU6 stays: with
 s_c >= 1 its clip moves from 6 to 6 * s_c (in the original units), so the
 equalized model differs from the original only where a pre-activation exceeded 6.
+Given sample images, channels whose clip acts on more than a small fraction of
+their positions keep s_c = 1, so the function stays that of the original model
+wherever the data reaches.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -32,6 +36,7 @@ class Pair:
 
     first: str
     second: str
+    clip: Optional[float] = None  # the lowest ReLU max_value between them: where s_c > 1 changes the function
 
 
 def _is_kernel_layer(layer) -> bool:
@@ -58,17 +63,42 @@ def find_pairs(model) -> list:
     for layer in model.layers:
         if not _is_kernel_layer(layer) or layer.activation is not keras.activations.linear:
             continue
-        current = layer
+        current, clip = layer, None
         while True:
             users = used_by.get(str(id(current.output)), [])
             if len(users) != 1:
                 break
             current = users[0]
-            if not (_is_plain_relu(current) or isinstance(current, _PASS_THROUGH)):
+            if _is_plain_relu(current) and current.max_value is not None:
+                clip = min(float(current.max_value), clip if clip is not None else np.inf)
+            elif not (_is_plain_relu(current) or isinstance(current, _PASS_THROUGH)):
                 break
         if _is_kernel_layer(current) and current is not layer:
-            pairs.append(Pair(layer.name, current.name))
+            pairs.append(Pair(layer.name, current.name, clip))
     return pairs
+
+
+def clipped_fractions(model, pairs, images) -> dict:
+    """For each pair with a clip: the fraction of positions of `images` where each of `first`'s channels exceeds it.
+
+    `images` is an iterable of image batches or (images, labels) batches, as for `calibrate`.
+    """
+    clipped = [pair for pair in pairs if pair.clip is not None]
+    if not clipped:
+        return {}
+    probe = keras.Model(model.inputs, [model.get_layer(pair.first).output for pair in clipped])
+    counts = {pair.first: 0 for pair in clipped}
+    positions = {pair.first: 0 for pair in clipped}
+    for batch in images:
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs = probe(np.asarray(batch, np.float32), training=False)
+        for pair, output in zip(clipped, outputs if len(clipped) > 1 else [outputs]):
+            output = np.asarray(output).reshape(-1, output.shape[-1])
+            counts[pair.first] = counts[pair.first] + (output > pair.clip).sum(axis=0)
+            positions[pair.first] += output.shape[0]
+    if not any(positions.values()):
+        raise ValueError("equalize got no image batches to measure its ReLU clips on")
+    return {name: counts[name] / positions[name] for name in counts}
 
 
 def _output_ranges(layer, kernel) -> np.ndarray:
@@ -107,19 +137,26 @@ def _scale_output_channels(layer, weights, scales) -> None:
         weights[1] = weights[1] / scales
 
 
-def equalize(model, *, rounds: int = 20, tolerance: float = 1e-4):
+def equalize(model, images=None, *, max_clipped: float = 0.01, rounds: int = 20, tolerance: float = 1e-4):
     """A flat copy of `model` with BatchNorm folded and the weight ranges of every equalizable pair evened out.
 
     Chains such as expand -> depthwise -> project share the middle layer between two
     pairs, so the pairs are equalized in turn for up to `rounds` rounds, until no
-    scale moves by more than `tolerance`. The result is a float model, ready for
+    scale moves by more than `tolerance`. With `images` (batches of typical inputs,
+    such as the calibration set), a channel whose ReLU6 clips more than a
+    `max_clipped` fraction of its positions keeps its scale of 1: moving its clip
+    would change what the model computes. The result is a float model, ready for
     `quantize_model`; the original is left untouched.
     """
     graph.check_functional(model)
     if rounds < 1:
         raise ValueError(f"equalize needs at least one round, got rounds={rounds}")
+    if not 0.0 <= max_clipped <= 1.0:
+        raise ValueError(f"max_clipped is a fraction of positions in [0, 1], got {max_clipped}")
     folded = fold_batch_norms(model)
     pairs = find_pairs(folded)
+    clipped = clipped_fractions(folded, pairs, images) if images is not None else {}
+    held = {name: fractions > max_clipped for name, fractions in clipped.items()}
     layers = {layer.name: layer for layer in folded.layers}
     weights = {
         name: [np.asarray(w, np.float64) for w in layers[name].get_weights()]
@@ -133,6 +170,8 @@ def equalize(model, *, rounds: int = 20, tolerance: float = 1e-4):
             scales = equalization_scales(
                 _output_ranges(first, weights[pair.first][0]), _input_ranges(weights[pair.second][0])
             )
+            if pair.first in held:
+                scales[held[pair.first]] = 1.0
             _scale_output_channels(first, weights[pair.first], scales)
             weights[pair.second][0] = weights[pair.second][0] * scales.reshape(1, 1, -1, 1)
             largest_change = max(largest_change, float(np.abs(np.log(scales)).max(initial=0.0)))
