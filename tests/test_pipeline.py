@@ -166,15 +166,20 @@ def test_qat_starts_from_the_ptq_calibration_without_calibrating_again(quick_run
     out, _ = quick_run
     run = pipeline.Run(pipeline.RunOptions(out=out, data=str(DATA), weights=str(WEIGHTS), quick=True))
     run.load_data()
-    calls = []
-    real = pipeline.calibrate
+    calls, equalized_on = [], []
+    real, real_equalize = pipeline.calibrate, pipeline.equalize
     monkeypatch.setattr(pipeline, "calibrate", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    monkeypatch.setattr(
+        pipeline, "equalize", lambda model, images: equalized_on.append(images) or real_equalize(model, images)
+    )
     ptq, qat = run._pow2_model(equalized=True), run._pow2_model(equalized=True)
     assert len(calls) == 1 and ptq is not qat
+    # Equalization measured its ReLU6 clips on the calibration images, both times.
+    assert [sum(len(batch) for batch in images) for images in equalized_on] == [len(run.calibration_images)] * 2
     for a, b in zip(ptq.get_weights(), qat.get_weights(), strict=True):
         assert np.array_equal(a, b)
     run._pow2_model(equalized=False)  # the model as it is has ranges of its own
     assert len(calls) == 2
     # Calibration moved the activation ranges off their placeholder; the second model has them too.
-    fresh = pipeline.quantize_model(pipeline.equalize(run.float_model()))
+    fresh = pipeline.quantize_model(real_equalize(run.float_model(), equalized_on[0]))
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), qat.get_weights(), strict=True))

@@ -236,11 +236,14 @@ class Run:
         return self._float_model
 
     def _pow2_model(self, equalized: bool = False):
-        """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ)."""
-        float_model = equalize(self.float_model()) if equalized else self.float_model()
+        """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ).
+
+        Equalization sees the calibration images, so channels whose ReLU6 clips on them keep their scale.
+        """
+        images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
+        float_model = equalize(self.float_model(), images) if equalized else self.float_model()
         qat = quantize_model(float_model, per_channel=self.options.per_channel)
         if equalized not in self._calibrated:
-            images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
             calibrate(qat, images)
             self._calibrated[equalized] = qat.get_weights()
         else:
