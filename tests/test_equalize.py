@@ -22,7 +22,8 @@ def _spread_batch_norms(model, seed=0):
     return model
 
 
-def _block(relu_max=None):
+def _block(relu_max=None, depthwise_clip=True):
+    """expand -> ReLU -> pad -> depthwise -> ReLU -> project; ReLUs clip at `relu_max` (the second one only if asked)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 1, use_bias=False, name="expand")(inputs)
@@ -31,7 +32,7 @@ def _block(relu_max=None):
     x = keras.layers.ZeroPadding2D(1, name="pad")(x)
     x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="depthwise")(x)
     x = keras.layers.BatchNormalization(name="depthwise_bn")(x)
-    x = keras.layers.ReLU(relu_max, name="depthwise_relu")(x)
+    x = keras.layers.ReLU(relu_max if depthwise_clip else None, name="depthwise_relu")(x)
     x = keras.layers.Conv2D(4, 1, use_bias=False, name="project")(x)
     x = keras.layers.BatchNormalization(name="project_bn")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -92,15 +93,25 @@ def test_relu6_stays_and_the_function_is_kept_below_its_clip():
     np.testing.assert_allclose(equalized(images).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def _fractions_above(model, name, images, clip=6.0):
+    outputs = keras.Model(model.inputs, model.get_layer(name).output)(images).numpy()
+    return (outputs > clip).mean(axis=(0, 1, 2))
+
+
 def test_clipped_fractions_count_the_positions_above_the_clip():
     folded = tfqat.fold_batch_norms(_block(relu_max=6.0))
     images = _images(count=6) * 10  # large enough that some ReLU6 clips act
     fractions = clipped_fractions(folded, find_pairs(folded), [images[:4], (images[4:], None)])
-    pre_activations = keras.Model(folded.inputs, folded.get_layer("expand").output)(images).numpy()
-    expected = (pre_activations > 6.0).mean(axis=(0, 1, 2))
+    assert set(fractions) == {"expand", "depthwise"}
+    expected = _fractions_above(folded, "expand", images)
     assert 0 < expected.max() < 1  # some channels clip somewhere, so the count is tested
     np.testing.assert_allclose(fractions["expand"], expected)
-    assert set(fractions) == {"expand", "depthwise"}
+    np.testing.assert_allclose(fractions["depthwise"], _fractions_above(folded, "depthwise", images))
+    # One clipped pair (the other ReLU has no max), an array of images, and a limit on the batches.
+    folded = tfqat.fold_batch_norms(_block(relu_max=6.0, depthwise_clip=False))
+    fractions = clipped_fractions(folded, find_pairs(folded), images, steps=1)
+    assert set(fractions) == {"expand"}
+    np.testing.assert_allclose(fractions["expand"], _fractions_above(folded, "expand", images))
 
 
 def test_with_images_channels_that_clip_keep_their_scale_and_the_function():
@@ -113,6 +124,24 @@ def test_with_images_channels_that_clip_keep_their_scale_and_the_function():
     folded = tfqat.fold_batch_norms(model)
     shrunk = _ranges(with_data, "depthwise", "out") < _ranges(folded, "depthwise", "out") * (1 - 1e-3)
     assert shrunk.any()  # channels that never clip were still equalized
+
+
+def test_max_clipped_is_the_largest_fraction_a_scaled_channel_may_clip():
+    model = _block(relu_max=6.0)
+    images = _images() * 10
+    folded = tfqat.fold_batch_norms(model)
+    fractions = _fractions_above(folded, "expand", images)
+    scaled = _ranges(equalize(model), "expand", "out") < _ranges(folded, "expand", "out") * (1 - 1e-3)
+    candidates = np.flatnonzero(scaled & (fractions > 0))
+    assert candidates.size  # a channel that clips sometimes and that equalization shrinks
+    channel = candidates[0]
+
+    def shrunk(max_clipped):
+        equalized = equalize(model, images, max_clipped=max_clipped)
+        return _ranges(equalized, "expand", "out")[channel] < _ranges(folded, "expand", "out")[channel] * (1 - 1e-3)
+
+    assert shrunk(float(fractions[channel]))
+    assert not shrunk(float(fractions[channel]) * 0.99)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +165,14 @@ def test_mobilenet_v2_pairs_and_function(mobilenet):
     relu = _relu_for_relu6(mobilenet)
     images = _images(size=32)
     np.testing.assert_allclose(equalize(relu)(images).numpy(), relu(images).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_mobilenet_v2_with_images_and_no_clipping_allowed_keeps_its_function(mobilenet):
+    images = _images(size=32)
+    np.testing.assert_allclose(
+        equalize(mobilenet, images, max_clipped=0.0)(images).numpy(), mobilenet(images).numpy(), rtol=1e-3, atol=1e-4
+    )
+    assert np.abs(equalize(mobilenet)(images).numpy() - mobilenet(images).numpy()).max() > 1e-2  # clips were moved
 
 
 def _relu_for_relu6(model):
@@ -164,7 +201,10 @@ def test_bad_input_is_refused():
         equalize(_block(), rounds=0)
     with pytest.raises(ValueError, match="max_clipped"):
         equalize(_block(), [_images()], max_clipped=2.0)
-    with pytest.raises(ValueError, match="no image batches"):
-        equalize(_block(relu_max=6.0), [])
+    for model in (_block(relu_max=6.0), _block()):
+        with pytest.raises(ValueError, match="no image batches"):
+            equalize(model, [])
+    with pytest.raises(ValueError, match=r"\[N, height, width, channels\]"):
+        equalize(_block(relu_max=6.0), _images()[0])
     with pytest.raises(TypeError, match="tf_keras Model"):
         equalize("model.h5")

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfqat import graph
+from tfqat.batches import image_batches
 from tfqat.folding import fold_batch_norms
 from tfqat.linking import link_accumulators
 from tfqat.quantizers import collecting_ranges
@@ -71,10 +72,6 @@ def _range_flags(model):
     return [v for v in model.non_trainable_variables if v.name.split(":")[0].endswith("_seen")]
 
 
-def _images(batch):
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def calibrate(qat_model, dataset, steps: Optional[int] = None):
     """Set every activation range of a tfqat QAT model from data; weights are unchanged.
 
@@ -83,7 +80,7 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
 
     Args:
       qat_model: a model returned by `quantize_model`.
-      dataset: an iterable of image batches or (images, labels) batches.
+      dataset: an array of images, or an iterable of image batches or (images, labels) batches.
       steps: how many batches to use (default: all).
     Returns:
       The number of batches used.
@@ -92,19 +89,15 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
     if not flags:
         msg = f"model '{qat_model.name}' has no tfqat activation quantizers; pass a model from tfqat.quantize_model"
         raise ValueError(msg)
-    if steps is not None and steps < 1:
-        msg = f"steps={steps!r} must be a positive number of batches"
-        raise ValueError(msg)
+    batches = image_batches(dataset, steps)
     for flag in flags:
         flag.assign(0.0)
     with collecting_ranges():
         # A fresh function, traced while collecting, so Keras' cached predict is untouched.
         observe = tf.function(lambda x: qat_model(x, training=False))
         used = 0
-        for batch in dataset:
-            if steps is not None and used >= steps:
-                break
-            observe(tf.convert_to_tensor(_images(batch), tf.float32))
+        for batch in batches:
+            observe(batch)
             used += 1
     if used == 0:
         raise ValueError("calibrate got no batches from the dataset")

@@ -13,17 +13,19 @@ the flowers MobileNetV2 cost more than the even weights gained. ReLU6 stays: wit
 s_c >= 1 its clip moves from 6 to 6 * s_c (in the original units), so the
 equalized model differs from the original only where a pre-activation exceeded 6.
 Given sample images, channels whose clip acts on more than a small fraction of
-their positions keep s_c = 1, so the function stays that of the original model
-wherever the data reaches.
+their positions keep s_c = 1, so on such data the equalized model differs from
+the original only at the few positions where a scaled channel clips.
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from tfqat._keras import keras
 from tfqat import graph
+from tfqat.batches import image_batches
 from tfqat.folding import fold_batch_norms
 
 # Layers that commute with a positive per-channel scale, so a pair may reach across them.
@@ -78,27 +80,36 @@ def find_pairs(model) -> list:
     return pairs
 
 
-def clipped_fractions(model, pairs, images) -> dict:
+def clipped_fractions(model, pairs, images, steps: Optional[int] = None) -> dict:
     """For each pair with a clip: the fraction of positions of `images` where each of `first`'s channels exceeds it.
 
-    `images` is an iterable of image batches or (images, labels) batches, as for `calibrate`.
+    `images` is an array of images or an iterable of image batches or (images, labels) batches, as for `calibrate`.
     """
+    batches = image_batches(images, steps)
     clipped = [pair for pair in pairs if pair.clip is not None]
-    if not clipped:
-        return {}
-    probe = keras.Model(model.inputs, [model.get_layer(pair.first).output for pair in clipped])
-    counts = {pair.first: 0 for pair in clipped}
+    probe = keras.Model(model.inputs, [model.get_layer(pair.first).output for pair in clipped]) if clipped else None
+
+    @tf.function
+    def count(batch):
+        # Summed inside the function, so a batch's activations are never all held in numpy at once.
+        outputs = tf.nest.flatten(probe(batch, training=False))
+        above = [tf.reduce_sum(tf.cast(out > p.clip, tf.int64), axis=[0, 1, 2]) for p, out in zip(clipped, outputs)]
+        positions = [tf.size(out, tf.int64) // tf.cast(tf.shape(out)[-1], tf.int64) for out in outputs]
+        return above, positions
+
+    above = {pair.first: 0 for pair in clipped}
     positions = {pair.first: 0 for pair in clipped}
-    for batch in images:
-        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-        outputs = probe(np.asarray(batch, np.float32), training=False)
-        for pair, output in zip(clipped, outputs if len(clipped) > 1 else [outputs]):
-            output = np.asarray(output).reshape(-1, output.shape[-1])
-            counts[pair.first] = counts[pair.first] + (output > pair.clip).sum(axis=0)
-            positions[pair.first] += output.shape[0]
-    if not any(positions.values()):
+    used = 0
+    for batch in batches:
+        used += 1
+        if probe is None:
+            break  # nothing to measure; the batch only shows that the data is not empty
+        for pair, batch_above, batch_positions in zip(clipped, *count(batch)):
+            above[pair.first] = above[pair.first] + batch_above.numpy()
+            positions[pair.first] += int(batch_positions)
+    if used == 0:
         raise ValueError("equalize got no image batches to measure its ReLU clips on")
-    return {name: counts[name] / positions[name] for name in counts}
+    return {name: above[name] / positions[name] for name in above}
 
 
 def _output_ranges(layer, kernel) -> np.ndarray:
@@ -137,16 +148,24 @@ def _scale_output_channels(layer, weights, scales) -> None:
         weights[1] = weights[1] / scales
 
 
-def equalize(model, images=None, *, max_clipped: float = 0.01, rounds: int = 20, tolerance: float = 1e-4):
+def equalize(
+    model,
+    images=None,
+    *,
+    steps: Optional[int] = None,
+    max_clipped: float = 0.01,
+    rounds: int = 20,
+    tolerance: float = 1e-4,
+):
     """A flat copy of `model` with BatchNorm folded and the weight ranges of every equalizable pair evened out.
 
     Chains such as expand -> depthwise -> project share the middle layer between two
     pairs, so the pairs are equalized in turn for up to `rounds` rounds, until no
-    scale moves by more than `tolerance`. With `images` (batches of typical inputs,
-    such as the calibration set), a channel whose ReLU6 clips more than a
-    `max_clipped` fraction of its positions keeps its scale of 1: moving its clip
-    would change what the model computes. The result is a float model, ready for
-    `quantize_model`; the original is left untouched.
+    scale moves by more than `tolerance`. With `images` (typical inputs such as the
+    calibration set, in any form `calibrate` takes; `steps` limits the batches), a
+    channel whose ReLU6 clips on more than a `max_clipped` fraction of its positions
+    keeps its scale of 1: moving its clip would change what the model computes. The
+    result is a float model, ready for `quantize_model`; the original is left untouched.
     """
     graph.check_functional(model)
     if rounds < 1:
@@ -155,7 +174,7 @@ def equalize(model, images=None, *, max_clipped: float = 0.01, rounds: int = 20,
         raise ValueError(f"max_clipped is a fraction of positions in [0, 1], got {max_clipped}")
     folded = fold_batch_norms(model)
     pairs = find_pairs(folded)
-    clipped = clipped_fractions(folded, pairs, images) if images is not None else {}
+    clipped = clipped_fractions(folded, pairs, images, steps) if images is not None else {}
     held = {name: fractions > max_clipped for name, fractions in clipped.items()}
     layers = {layer.name: layer for layer in folded.layers}
     weights = {
