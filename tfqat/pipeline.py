@@ -169,6 +169,7 @@ class Run:
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
+        self._equalized_float_model = None
         self._calibrated = {}  # equalized or not -> the PTQ model's calibrated weights, so QAT does not calibrate again
 
     def _check_resumable(self) -> None:
@@ -241,7 +242,9 @@ class Run:
         Equalization sees the calibration images, so channels whose ReLU6 clips on them keep their scale.
         """
         images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
-        float_model = equalize(self.float_model(), images) if equalized else self.float_model()
+        if equalized and self._equalized_float_model is None:
+            self._equalized_float_model = equalize(self.float_model(), images)
+        float_model = self._equalized_float_model if equalized else self.float_model()
         qat = quantize_model(float_model, per_channel=self.options.per_channel)
         if equalized not in self._calibrated:
             calibrate(qat, images)
