@@ -107,11 +107,14 @@ def test_clipped_fractions_count_the_positions_above_the_clip():
     assert 0 < expected.max() < 1  # some channels clip somewhere, so the count is tested
     np.testing.assert_allclose(fractions["expand"], expected)
     np.testing.assert_allclose(fractions["depthwise"], _fractions_above(folded, "depthwise", images))
-    # One clipped pair (the other ReLU has no max), an array of images, and a limit on the batches.
+    # One clipped pair (the other ReLU has no max), and a limit on the batches.
     folded = tfqat.fold_batch_norms(_block(relu_max=6.0, depthwise_clip=False))
-    fractions = clipped_fractions(folded, find_pairs(folded), images, steps=1)
+    fractions = clipped_fractions(folded, find_pairs(folded), [images[:3], images[3:]], steps=1)
     assert set(fractions) == {"expand"}
-    np.testing.assert_allclose(fractions["expand"], _fractions_above(folded, "expand", images))
+    np.testing.assert_allclose(fractions["expand"], _fractions_above(folded, "expand", images[:3]))
+    assert not np.allclose(fractions["expand"], expected)  # the second batch would have changed the count
+    # An array of images is read in batches.
+    np.testing.assert_allclose(clipped_fractions(folded, find_pairs(folded), images)["expand"], expected)
 
 
 def test_with_images_channels_that_clip_keep_their_scale_and_the_function():
