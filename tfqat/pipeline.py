@@ -236,18 +236,21 @@ class Run:
             self._float_model = model
         return self._float_model
 
+    def _calibration_batches(self):
+        """The calibration images as a dataset, built only where they are read (it copies the whole array)."""
+        return tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
+
     def _pow2_model(self, equalized: bool = False):
         """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ).
 
         Equalization sees the calibration images, so channels whose ReLU6 clips on them keep their scale.
         """
-        images = tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
         if equalized and self._equalized_float_model is None:
-            self._equalized_float_model = equalize(self.float_model(), images)
+            self._equalized_float_model = equalize(self.float_model(), self._calibration_batches())
         float_model = self._equalized_float_model if equalized else self.float_model()
         qat = quantize_model(float_model, per_channel=self.options.per_channel)
         if equalized not in self._calibrated:
-            calibrate(qat, images)
+            calibrate(qat, self._calibration_batches())
             self._calibrated[equalized] = qat.get_weights()
         else:
             qat.set_weights(self._calibrated[equalized])
