@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfqat import cli, evaluate, export
+from tfqat import cli, evaluate, export, stats
 
 import tflite_models
 
@@ -18,6 +18,10 @@ def test_metrics_are_exact():
     assert result["accuracy"] == pytest.approx(3 / 5)
     assert result["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.0}
     assert result["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert result["accuracy_interval"] == list(stats.wilson_interval(3, 5))
+    first = evaluate.format_metrics(result).splitlines()[0]
+    low, high = result["accuracy_interval"]
+    assert first == f"accuracy 0.6000 on 5 images (95 % interval {low:.4f} to {high:.4f}, Wilson)"
 
 
 def test_metrics_with_no_images():

@@ -51,9 +51,24 @@ def test_results_are_consistent(quick_run):
     models = results["models"]
     assert list(models) == list(pipeline.STAGES)
     assert results["data"]["split_sizes"] == pipeline.QUICK_IMAGES
+    test = pipeline.QUICK_IMAGES["test"]
     for stage, result in models.items():
         assert 0.0 <= result["accuracy"] <= 1.0
-        assert sum(map(sum, result["confusion"])) == pipeline.QUICK_IMAGES["test"]
+        assert sum(map(sum, result["confusion"])) == test
+        # One prediction per test image, which the confusion matrix and the accuracy count.
+        predictions = np.asarray(result["predictions"])
+        assert predictions.shape == (test,)
+        assert np.bincount(predictions, minlength=5).tolist() == np.asarray(result["confusion"]).sum(axis=0).tolist()
+        low, high = result["accuracy_interval"]
+        assert low <= result["accuracy"] <= high
+    # Every other model against float on the same images: the counts give the accuracies' difference exactly.
+    assert set(results["versus_float"]) == set(pipeline.STAGES) - {"float"}
+    for stage, paired in results["versus_float"].items():
+        assert paired["images"] == test
+        gained = (paired["only_other"] - paired["only_reference"]) / test
+        assert gained == pytest.approx(models[stage]["accuracy"] - models["float"]["accuracy"], abs=1e-12)
+        assert paired["difference"] == pytest.approx(gained, abs=1e-12)
+        assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
     # The power-of-two exports pass the verifier; the peers' float scales do not.
     assert models["ptq"]["verify"]["passed"] and models["qat"]["verify"]["passed"]
     assert models["ptq_equalized"]["verify"]["passed"]
@@ -74,6 +89,7 @@ def test_results_are_consistent(quick_run):
     assert written - started >= results["stage_seconds"]["float"]
     report = (out / "report.md").read_text()
     assert f"{models['qat']['accuracy']:.4f}" in report
+    assert "## Against the float model (test split, paired)" in report
 
 
 @needs_shared

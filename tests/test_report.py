@@ -29,13 +29,20 @@ def test_report_contains_every_number(tmp_path):
     paths = write_report(results, tmp_path)
     text = paths["report"].read_text()
 
-    assert "| Network | Accuracy | Reference | Validation (Keras) | Model file | Evaluated with |" in text
-    for row in ("| float | 0.9313 | 0.8965 | 0.9209 | 8.90 MB | Keras |",
-                "| PTQ int8 | 0.2867 | 0.2943 | – | 2.60 MB | LiteRT int8 |",
-                "| QAT int8 | 0.9089 | 0.8910 | 0.9146 | 2.61 MB | LiteRT int8 |",
-                "| TFLite PTQ int8 (peer) | 0.9022 | – | – | 2.70 MB | LiteRT int8 |",
-                "| TFMOT QAT int8 (peer) | 0.8988 | – | – | 2.65 MB | LiteRT int8 |"):
+    header = "| Network | Accuracy | 95 % interval | Reference | Validation (Keras) | Model file | Evaluated with |"
+    assert header in text
+    for row in ("| float | 0.9313 | 0.9078 to 0.9495 | 0.8965 | 0.9209 | 8.90 MB | Keras |",
+                "| PTQ int8 | 0.2867 | – | 0.2943 | – | 2.60 MB | LiteRT int8 |",
+                "| QAT int8 | 0.9089 | 0.8830 to 0.9299 | 0.8910 | 0.9146 | 2.61 MB | LiteRT int8 |",
+                "| TFLite PTQ int8 (peer) | 0.9022 | – | – | – | 2.70 MB | LiteRT int8 |",
+                "| TFMOT QAT int8 (peer) | 0.8988 | – | – | – | 2.65 MB | LiteRT int8 |"):
         assert row in text
+    # Paired differences to float, in the order of the networks, points with a sign.
+    paired = text.split("## Against the float model (test split, paired)")[1].split("\n## ")[0]
+    assert paired.index("| PTQ int8 | -64.42 | -68.39 to -60.14 | 384 | 2 | 1.2e-110 |") < paired.index(
+        "| QAT int8 | -2.23 | -4.51 to +0.12 | 30 | 17 | 0.0789 |"
+    )
+    assert "TFMOT" not in paired
     assert "scores 0.9292" in text  # the float model's own TFLite accuracy
     assert results["command"] in text
     assert "started: 2026-11-28T02:10:00Z · report written: 2026-11-28T02:45:00Z · seed: 0" in text
@@ -67,7 +74,8 @@ def test_report_contains_every_number(tmp_path):
 def test_report_skips_missing_models_and_sections(tmp_path):
     paths = write_report(_quickexample_results(), tmp_path)
     text = paths["report"].read_text()
-    assert "| float | 0.9313 | 0.8965 |" in text and "| QAT int8 | 0.9089 | 0.8910 |" in text
+    assert "| float | 0.9313 | 0.9078 to 0.9495 | 0.8965 |" in text
+    assert "| QAT int8 | 0.9089 | 0.8830 to 0.9299 | 0.8910 |" in text
     assert "PTQ int8 |" not in text and "peer" not in text
     assert "agreement" not in text.lower() and "weight ranges" not in text.lower()
     assert "quick run" in text

@@ -9,10 +9,11 @@ import numpy as np
 
 from tfqat.files import write_atomic
 from tfqat import data, export, litert
+from tfqat.stats import CONFIDENCE, wilson_interval
 
 
 def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy with its 95 % interval, per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted)."""
     labels = np.asarray(labels, np.int64)
     predicted = np.asarray(outputs).argmax(axis=-1)
     if len(labels) == 0:
@@ -23,8 +24,10 @@ def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Seq
         name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
         for i, name in enumerate(classes)
     }
+    correct = int((predicted == labels).sum())
     return {
-        "accuracy": float((predicted == labels).mean()),
+        "accuracy": correct / len(labels),
+        "accuracy_interval": list(wilson_interval(correct, len(labels), CONFIDENCE)),
         "count": int(len(labels)),
         "per_class": per_class,
         "confusion": confusion.tolist(),
@@ -36,11 +39,6 @@ def evaluate_tflite(
 ) -> dict:
     """Metrics of a TFLite model (int8 or float) on float images under the image contract."""
     outputs = litert.predict(model, images, batch_size=batch_size, progress=progress)
-    return classification_metrics(labels, outputs, classes)
-
-
-def evaluate_keras(model, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], batch_size: int = 32) -> dict:
-    outputs = model.predict(images, batch_size=batch_size, verbose=0)
     return classification_metrics(labels, outputs, classes)
 
 
@@ -84,6 +82,9 @@ def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batc
 def format_metrics(result: dict) -> str:
     """A short readable summary: overall accuracy, then each class."""
     lines = [f"accuracy {result['accuracy']:.4f} on {result['count']} images"]
+    if result.get("accuracy_interval"):
+        low, high = result["accuracy_interval"]
+        lines[0] += f" (95 % interval {low:.4f} to {high:.4f}, Wilson)"
     for name, value in result["per_class"].items():
         lines.append(f"  {name:<20} {'-' if value is None else f'{value:.4f}'}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from tfqat.agreement import compare_outputs, keras_outputs
 from tfqat.api import calibrate, quantize_model
 from tfqat.equalize import equalize
 from tfqat.folding import fold_batch_norms
+from tfqat.stats import paired_difference
 
 STAGES = ("float", "ptq", "ptq_equalized", "qat", "tflite_ptq", "tfmot_qat")
 REFERENCE = {"float": 0.8965, "ptq": 0.2943, "qat": 0.8910}
@@ -266,6 +267,25 @@ class Run:
             "accuracy"
         ]
 
+    def _test_metrics(self, outputs) -> dict:
+        """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
+        result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
+        result["predictions"] = np.asarray(outputs).argmax(axis=-1).tolist()
+        return result
+
+    def _versus_float(self) -> dict:
+        """Each model's test accuracy minus the float model's, image by image (tfqat.stats.paired_difference)."""
+        models = {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results}
+        # Predictions of another test split (images added to the folder since) cannot be paired: left out.
+        correct = {
+            stage: np.asarray(m["predictions"]) == self.test_labels
+            for stage, m in models.items()
+            if len(m.get("predictions", ())) == len(self.test_labels)
+        }
+        if "float" not in correct:
+            return {}
+        return {stage: paired_difference(correct["float"], c) for stage, c in correct.items() if stage != "float"}
+
     def _fit(self, model, stage: str):
         """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
         return train.fit(
@@ -288,7 +308,7 @@ class Run:
         path = export.save_tflite(tflite, self.out / FILES[stage], labels=self.flowers.classes)
         report = verify.verify_tflite(path)
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
-        result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
+        result = self._test_metrics(outputs)
         result.update(
             title=TITLES[stage],
             engine="LiteRT int8",
@@ -341,7 +361,7 @@ class Run:
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)
         self._float_model = model
-        result = evaluate.evaluate_keras(model, self.test_images, self.test_labels, self.flowers.classes)
+        result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result["validation_accuracy"] = self._validation_accuracy(model)
         path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)
         tflite = evaluate.evaluate_tflite(
@@ -429,6 +449,7 @@ class Run:
             },
             "reference": REFERENCE,
             "models": {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results},
+            "versus_float": self._versus_float(),
             "stage_seconds": self.times,
         }
 

@@ -41,21 +41,31 @@ def format_ratio(value: float) -> str:
 
 
 def plot_accuracy(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Bar chart of the test accuracy of every network, with the reference values marked."""
+    """Bar chart of the test accuracy of every network, with its 95 % interval and the reference values marked."""
     models = {k: m for k, m in ordered_models(results).items() if "accuracy" in m}
     reference = results.get("reference") or {}
     fig = _figure(max(6.0, 1.5 * len(models) + 2), 4.5)
     ax = fig.add_subplot()
     x = np.arange(len(models))
     colors = ["#8c8c8c" if k == "float" else "#e08a2c" if k in PEERS else "#2f6db3" for k in models]
-    bars = ax.bar(x, [m["accuracy"] for m in models.values()], color=colors, width=0.6)
-    for bar, m in zip(bars, models.values()):
-        ax.annotate(f"{m['accuracy']:.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+    accuracies = [m["accuracy"] for m in models.values()]
+    bars = ax.bar(x, accuracies, color=colors, width=0.6)
+    intervals = [m.get("accuracy_interval") for m in models.values()]
+    shown = [i for i, interval in enumerate(intervals) if interval]
+    if shown:
+        below = [accuracies[i] - intervals[i][0] for i in shown]
+        above = [intervals[i][1] - accuracies[i] for i in shown]
+        ax.errorbar(shown, [accuracies[i] for i in shown], yerr=[below, above], fmt="none", ecolor="black",
+                    capsize=4, linewidth=1, zorder=4, label="95 % interval")
+    for bar, accuracy, interval in zip(bars, accuracies, intervals):
+        top = interval[1] if interval else accuracy
+        ax.annotate(f"{accuracy:.4f}", (bar.get_x() + bar.get_width() / 2, top),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=9)
     refs = [(i, reference[k]) for i, k in enumerate(models) if reference.get(k) is not None]
     if refs:
         ax.hlines([r for _, r in refs], [i - 0.4 for i, _ in refs], [i + 0.4 for i, _ in refs],
                   colors="black", linestyles="--", linewidth=2, zorder=3, label="reference")
+    if refs or shown:
         ax.legend(loc="upper right", fontsize=9)
     ax.set_xticks(x, [NETWORKS.get(k, k).replace(" (peer)", "\n(peer)") for k in models], fontsize=9)
     ax.set_ylim(0, 1.1)

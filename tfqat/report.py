@@ -67,6 +67,7 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
         _header(results),
         _data_section(results.get("data")),
         _accuracy_section(results),
+        _versus_float_section(results),
         _per_class_section(results),
         _agreement_section(results),
         _verify_section(results),
@@ -122,15 +123,17 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
     lines = [
         "## Accuracy (test split)",
         "",
-        "| Network | Accuracy | Reference | Validation (Keras) | Model file | Evaluated with |",
-        "|---|---|---|---|---|---|",
+        "| Network | Accuracy | 95 % interval | Reference | Validation (Keras) | Model file | Evaluated with |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, m in models.items():
         ref = _number(reference.get(key))
+        interval = _interval(m.get("accuracy_interval"))
         size = _size(m["size_bytes"]) if m.get("size_bytes") is not None else "–"
         val = _number(m.get("validation_accuracy"))
         lines.append(
-            f"| {NETWORKS.get(key, key)} | {m['accuracy']:.4f} | {ref} | {val} | {size} | {_cell(m.get('engine', '–'))} |"
+            f"| {NETWORKS.get(key, key)} | {m['accuracy']:.4f} | {interval} | {ref} | {val} | {size} | "
+            f"{_cell(m.get('engine', '–'))} |"
         )
     lines += ["", "Networks:", ""]
     for key, m in models.items():
@@ -143,9 +146,37 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
                 f"\nThe {NETWORKS.get(key, key)} model exported to TFLite scores {m['tflite_accuracy']:.4f} on the same split."
             )
     lines.append(
-        "\nSizes are of the .tflite files (1 KB = 1000 bytes). The reference column holds the published values. "
+        "\nSizes are of the .tflite files (1 KB = 1000 bytes). The interval is Wilson's 95 % score interval: "
+        "the accuracies a split of this size is consistent with. The reference column holds the published values. "
         "Validation is the Keras model's accuracy on the validation split, the only split training choices "
         "were made on (the QAT and PTQ Keras models round as LiteRT does)."
+    )
+    return "\n".join(lines)
+
+
+def _versus_float_section(results: Mapping[str, Any]) -> str:
+    versus = results.get("versus_float") or {}
+    compared = {k: versus[k] for k in ordered_models(results) if k in versus}
+    if not compared:
+        return ""
+    lines = [
+        "## Against the float model (test split, paired)",
+        "",
+        "| Network | Difference (points) | 95 % interval (points) | Only float right | Only this model right | McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, c in compared.items():
+        low, high = c["interval"]
+        lines.append(
+            f"| {NETWORKS.get(key, key)} | {100 * c['difference']:+.2f} | {100 * low:+.2f} to {100 * high:+.2f} | "
+            f"{c['only_reference']} | {c['only_other']} | {c['mcnemar_p']:.3g} |"
+        )
+    lines.append(
+        "\nEach model against the float model on the same test images: only the images exactly one of the two "
+        "gets right tell them apart. The interval is Agresti and Min's adjusted Wald interval of a paired "
+        "difference; McNemar's exact p is the chance of a split of those images at least this uneven if both "
+        "models were equally accurate. A target such as \"within 0.5 points of float\" that lies inside the "
+        "interval is one this split cannot confirm or refute."
     )
     return "\n".join(lines)
 
@@ -286,6 +317,10 @@ def _size(size_bytes: float) -> str:
     if size_bytes >= 1e6:
         return f"{size_bytes / 1e6:.2f} MB"
     return f"{size_bytes / 1e3:.1f} KB"
+
+
+def _interval(bounds: Any) -> str:
+    return "–" if not bounds else f"{bounds[0]:.4f} to {bounds[1]:.4f}"
 
 
 def _number(value: Any) -> str:
