@@ -22,6 +22,16 @@ def _verify(passed, failures=(), exceptions=()):
     }
 
 
+def _training(kept, *val_losses):
+    """A logged fit: epochs with falling then rising validation loss, and the epoch it kept."""
+    epochs = [
+        {"epoch": i + 1, "accuracy": 0.8 + 0.02 * i, "loss": 0.6 - 0.05 * i, "val_accuracy": 0.9 + 0.005 * i,
+         "val_loss": value}
+        for i, value in enumerate(val_losses)
+    ]
+    return {"epochs": epochs, "kept_epoch": kept}
+
+
 def _model(title, accuracy, per_class, engine, file, size, seed, **extra):
     return {
         "title": title, "accuracy": accuracy, "per_class": dict(zip(CLASSES, per_class)), "engine": engine,
@@ -47,13 +57,16 @@ def example_results():
         "models": {
             "float": _model("original float network", 0.93125, [0.9, 0.95, 0.88, 0.97, 0.91], "Keras",
                             "flowers_mobilenet_v2_float.tflite", 8_900_000, 0, tflite_accuracy=0.92917,
-                            validation_accuracy=0.92089, accuracy_interval=[0.90784, 0.94953]),
+                            validation_accuracy=0.92089, accuracy_interval=[0.90784, 0.94953],
+                            training={"head": _training(3, 0.5, 0.4, 0.35),
+                                      "fine_tune": _training(2, 0.3, 0.25, 0.27)}),
             "ptq": _model("int8 via post-training quantization (power-of-two, per-tensor)", 0.28667,
                           [0.1, 0.5, 0.2, 0.3, 0.4], "LiteRT int8", "flowers_ptq_int8.tflite", 2_600_000, 1,
                           verify=_verify(True, exceptions=[mean_exception])),
             "qat": _model("int8 via quantization-aware training (power-of-two, per-tensor)", 0.90893,
                           [0.89, 0.93, 0.87, 0.95, 0.9], "LiteRT int8", "flowers_qat_int8.tflite", 2_610_000, 2,
                           validation_accuracy=0.91456, accuracy_interval=[0.88297, 0.92987],
+                          training={"qat": _training(4, 0.6, 0.4, 0.31, 0.3, 0.33)},
                           verify=_verify(True, exceptions=[mean_exception]),
                           agreement={"top1_agreement": 0.99831, "images": 593, "max_steps": 2.0, "mean_steps": 0.1234,
                                      "histogram": {"0": 2500, "1": 400, "2": 65, ">2": 0}}),

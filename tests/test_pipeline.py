@@ -36,7 +36,8 @@ def test_run_writes_every_artifact(quick_run):
     out, _ = quick_run
     for stage in pipeline.STAGES:
         assert (out / pipeline.FILES[stage]).is_file(), stage
-    for name in ("report.md", "results.json", "labels.txt", "accuracy.png", "confusion_qat.png", "weight_ranges.png"):
+    for name in ("report.md", "results.json", "labels.txt", "accuracy.png", "confusion_qat.png", "weight_ranges.png",
+                 "training.png"):
         assert (out / name).is_file(), name
     published = sorted(p.name for p in (out / "export").iterdir())
     assert "flowers_mobilenet_v2_int8_qat.tflite" in published and "report.md" in published
@@ -61,6 +62,15 @@ def test_results_are_consistent(quick_run):
         assert np.bincount(predictions, minlength=5).tolist() == np.asarray(result["confusion"]).sum(axis=0).tolist()
         low, high = result["accuracy_interval"]
         assert low <= result["accuracy"] <= high
+    # Every fit logged its epochs (the quick run trains one epoch per fit) and the epoch it kept.
+    fits = {"float": ["head", "fine_tune"], "qat": ["qat"], "tfmot_qat": ["tfmot_qat"]}
+    for stage, names in fits.items():
+        assert list(models[stage]["training"]) == names
+        for record in models[stage]["training"].values():
+            assert [row["epoch"] for row in record["epochs"]] == [1] and record["kept_epoch"] == 1
+            assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record["epochs"][0])
+    for name in ("float/head.csv", "float/fine_tune.csv", "qat.csv", "tfmot_qat.csv"):
+        assert (out / "history" / name).is_file(), name
     # Every other model against float on the same images: the counts give the accuracies' difference exactly.
     assert set(results["versus_float"]) == set(pipeline.STAGES) - {"float"}
     for stage, paired in results["versus_float"].items():

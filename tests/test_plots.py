@@ -3,7 +3,7 @@
 import pytest
 from matplotlib import image as mpimg
 
-from tfqat.plots import plot_accuracy, plot_confusion, plot_weight_ranges
+from tfqat.plots import plot_accuracy, plot_confusion, plot_training, plot_weight_ranges, training_fits
 
 from example_results import CLASSES, example_results
 
@@ -24,6 +24,17 @@ def test_plots_are_valid_pngs(tmp_path):
     _assert_png(plot_accuracy(results, tmp_path / "accuracy.png"))
     _assert_png(plot_confusion(results["models"]["qat"]["confusion"], CLASSES, tmp_path / "confusion.png", "QAT"))
     _assert_png(plot_weight_ranges(results["weight_ranges"], tmp_path / "weights.png"))
+    _assert_png(plot_training(results, tmp_path / "training.png"))
+
+
+def test_training_fits_are_named_and_ordered():
+    results = example_results()
+    assert list(training_fits(results)) == ["float, head", "float, fine-tuning", "QAT int8"]
+    del results["models"]["qat"]["training"]
+    results["models"]["float"]["training"]["head"]["epochs"] = []
+    assert list(training_fits(results)) == ["float, fine-tuning"]
+    with pytest.raises(ValueError, match="no logged training"):
+        plot_training({"models": {}}, "unused.png")
 
 
 def test_plot_confusion_rejects_wrong_shape(tmp_path):

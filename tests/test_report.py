@@ -66,8 +66,14 @@ def test_report_contains_every_number(tmp_path):
     assert "| expanded_conv_depthwise | depthwise | 4 | 1 | 0.01 | 3 | 40 | 4,000 | 6.0 | 1 |" in text
     assert "- depthwise (2 layers): median spread 4,500, median channel uses 7.0 of 127 levels" in text
     assert "2 of 6 live channels round to zero" in text
+    # Training: each fit's kept epoch and its values, in network order.
+    training = text.split("## Training")[1].split("\n## ")[0]
+    assert "| float, head | 3 | 3 | 0.5000 | 0.8400 | 0.3500 | 0.9100 |" in training
+    assert "| float, fine-tuning | 3 | 2 | 0.5500 | 0.8200 | 0.2500 | 0.9050 |" in training
+    assert "| QAT int8 | 5 | 4 | 0.4500 | 0.8600 | 0.3000 | 0.9150 |" in training
+    assert training.index("float, fine-tuning") < training.index("QAT int8")
     assert "| qat | 500.0 | 8.3 |" in text and "| **total** | 1775.1 |" in text
-    for name in ("accuracy_plot", "confusion_qat", "weight_ranges_plot"):
+    for name in ("accuracy_plot", "confusion_qat", "training_plot", "weight_ranges_plot"):
         assert f"[{name.removesuffix('_plot').replace('_', ' ')}]({paths[name].name})" in text
 
 
@@ -79,7 +85,7 @@ def test_report_skips_missing_models_and_sections(tmp_path):
     assert "PTQ int8 |" not in text and "peer" not in text
     assert "agreement" not in text.lower() and "weight ranges" not in text.lower()
     assert "quick run" in text
-    assert set(paths) == {"results", "report", "accuracy_plot", "confusion_float", "confusion_qat"}
+    assert set(paths) == {"results", "report", "accuracy_plot", "confusion_float", "confusion_qat", "training_plot"}
 
 
 def test_report_with_almost_nothing(tmp_path):

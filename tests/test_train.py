@@ -113,6 +113,50 @@ def test_restore_best_survives_an_interruption(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_history_csv_logs_every_epoch_and_the_kept_one(tmp_path):
+    model, epochs = _tiny_qat_model(), _EpochWeights()
+    path = tmp_path / "logs" / "qat.csv"
+    train.fit(model, _data(), _contrary_validation(), epochs=4, learning_rate=1e-2, restore_best=True,
+              history_csv=path, callbacks=[epochs], verbose=0)
+    rows = train.read_history(path)
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    np.testing.assert_allclose([row["val_loss"] for row in rows], epochs.val_losses, rtol=1e-6)
+    best = int(np.argmin(epochs.val_losses))
+    assert best < 3
+    assert train.restored_epoch(rows, restore_best=True) == best + 1
+    assert train.restored_epoch(rows, restore_best=False) == 4
+    assert train.restored_epoch([], restore_best=True) is None
+
+
+def test_restored_epoch_follows_the_rule_of_restore_best():
+    rows = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": float("nan")}, {"epoch": 3, "val_loss": 0.4},
+            {"epoch": 4, "val_loss": 0.4}, {"epoch": 5}]
+    assert train.restored_epoch(rows, restore_best=True) == 3  # NaN and missing values never win; ties keep the first
+    assert train.restored_epoch(rows, restore_best=False) == 5
+
+
+def test_history_survives_an_interruption_and_a_new_fit_replaces_it(tmp_path):
+    path = tmp_path / "history.csv"
+    reference = _tiny_qat_model()
+    train.fit(reference, _data(), None, epochs=4, learning_rate=1e-2, history_csv=tmp_path / "reference.csv", verbose=0)
+    model = _tiny_qat_model()
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, _data(), None, epochs=4, learning_rate=1e-2, backup_dir=tmp_path / "backup",
+                  history_csv=path, callbacks=[_Interrupt()], verbose=0)
+    assert [row["epoch"] for row in train.read_history(path)] == [1]  # epoch 2 was interrupted before its log
+    train.fit(_tiny_qat_model(), _data(), None, epochs=4, learning_rate=1e-2, backup_dir=tmp_path / "backup",
+              history_csv=path, verbose=0)
+    rows, expected = train.read_history(path), train.read_history(tmp_path / "reference.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    for row, want in zip(rows, expected):
+        assert row.keys() == want.keys()
+        np.testing.assert_allclose([row[k] for k in row], [want[k] for k in row], rtol=1e-5)
+    # A fit started afresh (no backup) with fewer epochs leaves only its own epochs in the file.
+    train.fit(_tiny_qat_model(), _data(), None, epochs=2, learning_rate=1e-2, history_csv=path, verbose=0)
+    assert [row["epoch"] for row in train.read_history(path)] == [1, 2]
+
+
 def test_restore_best_without_validation_data_is_refused():
     with pytest.raises(ValueError, match="restore_best=True .* pass val_ds"):
         train.fit(_tiny_qat_model(), _data(), None, epochs=1, learning_rate=1e-3, restore_best=True, verbose=0)

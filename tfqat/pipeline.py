@@ -297,8 +297,26 @@ class Run:
             teacher=self.float_model() if self.options.qat_distillation else None,
             backup_dir=self.out / "backup" / stage,
             restore_best=self.options.restore_best,
+            history_csv=self._history(stage),
             verbose=_FIT_VERBOSITY,
         )
+
+    def _history(self, stage: str) -> Path:
+        """Where a stage's fits log their epochs: <out>/history/<stage>.csv; for float, a folder with one per phase."""
+        return self.out / "history" / (stage if stage == "float" else f"{stage}.csv")
+
+    def _training(self, stage: str) -> dict:
+        """What each fit of a stage logged, epoch by epoch, and the epoch whose weights it kept."""
+        if stage == "float":
+            paths = {phase: self._history(stage) / f"{phase}.csv" for phase in train.FLOAT_PHASES}
+        else:
+            paths = {stage: self._history(stage)}
+        training = {}
+        for fit, path in paths.items():
+            if path.is_file():
+                epochs = train.read_history(path)
+                training[fit] = {"epochs": epochs, "kept_epoch": train.restored_epoch(epochs, self.options.restore_best)}
+        return training
 
     def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
         """Save, verify and evaluate one int8 model; with its Keras model, measure agreement.
@@ -356,7 +374,8 @@ class Run:
                 model, base, self.train_ds, self.val_ds,
                 head_epochs=o.head_epochs, fine_tune_epochs=o.fine_tune_epochs,
                 head_learning_rate=o.head_learning_rate, fine_tune_learning_rate=o.fine_tune_learning_rate,
-                backup_dir=self.out / "backup" / "float", restore_best=o.restore_best, verbose=_FIT_VERBOSITY,
+                backup_dir=self.out / "backup" / "float", restore_best=o.restore_best,
+                history_dir=self._history("float"), verbose=_FIT_VERBOSITY,
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)
@@ -371,6 +390,8 @@ class Run:
             title=TITLES["float"], engine="Keras", tflite_accuracy=tflite["accuracy"],
             file=FILES["float"], size_bytes=evaluate.file_size(path),
         )
+        if not o.float_model:
+            result["training"] = self._training("float")
         return result
 
     def stage_ptq(self) -> dict:
@@ -386,7 +407,7 @@ class Run:
         qat = self._pow2_model(equalized=self.options.equalize)
         self._fit(qat, "qat")
         qat.save_weights(str(self.out / "qat.weights.h5"))
-        return self._finish_int8("qat", export.convert_int8(qat), qat)
+        return {**self._finish_int8("qat", export.convert_int8(qat), qat), "training": self._training("qat")}
 
     def stage_tflite_ptq(self) -> dict:
         tflite = export.convert_tflite_ptq(self.float_model(), self.calibration_images)
@@ -395,7 +416,7 @@ class Run:
     def stage_tfmot_qat(self) -> dict:
         qat = export.tfmot_default_qat(self.float_model())
         self._fit(qat, "tfmot_qat")
-        return self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
+        return {**self._finish_int8("tfmot_qat", export.convert_int8(qat), qat), "training": self._training("tfmot_qat")}
 
     # ------------------------------------------------------------------- run
     def stages(self):

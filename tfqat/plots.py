@@ -35,6 +35,20 @@ def ordered_models(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {k: models[k] for k in order if models[k]}
 
 
+_PHASES = {"head": "head", "fine_tune": "fine-tuning"}
+
+
+def training_fits(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every logged fit of the run, by a readable name ("float, head", "QAT int8", ...), in network order."""
+    fits = {}
+    for key, model in ordered_models(results).items():
+        for fit, record in (model.get("training") or {}).items():
+            if record.get("epochs"):
+                name = NETWORKS.get(key, key)
+                fits[f"{name}, {_PHASES.get(fit, fit)}" if fit != key else name] = record
+    return fits
+
+
 def format_ratio(value: float) -> str:
     """A max/min spread as text: whole with thousands separators from 100 on, else 3 significant digits."""
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
@@ -73,6 +87,32 @@ def plot_accuracy(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     ax.set_xlabel("network")
     ax.set_title("Flowers test accuracy: float vs int8 networks")
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_training(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Validation loss and accuracy of every fit, epoch by epoch, with the epoch each fit kept circled."""
+    fits = training_fits(results)
+    if not fits:
+        raise ValueError("results have no logged training epochs to plot")
+    fig = _figure(10.0, 4.2)
+    loss_ax, accuracy_ax = fig.subplots(1, 2)
+    for name, record in fits.items():
+        epochs = [row for row in record["epochs"] if "val_loss" in row]
+        x = [row["epoch"] for row in epochs]
+        for ax, metric in ((loss_ax, "val_loss"), (accuracy_ax, "val_accuracy")):
+            (line,) = ax.plot(x, [row.get(metric, np.nan) for row in epochs], marker=".", label=name)
+            kept = [row for row in epochs if row["epoch"] == record.get("kept_epoch")]
+            if kept:
+                ax.scatter([kept[0]["epoch"]], [kept[0].get(metric, np.nan)], s=90, facecolors="none",
+                           edgecolors=line.get_color(), linewidths=1.5, zorder=3)
+    loss_ax.set_ylabel("validation loss")
+    accuracy_ax.set_ylabel("validation accuracy")
+    for ax in (loss_ax, accuracy_ax):
+        ax.set_xlabel("epoch of the fit")
+        ax.grid(alpha=0.3)
+    accuracy_ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("Training: validation split, each fit's kept epoch circled", fontsize=10)
     return _save(fig, path)
 
 

@@ -17,7 +17,17 @@ from typing import Any, Mapping
 import numpy as np
 
 from tfqat.files import write_atomic
-from tfqat.plots import NETWORKS, PEERS, format_ratio, ordered_models, plot_accuracy, plot_confusion, plot_weight_ranges
+from tfqat.plots import (
+    NETWORKS,
+    PEERS,
+    format_ratio,
+    ordered_models,
+    plot_accuracy,
+    plot_confusion,
+    plot_training,
+    plot_weight_ranges,
+    training_fits,
+)
 from tfqat.ranges import DEAD_EXPONENT, layer_range_stats
 
 _FAILURES_SHOWN = 20
@@ -33,8 +43,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
 
     Returns:
       Paths by name: "results", "report", "accuracy_plot", "confusion_<model>"
-      for each model with a confusion matrix, "weight_ranges_plot" if the
-      dict has weight ranges.
+      for each model with a confusion matrix, "training_plot" if the dict has
+      logged training epochs, "weight_ranges_plot" if it has weight ranges.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +57,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
         if model.get("confusion") and classes:
             title = f"Confusion matrix, {NETWORKS.get(key, key)} (test split)"
             paths[f"confusion_{key}"] = plot_confusion(model["confusion"], classes, out / f"confusion_{key}.png", title)
+    if training_fits(results):
+        paths["training_plot"] = plot_training(results, out / "training.png")
     if (results.get("weight_ranges") or {}).get("layers"):
         paths["weight_ranges_plot"] = plot_weight_ranges(results["weight_ranges"], out / "weight_ranges.png")
     text = render_markdown(results, {name: path.name for name, path in paths.items()})
@@ -71,6 +83,7 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
         _per_class_section(results),
         _agreement_section(results),
         _verify_section(results),
+        _training_section(results),
         _weight_section(results.get("weight_ranges")),
         _times_section(results.get("stage_seconds")),
         _plots_section(plots),
@@ -251,6 +264,29 @@ def _verify_section(results: Mapping[str, Any]) -> str:
         if v.get("summary"):
             lines += ["", "<details><summary>verifier output</summary>", "", "```", v["summary"].rstrip(), "```"]
             lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def _training_section(results: Mapping[str, Any]) -> str:
+    fits = training_fits(results)
+    if not fits:
+        return ""
+    lines = [
+        "## Training",
+        "",
+        "| Fit | Epochs | Kept epoch | loss | accuracy | val_loss | val_accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, record in fits.items():
+        kept = next((row for row in record["epochs"] if row["epoch"] == record.get("kept_epoch")), {})
+        values = " | ".join(_number(kept.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        lines.append(f"| {_cell(name)} | {len(record['epochs'])} | {record.get('kept_epoch') or '–'} | {values} |")
+    lines.append(
+        "\nThe values are those of the kept epoch, whose weights the fit ended with: the one with the lowest "
+        "validation loss, or the last when the run keeps last epochs. Training loss and accuracy are over the "
+        "augmented training images of that epoch. Every epoch of every fit is in results.json and in "
+        "`history/` in the run folder."
+    )
     return "\n".join(lines)
 
 

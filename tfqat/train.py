@@ -1,5 +1,6 @@
 """Training with plain `model.fit`: the float transfer learning, and QAT fine-tuning."""
 
+import csv
 import io
 import json
 import math
@@ -13,6 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat.files import write_atomic
+
+
+FLOAT_PHASES = ("head", "fine_tune")  # the fits of `train_float`, in order; also the names of their logs
 
 
 class TrainingError(RuntimeError):
@@ -70,6 +74,7 @@ def fit(
     backup_dir: Optional[Path] = None,
     teacher: Optional[keras.Model] = None,
     restore_best: bool = False,
+    history_csv: Optional[Path] = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
 ):
@@ -86,6 +91,8 @@ def fit(
     probabilities instead of the labels (`distillation_targets`); its training
     "accuracy" is then its top-1 agreement with the teacher, while validation
     still scores it against the labels. The teacher is not trained.
+    With a `history_csv`, every finished epoch's losses and metrics are written
+    there (see `read_history`), the epochs before an interruption included.
     """
     if restore_best and val_ds is None:
         raise ValueError("restore_best=True picks the epoch with the lowest validation loss: pass val_ds")
@@ -98,6 +105,8 @@ def fit(
     compile_classifier(model, schedule, soft_targets=teacher is not None)
     last_good = _LastGoodWeights()
     all_callbacks = [last_good, keras.callbacks.TerminateOnNaN(), *callbacks]
+    if history_csv is not None:
+        all_callbacks.append(_EpochLog(Path(history_csv)))
     if restore_best:
         all_callbacks.append(_BestWeights(Path(backup_dir) / "best" if backup_dir is not None else None, verbose))
     if backup_dir is not None:
@@ -147,6 +156,55 @@ class _LastGoodWeights(keras.callbacks.Callback):
             self.weights, self.epoch = self.model.get_weights(), epoch + 1
 
 
+def _improves(val_loss, best: float) -> bool:
+    """The rule `restore_best` keeps an epoch by: a finite val_loss below the best so far (the first of equals)."""
+    return val_loss is not None and math.isfinite(val_loss) and val_loss < best
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Writes each finished epoch's logs to a CSV file (epoch counted from 1), atomically.
+
+    Rows of the epoch just finished and of later epochs are replaced, so a fit
+    resumed by BackupAndRestore keeps the epochs before the interruption, and a
+    fit started afresh drops what an earlier fit left in the file.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = [row for row in read_history(self.path) if row["epoch"] <= epoch] if self.path.is_file() else []
+        rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, text.getvalue())
+
+
+def read_history(path) -> list:
+    """The epochs a fit wrote with `history_csv`: one dict per epoch, "epoch" (from 1) and float values."""
+    with open(path, newline="") as file:
+        return [
+            {k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)
+        ]
+
+
+def restored_epoch(epochs: list, restore_best: bool) -> Optional[int]:
+    """The epoch whose weights a fit ended with: with `restore_best` the one `_BestWeights` keeps, else the last."""
+    if not epochs:
+        return None
+    if not restore_best:
+        return epochs[-1]["epoch"]
+    best, chosen = math.inf, None
+    for row in epochs:
+        if _improves(row.get("val_loss"), best):
+            best, chosen = row["val_loss"], row["epoch"]
+    return chosen
+
+
 class _BestWeights(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest val_loss and puts them back when the fit ends.
 
@@ -167,7 +225,7 @@ class _BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get("val_loss")
-        if value is None or not math.isfinite(value) or value >= self.best or not _finite(self.model):
+        if not _improves(value, self.best) or not _finite(self.model):
             return
         self.best, self.epoch, self.weights = float(value), epoch, self.model.get_weights()
         if self.folder is not None:
@@ -209,11 +267,13 @@ def train_float(
     fine_tune_learning_rate: float = 1e-5,
     backup_dir: Optional[Path] = None,
     restore_best: bool = False,
+    history_dir: Optional[Path] = None,
     verbose: int = 1,
 ):
     """Transfer learning in two phases: the new head alone, then the whole network at a small rate.
 
     With `restore_best`, each phase ends on its epoch with the lowest validation loss (see `fit`).
+    With a `history_dir`, each phase logs its epochs there, to `<phase>.csv` (FLOAT_PHASES).
     With a `backup_dir`, an interrupted call resumes where it stopped: inside either phase at its
     last finished epoch, and a finished head phase is not run again.
     """
@@ -228,7 +288,8 @@ def train_float(
     elif head_epochs:
         histories["head"] = fit(
             model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
-            backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best, verbose=verbose,
+            backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best,
+            history_csv=Path(history_dir) / f"{FLOAT_PHASES[0]}.csv" if history_dir else None, verbose=verbose,
         )
         if head_weights is not None:
             _save_weights(head_weights, model.get_weights())
@@ -237,7 +298,7 @@ def train_float(
         histories["fine_tune"] = fit(
             model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
             backup_dir=backup_dir / "fine_tune" if backup_dir else None, restore_best=restore_best,
-            verbose=verbose,
+            history_csv=Path(history_dir) / f"{FLOAT_PHASES[1]}.csv" if history_dir else None, verbose=verbose,
         )
     if head_weights is not None:
         head_weights.unlink(missing_ok=True)  # both phases are over: nothing left to resume
