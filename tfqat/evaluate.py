@@ -13,7 +13,7 @@ from tfqat.stats import CONFIDENCE, wilson_interval
 
 
 def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy with its 95 % interval, per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy and its 95 % interval, per-class accuracy (recall), confusion matrix (rows true, columns predicted)."""
     labels = np.asarray(labels, np.int64)
     predicted = np.asarray(outputs).argmax(axis=-1)
     if len(labels) == 0:

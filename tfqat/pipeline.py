@@ -315,7 +315,8 @@ class Run:
         for fit, path in paths.items():
             if path.is_file():
                 epochs = train.read_history(path)
-                training[fit] = {"epochs": epochs, "kept_epoch": train.restored_epoch(epochs, self.options.restore_best)}
+                kept = train.restored_epoch(epochs, self.options.restore_best)
+                training[fit] = {"epochs": epochs, "kept_epoch": kept}
         return training
 
     def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
@@ -416,7 +417,8 @@ class Run:
     def stage_tfmot_qat(self) -> dict:
         qat = export.tfmot_default_qat(self.float_model())
         self._fit(qat, "tfmot_qat")
-        return {**self._finish_int8("tfmot_qat", export.convert_int8(qat), qat), "training": self._training("tfmot_qat")}
+        result = self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
+        return {**result, "training": self._training("tfmot_qat")}
 
     # ------------------------------------------------------------------- run
     def stages(self):

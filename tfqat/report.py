@@ -175,7 +175,8 @@ def _versus_float_section(results: Mapping[str, Any]) -> str:
     lines = [
         "## Against the float model (test split, paired)",
         "",
-        "| Network | Difference (points) | 95 % interval (points) | Only float right | Only this model right | McNemar p |",
+        "| Network | Difference (points) | 95 % interval (points) | Only float right | Only this model right "
+        "| McNemar p |",
         "|---|---|---|---|---|---|",
     ]
     for key, c in compared.items():
