@@ -209,3 +209,13 @@ def test_qat_starts_from_the_ptq_calibration_without_calibrating_again(quick_run
     # Calibration moved the activation ranges off their placeholder; the second model has them too.
     fresh = pipeline.quantize_model(real_equalize(run.float_model(), equalized_on[0]))
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), qat.get_weights(), strict=True))
+
+
+def test_titles_name_the_weight_scales_of_the_run(tmp_path):
+    per_channel = pipeline.Run(pipeline.RunOptions(out=tmp_path / "pc", per_channel=True))
+    per_tensor = pipeline.Run(pipeline.RunOptions(out=tmp_path / "pt"))
+    for stage in ("ptq", "ptq_equalized", "qat"):
+        assert "(power-of-two, per-channel)" in per_channel._title(stage)
+        assert per_tensor._title(stage) == pipeline.TITLES[stage] and "per-tensor" in pipeline.TITLES[stage]
+    for stage in ("float", "tflite_ptq", "tfmot_qat"):
+        assert per_channel._title(stage) == pipeline.TITLES[stage]

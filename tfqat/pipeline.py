@@ -267,6 +267,12 @@ class Run:
             "accuracy"
         ]
 
+    def _title(self, stage: str) -> str:
+        """What the stage's model is, as the report names it; tfqat's own models follow --per-channel."""
+        if self.options.per_channel and stage in ("ptq", "ptq_equalized", "qat"):
+            return TITLES[stage].replace("per-tensor", "per-channel")
+        return TITLES[stage]
+
     def _test_metrics(self, outputs) -> dict:
         """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
         result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
@@ -329,7 +335,7 @@ class Run:
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
         result = self._test_metrics(outputs)
         result.update(
-            title=TITLES[stage],
+            title=self._title(stage),
             engine="LiteRT int8",
             file=FILES[stage],
             size_bytes=evaluate.file_size(path),
@@ -441,7 +447,7 @@ class Run:
             if self.state.done(stage):
                 _log(f"{stage}: done in an earlier run, kept")
                 continue
-            _log(f"{stage}: {TITLES[stage]} ...")
+            _log(f"{stage}: {self._title(stage)} ...")
             start = time.time()
             # Models built in the scope train on all of the strategy's devices with plain fit.
             with self.strategy.scope():
