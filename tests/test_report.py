@@ -72,6 +72,9 @@ def test_report_contains_every_number(tmp_path):
     assert "| float, fine-tuning | 3 | 2 | 0.5500 | 0.8200 | 0.2500 | 0.9050 |" in training
     assert "| QAT int8 | 5 | 4 | 0.4500 | 0.8600 | 0.3000 | 0.9150 |" in training
     assert training.index("float, fine-tuning") < training.index("QAT int8")
+    assert "distillation" not in training
+    results["options"] = {"qat_distillation": True}
+    assert "learned the float model's class probabilities" in report.render_markdown(results)
     assert "| qat | 500.0 | 8.3 |" in text and "| **total** | 1775.1 |" in text
     for name in ("accuracy_plot", "confusion_qat", "training_plot", "weight_ranges_plot"):
         assert f"[{name.removesuffix('_plot').replace('_', ' ')}]({paths[name].name})" in text

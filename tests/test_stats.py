@@ -42,6 +42,13 @@ def test_mcnemar_p_exact_cases():
     assert stats.mcnemar_p(27, 17) == pytest.approx(0.1742, abs=1e-4)
 
 
+def test_mcnemar_p_with_many_discordant_images():
+    assert stats.mcnemar_p(600, 600) == 1.0
+    assert 0.0 <= stats.mcnemar_p(300, 724) < 1e-30
+    # The continuity-corrected normal approximation gives 0.07069 for these counts.
+    assert stats.mcnemar_p(1550, 1450) == pytest.approx(0.07067, abs=1e-4)
+
+
 def test_paired_difference_counts_and_sign():
     reference = np.array([1, 1, 1, 0, 0, 1], bool)
     other = np.array([1, 0, 0, 1, 0, 1], bool)

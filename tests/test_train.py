@@ -125,15 +125,24 @@ def test_history_csv_logs_every_epoch_and_the_kept_one(tmp_path):
     best = int(np.argmin(epochs.val_losses))
     assert best < 3
     assert train.restored_epoch(rows, restore_best=True) == best + 1
+    for got, want in zip(model.get_weights(), epochs.weights[best]):
+        np.testing.assert_array_equal(got, want)  # the logged choice is the epoch the model really ended on
     assert train.restored_epoch(rows, restore_best=False) == 4
     assert train.restored_epoch([], restore_best=True) is None
 
 
+def test_history_reads_nan_and_inf_as_none(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_text("epoch,loss,val_loss\n1,0.5,nan\n2,inf,0.4\n")
+    assert train.read_history(path) == [{"epoch": 1, "loss": 0.5, "val_loss": None},
+                                        {"epoch": 2, "loss": None, "val_loss": 0.4}]
+
+
 def test_restored_epoch_follows_the_rule_of_restore_best():
     rows = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": float("nan")}, {"epoch": 3, "val_loss": 0.4},
-            {"epoch": 4, "val_loss": 0.4}, {"epoch": 5}]
+            {"epoch": 4, "val_loss": 0.4}, {"epoch": 5}, {"epoch": 6, "val_loss": None}]
     assert train.restored_epoch(rows, restore_best=True) == 3  # NaN and missing values never win; ties keep the first
-    assert train.restored_epoch(rows, restore_best=False) == 5
+    assert train.restored_epoch(rows, restore_best=False) == 6
 
 
 def test_history_survives_an_interruption_and_a_new_fit_replaces_it(tmp_path):

@@ -5,6 +5,7 @@ Each stage stores its result in `<out>/state.json` and its model weights in
 inside a `model.fit`, at the last finished epoch).
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -214,6 +215,8 @@ class Run:
         )
         self.val_ds = data.make_dataset(flowers.validation, image_size=size, batch_size=self.options.batch_size)
         self.test_images, self.test_labels = data.to_arrays(flowers.test, image_size=size)
+        # Which images, in which order: stored with each model's predictions so only the same split is paired.
+        self.test_split = hashlib.sha256(" ".join(r.sha256 for r in flowers.test).encode()).hexdigest()[:16]
         calibration = _sample(flowers.train, self.options.calibration_images)
         self.calibration_images, _ = data.to_arrays(calibration, image_size=size)
         self.times["data"] = time.time() - start
@@ -277,19 +280,23 @@ class Run:
         """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
         result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
         result["predictions"] = np.asarray(outputs).argmax(axis=-1).tolist()
+        result["test_split"] = self.test_split
         return result
 
     def _versus_float(self) -> dict:
         """Each model's test accuracy minus the float model's, image by image (tfqat.stats.paired_difference)."""
         models = {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results}
-        # Predictions of another test split (images added to the folder since) cannot be paired: left out.
-        correct = {
-            stage: np.asarray(m["predictions"]) == self.test_labels
-            for stage, m in models.items()
-            if len(m.get("predictions", ())) == len(self.test_labels)
-        }
-        if "float" not in correct:
+        # Results from before predictions were kept, or of another test split (the folder's images changed since
+        # that stage ran), cannot be paired with this split's labels.
+        paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
+        if "float" not in paired:
+            if "float" in models:
+                _log("report: the float model's test predictions are not of this test split; no paired comparison")
             return {}
+        left_out = [stage for stage in models if stage not in paired]
+        if left_out:
+            _log(f"report: {', '.join(left_out)} not compared with float: no predictions for this test split")
+        correct = {stage: np.asarray(models[stage]["predictions"]) == self.test_labels for stage in paired}
         return {stage: paired_difference(correct["float"], c) for stage, c in correct.items() if stage != "float"}
 
     def _fit(self, model, stage: str):

@@ -98,13 +98,14 @@ def plot_training(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     fig = _figure(10.0, 4.2)
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for name, record in fits.items():
-        epochs = [row for row in record["epochs"] if "val_loss" in row]
+        epochs = [row for row in record["epochs"] if "val_loss" in row]  # fits with validation data
         x = [row["epoch"] for row in epochs]
         for ax, metric in ((loss_ax, "val_loss"), (accuracy_ax, "val_accuracy")):
-            (line,) = ax.plot(x, [row.get(metric, np.nan) for row in epochs], marker=".", label=name)
-            kept = [row for row in epochs if row["epoch"] == record.get("kept_epoch")]
+            values = [np.nan if row.get(metric) is None else row[metric] for row in epochs]
+            (line,) = ax.plot(x, values, marker=".", label=name)
+            kept = [i for i, row in enumerate(epochs) if row["epoch"] == record.get("kept_epoch")]
             if kept:
-                ax.scatter([kept[0]["epoch"]], [kept[0].get(metric, np.nan)], s=90, facecolors="none",
+                ax.scatter([x[kept[0]]], [values[kept[0]]], s=90, facecolors="none",
                            edgecolors=line.get_color(), linewidths=1.5, zorder=3)
     loss_ax.set_ylabel("validation loss")
     accuracy_ax.set_ylabel("validation accuracy")

@@ -189,8 +189,9 @@ def _versus_float_section(results: Mapping[str, Any]) -> str:
         "\nEach model against the float model on the same test images: only the images exactly one of the two "
         "gets right tell them apart. The interval is Agresti and Min's adjusted Wald interval of a paired "
         "difference; McNemar's exact p is the chance of a split of those images at least this uneven if both "
-        "models were equally accurate. A target such as \"within 0.5 points of float\" that lies inside the "
-        "interval is one this split cannot confirm or refute."
+        "models were equally accurate. The exact test is the more cautious of the two: with few such images the "
+        "interval may leave out 0 while p stays above 0.05. A target such as \"within 0.5 points of float\" "
+        "that lies inside the interval is one this split cannot confirm or refute."
     )
     return "\n".join(lines)
 
@@ -284,10 +285,15 @@ def _training_section(results: Mapping[str, Any]) -> str:
         lines.append(f"| {_cell(name)} | {len(record['epochs'])} | {record.get('kept_epoch') or '–'} | {values} |")
     lines.append(
         "\nThe values are those of the kept epoch, whose weights the fit ended with: the one with the lowest "
-        "validation loss, or the last when the run keeps last epochs. Training loss and accuracy are over the "
-        "augmented training images of that epoch. Every epoch of every fit is in results.json and in "
-        "`history/` in the run folder."
+        "validation loss, or the last when the run keeps last epochs. Training loss and accuracy are Keras' "
+        "running means over the augmented training images of that epoch. Every epoch of every fit is in "
+        "results.json and in `history/` in the run folder."
     )
+    if (results.get("options") or {}).get("qat_distillation"):
+        lines.append(
+            "\nThe QAT fits learned the float model's class probabilities (distillation): their training loss and "
+            "accuracy are against those, their validation values against the labels."
+        )
     return "\n".join(lines)
 
 

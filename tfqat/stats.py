@@ -51,7 +51,7 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
     if discordant == 0:
         return 1.0
     tail = sum(comb(discordant, k) for k in range(min(only_first, only_second) + 1))
-    return min(1.0, 2.0 * tail / 2.0**discordant)
+    return min(1.0, 2 * tail / 2**discordant)  # integers: 2.0**n overflows from n = 1024 images
 
 
 def paired_difference(reference_correct, other_correct, confidence: float = CONFIDENCE) -> dict:

@@ -185,11 +185,19 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 def read_history(path) -> list:
-    """The epochs a fit wrote with `history_csv`: one dict per epoch, "epoch" (from 1) and float values."""
+    """The epochs a fit wrote with `history_csv`: one dict per epoch, "epoch" (from 1) and float values.
+
+    A NaN or infinite value reads as None, which JSON (results.json) can hold.
+    """
     with open(path, newline="") as file:
-        return [
-            {k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)
-        ]
+        return [{k: _logged(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
+
+
+def _logged(key: str, text: str):
+    if key == "epoch":
+        return int(text)
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def restored_epoch(epochs: list, restore_best: bool) -> Optional[int]:
