@@ -224,14 +224,14 @@ def test_titles_name_the_weight_scales_of_the_run(tmp_path):
 def test_only_predictions_of_the_same_test_split_are_paired_with_float(tmp_path):
     run = pipeline.Run(pipeline.RunOptions(out=tmp_path / "run"))
     run.test_labels, run.test_split = np.array([0, 1, 1, 0]), "this split"
-    run.state.results.update(
-        float={"predictions": [0, 1, 1, 1], "test_split": "this split"},
-        qat={"predictions": [0, 1, 0, 0], "test_split": "this split"},
-        ptq={"predictions": [0, 1, 1, 0], "test_split": "an older split"},  # same length, other images
-        tfmot_qat={"predictions": [0, 1, 1, 0]},  # from before splits were recorded
-    )
-    paired = run._versus_float()
+    models = {
+        "float": {"predictions": [0, 1, 1, 1], "test_split": "this split"},
+        "qat": {"predictions": [0, 1, 0, 0], "test_split": "this split"},
+        "ptq": {"predictions": [0, 1, 1, 0], "test_split": "an older split"},  # same length, other images
+        "tfmot_qat": {"predictions": [0, 1, 1, 0]},  # from before splits were recorded
+    }
+    paired = run._versus_float(models)
     assert list(paired) == ["qat"]
     assert (paired["qat"]["only_reference"], paired["qat"]["only_other"]) == (1, 1)
-    run.state.results["float"]["test_split"] = "an older split"
-    assert run._versus_float() == {}
+    models["float"]["test_split"] = "an older split"
+    assert run._versus_float(models) == {}

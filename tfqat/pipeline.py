@@ -283,9 +283,8 @@ class Run:
         result["test_split"] = self.test_split
         return result
 
-    def _versus_float(self) -> dict:
+    def _versus_float(self, models: dict) -> dict:
         """Each model's test accuracy minus the float model's, image by image (tfqat.stats.paired_difference)."""
-        models = {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results}
         # Results from before predictions were kept, or of another test split (the folder's images changed since
         # that stage ran), cannot be paired with this split's labels.
         paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
@@ -404,8 +403,6 @@ class Run:
             title=TITLES["float"], engine="Keras", tflite_accuracy=tflite["accuracy"],
             file=FILES["float"], size_bytes=evaluate.file_size(path),
         )
-        if not o.float_model:
-            result["training"] = self._training("float")
         return result
 
     def stage_ptq(self) -> dict:
@@ -421,7 +418,7 @@ class Run:
         qat = self._pow2_model(equalized=self.options.equalize)
         self._fit(qat, "qat")
         qat.save_weights(str(self.out / "qat.weights.h5"))
-        return {**self._finish_int8("qat", export.convert_int8(qat), qat), "training": self._training("qat")}
+        return self._finish_int8("qat", export.convert_int8(qat), qat)
 
     def stage_tflite_ptq(self) -> dict:
         tflite = export.convert_tflite_ptq(self.float_model(), self.calibration_images)
@@ -430,8 +427,7 @@ class Run:
     def stage_tfmot_qat(self) -> dict:
         qat = export.tfmot_default_qat(self.float_model())
         self._fit(qat, "tfmot_qat")
-        result = self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
-        return {**result, "training": self._training("tfmot_qat")}
+        return self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
 
     # ------------------------------------------------------------------- run
     def stages(self):
@@ -459,6 +455,8 @@ class Run:
             # Models built in the scope train on all of the strategy's devices with plain fit.
             with self.strategy.scope():
                 result = getattr(self, f"stage_{stage}")()
+            if training := self._training(stage):  # the stages that trained logged their epochs
+                result["training"] = training
             self.times[stage] = time.time() - start
             self.state.save(stage, result)
             self.state.save("stage_seconds", self.times)
@@ -468,6 +466,7 @@ class Run:
     def results(self) -> dict:
         o = self.options
         flowers = self.flowers
+        models = {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results}
         return {
             "command": o.command,
             "versions": _versions(),
@@ -484,8 +483,8 @@ class Run:
                 "image_contract": images.IMAGE_CONTRACT,
             },
             "reference": REFERENCE,
-            "models": {stage: self.state.results[stage] for stage in STAGES if stage in self.state.results},
-            "versus_float": self._versus_float(),
+            "models": models,
+            "versus_float": self._versus_float(models),
             "stage_seconds": self.times,
         }
 
