@@ -136,6 +136,11 @@ def test_history_reads_nan_and_inf_as_none(tmp_path):
     path.write_text("epoch,loss,val_loss\n1,0.5,nan\n2,inf,0.4\n")
     assert train.read_history(path) == [{"epoch": 1, "loss": 0.5, "val_loss": None},
                                         {"epoch": 2, "loss": None, "val_loss": 0.4}]
+    # The log itself keeps them as written when later epochs are added.
+    log = train._EpochLog(tmp_path / "log.csv")
+    log.on_epoch_end(0, {"loss": float("nan"), "val_loss": 0.5})
+    log.on_epoch_end(1, {"loss": 0.3, "val_loss": 0.4})
+    assert (tmp_path / "log.csv").read_text() == "epoch,loss,val_loss\n1,nan,0.5\n2,0.3,0.4\n"
 
 
 def test_restored_epoch_follows_the_rule_of_restore_best():

@@ -174,7 +174,8 @@ class _EpochLog(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        rows = [row for row in read_history(self.path) if row["epoch"] <= epoch] if self.path.is_file() else []
+        # Earlier rows are carried over as written (a logged nan stays nan), without the parsing of read_history.
+        rows = [row for row in _csv_rows(self.path) if int(row["epoch"]) <= epoch] if self.path.is_file() else []
         rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}})
         columns = list(dict.fromkeys(key for row in rows for key in row))
         text = io.StringIO()
@@ -189,8 +190,12 @@ def read_history(path) -> list:
 
     A NaN or infinite value reads as None, which JSON (results.json) can hold.
     """
+    return [{k: _logged(k, v) for k, v in row.items() if v != ""} for row in _csv_rows(path)]
+
+
+def _csv_rows(path) -> list:
     with open(path, newline="") as file:
-        return [{k: _logged(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
+        return list(csv.DictReader(file))
 
 
 def _logged(key: str, text: str):
