@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfqat
-from tfqat import export, litert
+from tfqat.tflite import export, litert
 
 TARGETS = {
     "train_step_tfqat_vs_float": ("<=", 1.3),
@@ -103,7 +103,7 @@ PEAK_MEMORY_SCRIPT = textwrap.dedent(
     import numpy as np
     import run as bench
     import tfqat
-    from tfqat import export
+    from tfqat.tflite import export
     kind = sys.argv[1]
     model = bench.classifier()
     if kind == "tfqat":

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfqat import pow2
+from tfqat.quantization import pow2
 
 
 def reference_weight_exponent(max_abs: float) -> int:

@@ -5,7 +5,7 @@ import pytest
 
 import tflite_models as tm
 from tfqat._keras import keras
-from tfqat.agreement import keras_outputs, keras_tflite_agreement
+from tfqat.tflite.agreement import keras_outputs, keras_tflite_agreement
 
 # Step used for the float comparison: the int8 softmax output step, 1/256.
 SOFTMAX_STEP = 2.0**-8

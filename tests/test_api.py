@@ -12,8 +12,8 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 import tfqat
-from tfqat import configs, pow2
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization import configs, pow2
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 layers = keras.layers
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2

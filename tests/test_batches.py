@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat.batches import BATCH_SIZE, image_batches
+from tfqat.transforms.batches import BATCH_SIZE, image_batches
 
 
 def _images(count):

@@ -81,7 +81,7 @@ def _options(argv):
 
 def test_unset_numeric_flags_resume_the_recorded_run(tmp_path):
     """A run recorded under other defaults resumes as recorded; a flag given on the command line still wins."""
-    from tfqat.pipeline import RunOptions
+    from tfqat.flowers.pipeline import RunOptions
 
     recorded = {"qat_epochs": 8, "fine_tune_learning_rate": 5e-5, "weights": "w.h5", "qat_distillation": True}
     (tmp_path / "state.json").write_text(json.dumps({"settings": recorded}))

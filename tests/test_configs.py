@@ -1,4 +1,4 @@
-"""Tests for tfqat.configs: which weights and outputs of a layer get which quantizer."""
+"""Tests for tfqat.quantization.configs: which weights and outputs of a layer get which quantizer."""
 
 from tfqat._keras import keras
 
@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfqat import configs
-from tfqat.configs import (
+from tfqat.quantization import configs
+from tfqat.quantization.configs import (
     FixedOutputQuantizeConfig,
     KernelQuantizeConfig,
     OutputQuantizeConfig,
     PassThroughQuantizeConfig,
 )
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
@@ -58,7 +58,7 @@ def test_kernel_config_quantizes_the_kernel_and_the_bias(kind, per_channel):
     # The bias goes onto TFLite's int32 grid s_input * s_weight, once linked to the input's scale.
     assert bias is layer.bias
     assert type(bias_quantizer) is Pow2BiasQuantizer and bias_quantizer == Pow2BiasQuantizer()
-    assert bias_quantizer.accumulator_exponent is None  # tfqat.linking sets it, not the config
+    assert bias_quantizer.accumulator_exponent is None  # tfqat.quantization.linking sets it, not the config
     # A fresh bias quantizer per call, so linking one layer never links another.
     assert config.get_weights_and_quantizers(layer)[1][1] is not bias_quantizer
 

@@ -1,4 +1,4 @@
-"""Tests for tfqat.data: folder scanning, hash splits, pipelines, labels."""
+"""Tests for tfqat.flowers.data: folder scanning, hash splits, pipelines, labels."""
 
 import hashlib
 import io
@@ -16,12 +16,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfqat import data
-from tfqat.data import (
+from tfqat.flowers import data
+from tfqat.flowers.data import (
     DataWarning,
     Record,
     SplitFractions,
     load_flowers,
+    load_image,
     make_dataset,
     read_labels,
     scan_folder,
@@ -30,7 +31,7 @@ from tfqat.data import (
     to_arrays,
     write_labels,
 )
-from tfqat.images import decode_image, load_image, preprocess
+from tfqat.flowers.images import decode_image, preprocess
 
 REAL_FOLDER = Path("/work/shared/data/flower_photos")
 SIZE = 32  # small contract size keeps pipeline tests fast

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat import graph
-from tfqat.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
+from tfqat.transforms import graph
+from tfqat.transforms.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
 
 
 def _spread_batch_norms(model, seed=0):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfqat import cli, evaluate, export, stats
+from tfqat import cli
+from tfqat.flowers import evaluate, stats
+from tfqat.tflite import export
 
 import tflite_models
 

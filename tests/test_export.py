@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat import export, files, litert, verify
-from tfqat.agreement import keras_tflite_agreement
+from tfqat.tflite import export, litert, verify
+from tfqat import files
+from tfqat.tflite.agreement import keras_tflite_agreement
 
 SIZE = 48
 CLASSES = ("a", "b", "c", "d", "e")

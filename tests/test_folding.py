@@ -1,11 +1,11 @@
-"""Tests for tfqat.folding: BatchNormalization folded into the conv before it."""
+"""Tests for tfqat.transforms.folding: BatchNormalization folded into the conv before it."""
 
 from tfqat._keras import keras
 
 import numpy as np
 import pytest
 
-from tfqat.folding import fold_batch_norms, fold_bn_arrays
+from tfqat.transforms.folding import fold_batch_norms, fold_bn_arrays
 
 layers = keras.layers
 

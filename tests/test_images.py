@@ -1,4 +1,4 @@
-"""Tests for tfqat.images: the image contract (decoding, resizing, scaling) and training augmentation."""
+"""Tests for tfqat.flowers.images: the image contract (decoding, resizing, scaling) and training augmentation."""
 
 import io
 
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfqat import images
-from tfqat.images import augment, decode_image, preprocess
+from tfqat.flowers import images
+from tfqat.flowers.images import augment, decode_image, preprocess
 
 SIZE = 32  # small contract size keeps the tests fast
 

@@ -1,4 +1,4 @@
-"""Tests for tfqat.linking: each conv/dense rounds its accumulator as LiteRT does, linked to its input's scale.
+"""Tests for tfqat.quantization.linking: each conv/dense rounds its accumulator as LiteRT does, linked to its input's scale.
 
 A MobileNetV2-like block (conv+BN+ReLU6, pad, depthwise+BN+ReLU6, linear
 projection, residual add) under two heads: global average pooling + dropout +
@@ -16,9 +16,10 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 import tfqat
-from tfqat import litert, pow2
-from tfqat.linking import link_accumulators
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, tracing_for_export
+from tfqat.tflite import litert
+from tfqat.quantization import pow2
+from tfqat.quantization.linking import link_accumulators
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, tracing_for_export
 from references import reference_weight_exponent, reference_activation_exponent
 
 layers = keras.layers

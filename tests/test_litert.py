@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import tflite_models as tm
-from tfqat import litert
-from tfqat.litert import TFLiteModelError
+from tfqat.tflite import litert
+from tfqat.tflite.litert import TFLiteModelError
 
 
 def test_describe_reports_int8_power_of_two_io():

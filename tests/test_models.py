@@ -7,7 +7,7 @@ from tfqat._keras import keras
 import numpy as np
 import pytest
 
-from tfqat import models
+from tfqat.flowers import models
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared" / "weights"

@@ -9,7 +9,8 @@ from tfqat._keras import keras  # noqa: F401
 import numpy as np
 import pytest
 
-from tfqat import cli, pipeline
+from tfqat import cli
+from tfqat.flowers import methods, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "flower_photos"
@@ -34,8 +35,9 @@ def quick_run(tmp_path_factory):
 @needs_shared
 def test_run_writes_every_artifact(quick_run):
     out, _ = quick_run
-    for stage in pipeline.STAGES:
-        assert (out / pipeline.FILES[stage]).is_file(), stage
+    assert (out / methods.FLOAT_FILE).is_file()
+    for stage in methods.DEFAULT_METHODS:
+        assert (out / methods.METHODS[stage].file).is_file(), stage
     for name in ("report.md", "results.json", "labels.txt", "accuracy.png", "confusion_qat.png", "weight_ranges.png",
                  "training.png"):
         assert (out / name).is_file(), name
@@ -50,7 +52,7 @@ def test_results_are_consistent(quick_run):
     out, _ = quick_run
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
-    assert list(models) == list(pipeline.STAGES)
+    assert list(models) == ["float", *methods.DEFAULT_METHODS]
     assert results["data"]["split_sizes"] == pipeline.QUICK_IMAGES
     test = pipeline.QUICK_IMAGES["test"]
     for stage, result in models.items():
@@ -72,7 +74,7 @@ def test_results_are_consistent(quick_run):
     for name in ("float/head.csv", "float/fine_tune.csv", "qat.csv", "tfmot_qat.csv"):
         assert (out / "history" / name).is_file(), name
     # Every other model against float on the same images: the counts give the accuracies' difference exactly.
-    assert set(results["versus_float"]) == set(pipeline.STAGES) - {"float"}
+    assert set(results["versus_float"]) == set(methods.DEFAULT_METHODS)
     for stage, paired in results["versus_float"].items():
         assert paired["images"] == test
         gained = (paired["only_other"] - paired["only_reference"]) / test
@@ -114,7 +116,7 @@ def test_evaluate_cli_matches_the_run(quick_run, tmp_path, capsys):
     out, _ = quick_run
     # The run's test split as a folder: the CLI must give the run's own accuracy on it.
     results = json.loads((out / "state.json").read_text())
-    model = out / pipeline.FILES["qat"]
+    model = out / methods.METHODS["qat"].file
     json_path = tmp_path / "eval.json"
     assert cli.main(["evaluate", str(model), "--data", str(DATA), "--json", str(json_path)]) == 0
     evaluated = json.loads(json_path.read_text())
@@ -198,13 +200,13 @@ def test_qat_starts_from_the_ptq_calibration_without_calibrating_again(quick_run
     monkeypatch.setattr(
         pipeline, "equalize", lambda model, images: equalized_on.append(images) or real_equalize(model, images)
     )
-    ptq, qat = run._pow2_model(equalized=True), run._pow2_model(equalized=True)
+    ptq, qat = run.pow2_model(methods.Recipe(equalize=True)), run.pow2_model(methods.Recipe(equalize=True, train=True))
     assert len(calls) == 1 and ptq is not qat
     # Equalization ran once, for both models, and measured its ReLU6 clips on the calibration images.
     assert [sum(len(batch) for batch in images) for images in equalized_on] == [len(run.calibration_images)]
     for a, b in zip(ptq.get_weights(), qat.get_weights(), strict=True):
         assert np.array_equal(a, b)
-    run._pow2_model(equalized=False)  # the model as it is has ranges of its own
+    run.pow2_model(methods.Recipe())  # the model as it is has ranges of its own
     assert len(calls) == 2
     # Calibration moved the activation ranges off their placeholder; the second model has them too.
     fresh = pipeline.quantize_model(real_equalize(run.float_model(), equalized_on[0]))
@@ -216,9 +218,11 @@ def test_titles_name_the_weight_scales_of_the_run(tmp_path):
     per_tensor = pipeline.Run(pipeline.RunOptions(out=tmp_path / "pt"))
     for stage in ("ptq", "ptq_equalized", "qat"):
         assert "(power-of-two, per-channel)" in per_channel._title(stage)
-        assert per_tensor._title(stage) == pipeline.TITLES[stage] and "per-tensor" in pipeline.TITLES[stage]
-    for stage in ("float", "tflite_ptq", "tfmot_qat"):
-        assert per_channel._title(stage) == pipeline.TITLES[stage]
+        title = methods.METHODS[stage].title
+        assert per_tensor._title(stage) == title and "per-tensor" in title
+    for stage in ("tflite_ptq", "tfmot_qat"):
+        assert per_channel._title(stage) == methods.METHODS[stage].title
+    assert per_channel._title("float") == methods.FLOAT_TITLE
 
 
 def test_only_predictions_of_the_same_test_split_are_paired_with_float(tmp_path):

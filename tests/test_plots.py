@@ -1,9 +1,9 @@
-"""Tests for tfqat.plots: PNG plots of the accuracy, confusion matrices and weight ranges."""
+"""Tests for tfqat.flowers.plots: PNG plots of the accuracy, confusion matrices and weight ranges."""
 
 import pytest
 from matplotlib import image as mpimg
 
-from tfqat.plots import plot_accuracy, plot_confusion, plot_training, plot_weight_ranges, training_fits
+from tfqat.flowers.plots import plot_accuracy, plot_confusion, plot_training, plot_weight_ranges, training_fits
 
 from example_results import CLASSES, example_results
 

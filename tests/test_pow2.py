@@ -1,4 +1,4 @@
-"""Tests for tfqat.pow2: best-precision exponents, fake quantization and its straight-through gradient."""
+"""Tests for tfqat.quantization.pow2: best-precision exponents, fake quantization and its straight-through gradient."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat import pow2
+from tfqat.quantization import pow2
 from references import reference_weight_exponent, reference_activation_exponent, fake_quant_reference
 
 F32_MAX = float(np.finfo(np.float32).max)

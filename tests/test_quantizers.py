@@ -1,4 +1,4 @@
-"""Tests for tfqat.quantizers: power-of-two weight and activation quantizers."""
+"""Tests for tfqat.quantization.quantizers: power-of-two weight and activation quantizers."""
 
 import math
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat import pow2
-from tfqat.quantizers import (
+from tfqat.quantization import pow2
+from tfqat.quantization.quantizers import (
     Pow2ActivationQuantizer,
     Pow2BiasQuantizer,
     Pow2WeightQuantizer,

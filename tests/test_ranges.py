@@ -1,11 +1,11 @@
-"""Tests for tfqat.ranges: per-channel weight ranges of a model and their per-tensor power-of-two statistics."""
+"""Tests for tfqat.transforms.ranges: per-channel weight ranges of a model and their per-tensor power-of-two statistics."""
 
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 import numpy as np
 
-from tfqat import ranges
-from tfqat.ranges import layer_range_stats, weight_ranges
+from tfqat.transforms import ranges
+from tfqat.transforms.ranges import layer_range_stats, weight_ranges
 
 from example_results import example_results
 
@@ -22,7 +22,7 @@ def test_layer_range_stats():
 
 
 def test_constants_match_pow2():
-    from tfqat import pow2
+    from tfqat.quantization import pow2
 
     assert ranges._WEIGHT_QMAX == pow2.WEIGHT_QMAX and ranges.DEAD_EXPONENT == pow2.MIN_EXPONENT
     for max_abs in (1e-3, 0.3, 2.0, 40.0, 127 * 2.0**-6, 56.4):

@@ -1,4 +1,4 @@
-"""Tests for tfqat.report: report.md content, atomic results.json."""
+"""Tests for tfqat.flowers.report: report.md content, atomic results.json."""
 
 import copy
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from tfqat import report
-from tfqat.report import write_json_atomic, write_report
+from tfqat.flowers import report
+from tfqat.flowers.report import write_json_atomic, write_report
 
 from example_results import example_results
 

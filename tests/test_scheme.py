@@ -1,4 +1,4 @@
-"""Tests for tfqat.scheme: the registry and the layout of quantizers in the QAT graph.
+"""Tests for tfqat.quantization.scheme: the registry and the layout of quantizers in the QAT graph.
 
 The QAT graph must have a quantizer exactly where the int8 TFLite graph has a
 tensor of its own: the model input, every op output except a conv/add output
@@ -14,10 +14,10 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 import tfqat
-from tfqat import configs
-from tfqat.linking import link_accumulators
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
-from tfqat.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
+from tfqat.quantization import configs
+from tfqat.quantization.linking import link_accumulators
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 
 layers = keras.layers
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat import train
+from tfqat.flowers import train
 
 
 def _tiny_qat_model():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import tflite_models as tm
-from tfqat.litert import TFLiteModelError
-from tfqat.pow2 import is_power_of_two
-from tfqat.verify import report_from_details, verify_tflite
+from tfqat.tflite.litert import TFLiteModelError
+from tfqat.quantization.pow2 import is_power_of_two
+from tfqat.tflite.verify import report_from_details, verify_tflite
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 from tfqat._keras import keras  # first: selects tf_keras before TensorFlow loads
 
 from tfqat.api import calibrate, load_model, quantize_model, quantize_scope
-from tfqat.equalize import equalize
-from tfqat.export import export_tflite
-from tfqat.folding import fold_batch_norms
-from tfqat.scheme import Pow2QuantizeScheme
-from tfqat.verify import verify_tflite
+from tfqat.transforms.equalize import equalize
+from tfqat.tflite.export import export_tflite
+from tfqat.transforms.folding import fold_batch_norms
+from tfqat.quantization.scheme import Pow2QuantizeScheme
+from tfqat.tflite.verify import verify_tflite
 from tfqat import distribute  # noqa: E402  (tf.distribute strategies by name)
 
 __all__ = [

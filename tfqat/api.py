@@ -7,12 +7,12 @@ from tfqat._keras import keras
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfqat import graph
-from tfqat.batches import image_batches
-from tfqat.folding import fold_batch_norms
-from tfqat.linking import link_accumulators
-from tfqat.quantizers import collecting_ranges
-from tfqat.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
+from tfqat.transforms import graph
+from tfqat.transforms.batches import image_batches
+from tfqat.transforms.folding import fold_batch_norms
+from tfqat.quantization.linking import link_accumulators
+from tfqat.quantization.quantizers import collecting_ranges
+from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 
 
 def quantize_scope():

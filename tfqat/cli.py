@@ -36,14 +36,14 @@ def _add_verify(subparsers) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from tfqat.verify import verify_tflite
+    from tfqat.tflite.verify import verify_tflite
 
     report = verify_tflite(args.path)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary(verbose=args.verbose))
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-# Numeric run options: (flag, type, help). Defaults live in tfqat.pipeline.RunOptions only.
+# Numeric run options: (flag, type, help). Defaults live in tfqat.flowers.pipeline.RunOptions only.
 _TRAINING_OPTIONS = (
     ("--head-epochs", int, "epochs of the new head alone"),
     ("--fine-tune-epochs", int, "epochs of the whole network"),
@@ -58,7 +58,7 @@ _QUANTIZATION_OPTIONS = (
 
 def _add_run_options(parser, *, stages) -> None:
     from tfqat.distribute import STRATEGIES
-    from tfqat.pipeline import RunOptions
+    from tfqat.flowers.pipeline import RunOptions
 
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
@@ -97,7 +97,9 @@ def _add_run_options(parser, *, stages) -> None:
 
 
 def _add_run(subparsers) -> None:
-    from_stages = ("float", "ptq", "ptq_equalized", "qat", "tflite_ptq", "tfmot_qat")
+    from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, METHODS
+
+    from_stages = (FLOAT, *DEFAULT_METHODS)
     parser = subparsers.add_parser(
         "run",
         help="the whole flowers workflow: float, power-of-two PTQ and QAT, peers, evaluation, report",
@@ -107,6 +109,11 @@ def _add_run(subparsers) -> None:
     )
     _add_run_options(parser, stages=from_stages)
     parser.add_argument("--no-peers", action="store_true", help="skip the TFLite-PTQ and TFMOT-QAT peers")
+    parser.add_argument(
+        "--methods", default=None,
+        help=f"comma-separated methods to run after the float model (default {','.join(DEFAULT_METHODS)}; "
+        f"all: {','.join(METHODS)})",
+    )
     parser.add_argument("--export-dir", default=None, help="also copy the published artifacts here (e.g. export)")
 
 
@@ -125,7 +132,7 @@ def run_options(args: argparse.Namespace):
     already in --out: `train --weights F` then `qat` is one run, and a run
     recorded under older defaults resumes as it was recorded.
     """
-    from tfqat.pipeline import RunOptions, recorded_settings
+    from tfqat.flowers.pipeline import RunOptions, recorded_settings
 
     weights = getattr(args, "weights", "imagenet")
     numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
@@ -155,20 +162,76 @@ def run_options(args: argparse.Namespace):
         quick=args.quick,
         strategy=args.strategy,
         export_dir=Path(args.export_dir) if getattr(args, "export_dir", None) else None,
-        stages=tuple(args.stages),
+        stages=_stages(args),
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
         **settings,
     )
 
 
+def _stages(args: argparse.Namespace) -> tuple:
+    """The stages a command runs: its own, or the float model and the methods of --methods."""
+    if getattr(args, "methods", None) is None:
+        return tuple(args.stages)
+    from tfqat.flowers.methods import FLOAT, parse_methods
+
+    return (FLOAT, *parse_methods(args.methods))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from tfqat.pipeline import run
+    from tfqat.flowers.pipeline import run
 
     options = run_options(args)
     results = run(options)
     for stage, result in results["models"].items():
         print(f"{stage:<11} {result['accuracy']:.4f}  {result['title']}")
     print(f"report: {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
+def _add_study(subparsers) -> None:
+    from tfqat.flowers.methods import METHODS
+    from tfqat.flowers.study import SEEDS, StudyOptions
+
+    parser = subparsers.add_parser(
+        "study",
+        help="the multi-seed accuracy study: each method against its own seed's float model",
+        description="For each seed, train (or reuse) the float model in <out>/seed<N>, run each method on it, "
+        "evaluate every int8 model with LiteRT, and write accuracy.md and accuracy.json: per method the mean "
+        "and per-seed test accuracy and paired difference to float, validation accuracy and loss, Keras-LiteRT "
+        "agreement, verifier result and time. Finished seeds and methods are kept; the same command resumes.",
+    )
+    parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
+    parser.add_argument("--out", default=str(StudyOptions.out), help="study folder (one run folder per seed)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument(
+        "--methods", default=",".join(StudyOptions.methods),
+        help=f"comma-separated methods (default {','.join(StudyOptions.methods)}; all: {','.join(METHODS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="a small subset at 96 px: a smoke test, not a measurement")
+    parser.add_argument("--publish-dir", default=None, help="also write accuracy.md and accuracy.json here")
+    parser.set_defaults(handler=_study)
+
+
+def _seeds(text: str) -> tuple:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated whole numbers, got {text!r}") from None
+
+
+def _study(args: argparse.Namespace) -> int:
+    from tfqat.flowers.methods import parse_methods
+    from tfqat.flowers.study import StudyOptions, run_study, render_markdown
+
+    options = StudyOptions(
+        out=Path(args.out), data=args.data, weights=None if args.weights == "none" else args.weights,
+        seeds=_seeds(args.seeds), methods=parse_methods(args.methods), quick=args.quick,
+        publish_dir=Path(args.publish_dir) if args.publish_dir else None,
+        command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+    )
+    study = run_study(options)
+    print(render_markdown(study))
     return EXIT_OK
 
 
@@ -188,7 +251,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tfqat.evaluate import evaluate_folder, format_metrics
+    from tfqat.flowers.evaluate import evaluate_folder, format_metrics
 
     result = evaluate_folder(args.model, args.data, labels_file=args.labels, out_json=args.json)
     print(format_metrics(result))
@@ -210,9 +273,9 @@ def _add_export(subparsers) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from tfqat.api import load_model
-    from tfqat.data import read_labels
-    from tfqat.export import export_tflite
-    from tfqat.verify import verify_tflite
+    from tfqat.flowers.data import read_labels
+    from tfqat.tflite.export import export_tflite
+    from tfqat.tflite.verify import verify_tflite
 
     if not Path(args.model).exists():
         raise FileNotFoundError(f"model {args.model} does not exist")
@@ -232,6 +295,7 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
         "fold, (equalize,) calibrate, export, verify, evaluate.",
     ),
     _add_stage("qat", ("qat",), "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
+    _add_study,
     _add_export,
     _add_verify,
     _add_evaluate,
@@ -256,9 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     # TensorFlow and LiteRT log to stderr at import; keep stderr for our one-line errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfqat.export import ExportError
-    from tfqat.litert import TFLiteModelError
-    from tfqat.train import TrainingError
+    from tfqat.tflite.export import ExportError
+    from tfqat.tflite.litert import TFLiteModelError
+    from tfqat.flowers.train import TrainingError
 
     try:
         return args.handler(args)

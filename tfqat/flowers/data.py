@@ -1,6 +1,6 @@
 """Flower photos for the pipeline: folder/tfds scanning, hash splits, tf.data pipelines, labels.
 
-Pixels follow the image contract of `tfqat.images`.
+Pixels follow the image contract of `tfqat.flowers.images`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import UnidentifiedImageError
 
 from tfqat.files import write_atomic
-from tfqat.images import IMAGE_SIZE, augment, check_image_size, decode_image, preprocess
+from tfqat.flowers.images import IMAGE_SIZE, augment, check_image_size, decode_image, preprocess
 
 SPLITS = ("train", "validation", "test")
 
@@ -62,6 +62,11 @@ class Record:
     def read(self) -> bytes:
         """Returns the encoded image bytes."""
         return self.encoded if self.encoded is not None else Path(self.source).read_bytes()
+
+
+def load_image(record: Record, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Reads, decodes and preprocesses one record under the image contract; float32 [image_size, image_size, 3]."""
+    return preprocess(decode_image(record.read()), image_size).numpy()
 
 
 @dataclass(frozen=True)

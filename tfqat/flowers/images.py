@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
-
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-
-if TYPE_CHECKING:
-    from tfqat.data import Record
 
 IMAGE_SIZE = 224
 
@@ -52,11 +47,6 @@ def preprocess(image: np.ndarray | tf.Tensor, image_size: int = IMAGE_SIZE) -> t
         raise ValueError(msg)
     resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=False)
     return tf.cast(resized, tf.float32) / 127.5 - 1.0
-
-
-def load_image(record: Record, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Reads, decodes and preprocesses one record; returns float32 [image_size, image_size, 3]."""
-    return preprocess(decode_image(record.read()), image_size).numpy()
 
 
 def check_image_size(image_size: int) -> None:

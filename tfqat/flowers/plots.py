@@ -13,18 +13,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from tfqat.ranges import layer_range_stats
+from tfqat.flowers.methods import FLOAT, METHODS
+from tfqat.transforms.ranges import layer_range_stats
 
-# Short names of the networks, in the order of the pipeline's stages.
-NETWORKS = {
-    "float": "float",
-    "ptq": "PTQ int8",
-    "ptq_equalized": "PTQ int8, equalized",
-    "qat": "QAT int8",
-    "tflite_ptq": "TFLite PTQ int8 (peer)",
-    "tfmot_qat": "TFMOT QAT int8 (peer)",
-}
-PEERS = frozenset({"tflite_ptq", "tfmot_qat"})
+# Short names of the networks, in the order of the pipeline's stages (tfqat.flowers.methods).
+NETWORKS = {FLOAT: "float", **{name: method.label for name, method in METHODS.items()}}
+PEERS = frozenset(name for name, method in METHODS.items() if method.peer)
 _KIND_COLORS = {"depthwise": "#d1495b", "conv": "#2f6db3", "dense": "#3c9d5d"}
 
 

@@ -11,7 +11,7 @@ from tfqat._keras import keras
 
 import tensorflow_model_optimization as tfmot
 
-from tfqat.quantizers import ConfigEquality, Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.quantizers import ConfigEquality, Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer

@@ -1,7 +1,7 @@
 """TFMOT quantizers whose scales are exact powers of two.
 
 A quantizer only creates its variables (`build`) and fake-quantizes (`__call__`);
-the math lives in `tfqat.pow2`.
+the math lives in `tfqat.quantization.pow2`.
 """
 
 import contextlib
@@ -12,7 +12,7 @@ from tfqat._keras import keras
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfqat import pow2
+from tfqat.quantization import pow2
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -122,7 +122,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         self.ema_decay = float(ema_decay)
-        # Set by tfqat.linking when this quantizes a conv/dense output: returns the
+        # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
         # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
         self.accumulator_exponent = None
 
@@ -184,7 +184,7 @@ class Pow2BiasQuantizer(ConfigEquality, _Quantizer):
     """Bias on the int32 grid input scale x weight scale, as the TFLite converter stores it.
 
     The grid is only known once the layer is linked to its input's quantizer
-    (tfqat.linking); until then, and in graphs traced for export (the converter
+    (tfqat.quantization.linking); until then, and in graphs traced for export (the converter
     quantizes the bias itself), the bias passes unchanged.
     """
 

@@ -1,8 +1,8 @@
-"""The published report of a pipeline run: report.md, results.json and the PNG plots of `tfqat.plots`.
+"""The published report of a pipeline run: report.md, results.json and the PNG plots of `tfqat.flowers.plots`.
 
 Everything here is a pure function of the results dict the pipeline saves as
 results.json (see `write_report`); its per-channel weight ranges come from
-`tfqat.ranges.weight_ranges`. No number in the report is made up: each is read
+`tfqat.transforms.ranges.weight_ranges`. No number in the report is made up: each is read
 from the dict or computed from its numbers (totals, ratios, shares, per-tensor
 power-of-two steps), and sections whose data is missing are left out.
 """
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tfqat.files import write_atomic
-from tfqat.plots import (
+from tfqat.flowers.plots import (
     NETWORKS,
     PEERS,
     format_ratio,
@@ -28,7 +28,7 @@ from tfqat.plots import (
     plot_weight_ranges,
     training_fits,
 )
-from tfqat.ranges import DEAD_EXPONENT, layer_range_stats
+from tfqat.transforms.ranges import DEAD_EXPONENT, layer_range_stats
 
 _FAILURES_SHOWN = 20
 _WORST_LAYERS = 8

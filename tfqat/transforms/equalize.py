@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat._keras import keras
-from tfqat import graph
-from tfqat.batches import image_batches
-from tfqat.folding import fold_batch_norms
+from tfqat.transforms import graph
+from tfqat.transforms.batches import image_batches
+from tfqat.transforms.folding import fold_batch_norms
 
 # Layers that commute with a positive per-channel scale, so a pair may reach across them.
 _PASS_THROUGH = (keras.layers.ZeroPadding2D,)

@@ -21,32 +21,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat.files import write_atomic
-from tfqat import __version__, data, distribute, evaluate, export, images, litert, models, train, verify
-from tfqat.agreement import compare_outputs, keras_outputs
+from tfqat import __version__, distribute
 from tfqat.api import calibrate, quantize_model
-from tfqat.equalize import equalize
-from tfqat.folding import fold_batch_norms
-from tfqat.stats import paired_difference
-
-STAGES = ("float", "ptq", "ptq_equalized", "qat", "tflite_ptq", "tfmot_qat")
-REFERENCE = {"float": 0.8965, "ptq": 0.2943, "qat": 0.8910}
-TITLES = {
-    "float": "original float network",
-    "ptq": "int8 via post-training quantization (power-of-two, per-tensor)",
-    "ptq_equalized": "int8 via post-training quantization after cross-layer equalization (power-of-two, per-tensor)",
-    "qat": "int8 via quantization-aware training (power-of-two, per-tensor)",
-    "tflite_ptq": "int8 via TFLite converter PTQ (per-channel, float scales)",
-    "tfmot_qat": "int8 via TFMOT default 8-bit QAT",
-}
-FILES = {
-    "float": "flowers_mobilenet_v2_float.tflite",
-    "ptq": "flowers_mobilenet_v2_int8_ptq.tflite",
-    "ptq_equalized": "flowers_mobilenet_v2_int8_ptq_equalized.tflite",
-    "qat": "flowers_mobilenet_v2_int8_qat.tflite",
-    "tflite_ptq": "flowers_mobilenet_v2_int8_tflite_ptq.tflite",
-    "tfmot_qat": "flowers_mobilenet_v2_int8_tfmot_qat.tflite",
-}
-PUBLISHED = ("float", "ptq", "ptq_equalized", "qat")
+from tfqat.flowers import data, evaluate, images, models, train
+from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
+from tfqat.flowers.methods import Method, Recipe, method as find_method
+from tfqat.flowers.stats import paired_difference
+from tfqat.tflite import export, litert, verify
+from tfqat.tflite.agreement import compare_outputs, keras_outputs
+from tfqat.transforms.equalize import equalize
+from tfqat.transforms.folding import fold_batch_norms
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,7 @@ class RunOptions:
     seed: int = 0
     quick: bool = False
     export_dir: Optional[Path] = None
-    stages: tuple = STAGES
+    stages: tuple = (FLOAT, *DEFAULT_METHODS)  # any of tfqat.flowers.methods.STAGES
     strategy: str = "default"  # see tfqat.distribute.STRATEGIES
     float_model: Optional[str] = None  # a saved float Keras model to start from instead of training
     command: str = ""
@@ -87,7 +71,7 @@ class RunOptions:
             raise ValueError(f"RunOptions.strategy={self.strategy!r} is not one of {distribute.STRATEGIES}")
         unknown = [stage for stage in self.stages if stage not in STAGES]
         if unknown:
-            raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {list(STAGES)}")
+            raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {', '.join(STAGES)}")
         for name in ("head_epochs", "fine_tune_epochs", "qat_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be 0 or more")
@@ -172,7 +156,7 @@ class Run:
         self.strategy = distribute.make_strategy(options.strategy)
         self._float_model = None
         self._equalized_float_model = None
-        self._calibrated = {}  # equalized or not -> the PTQ model's calibrated weights, so QAT does not calibrate again
+        self._calibrated = {}  # the quantizers a recipe sets -> calibrated weights, so QAT does not calibrate again
 
     def _check_resumable(self) -> None:
         """Refuse to mix stages of runs with different settings in one output folder."""
@@ -244,37 +228,48 @@ class Run:
         """The calibration images as a dataset, built only where they are read (it copies the whole array)."""
         return tf.data.Dataset.from_tensor_slices(self.calibration_images).batch(self.options.batch_size)
 
-    def _pow2_model(self, equalized: bool = False):
+    def recipe(self, method: Method) -> Recipe:
+        """The method's recipe under this run's --per-channel, --equalize and --distillation flags."""
+        o = self.options
+        return method.recipe.with_run_flags(per_channel=o.per_channel, equalize=o.equalize, distillation=o.qat_distillation)
+
+    def pow2_model(self, recipe: Recipe):
         """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ).
 
         Equalization sees the calibration images, so channels whose ReLU6 clips on them keep their scale.
         """
-        if equalized and self._equalized_float_model is None:
+        if recipe.equalize and self._equalized_float_model is None:
             self._equalized_float_model = equalize(self.float_model(), self._calibration_batches())
-        float_model = self._equalized_float_model if equalized else self.float_model()
-        qat = quantize_model(float_model, per_channel=self.options.per_channel)
-        if equalized not in self._calibrated:
+        float_model = self._equalized_float_model if recipe.equalize else self.float_model()
+        qat = quantize_model(float_model, per_channel=recipe.per_channel)
+        key = (recipe.equalize, recipe.per_channel)
+        if key not in self._calibrated:
             calibrate(qat, self._calibration_batches())
-            self._calibrated[equalized] = qat.get_weights()
+            self._calibrated[key] = qat.get_weights()
         else:
-            qat.set_weights(self._calibrated[equalized])
+            qat.set_weights(self._calibrated[key])
         return qat
 
-    def _validation_accuracy(self, model) -> float:
-        """Top-1 accuracy of a Keras model on the validation split, the only split training choices may look at."""
+    def _validation_metrics(self, model) -> dict:
+        """Top-1 accuracy and mean cross-entropy of a Keras model on the validation split, the only split
+        training choices may look at."""
         outputs, labels = [], []
         for images, batch_labels in self.val_ds:
             outputs.append(keras_outputs(model, images.numpy()))
             labels.append(batch_labels.numpy())
-        return evaluate.classification_metrics(np.concatenate(labels), np.concatenate(outputs), self.flowers.classes)[
-            "accuracy"
-        ]
+        logits, labels = np.concatenate(outputs), np.concatenate(labels)
+        accuracy = evaluate.classification_metrics(labels, logits, self.flowers.classes)["accuracy"]
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return {"validation_accuracy": accuracy, "validation_loss": float(np.mean(loss))}
 
     def _title(self, stage: str) -> str:
         """What the stage's model is, as the report names it; tfqat's own models follow --per-channel."""
-        if self.options.per_channel and stage in ("ptq", "ptq_equalized", "qat"):
-            return TITLES[stage].replace("per-tensor", "per-channel")
-        return TITLES[stage]
+        if stage == FLOAT:
+            return FLOAT_TITLE
+        method = find_method(stage)
+        if method.recipe is not None and self.recipe(method).per_channel:
+            return method.title.replace("per-tensor", "per-channel")
+        return method.title
 
     def _test_metrics(self, outputs) -> dict:
         """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
@@ -284,7 +279,7 @@ class Run:
         return result
 
     def _versus_float(self, models: dict) -> dict:
-        """Each model's test accuracy minus the float model's, image by image (tfqat.stats.paired_difference)."""
+        """Each model's test accuracy minus the float model's, image by image (tfqat.flowers.stats.paired_difference)."""
         # Results from before predictions were kept, or of another test split (the folder's images changed since
         # that stage ran), cannot be paired with this split's labels.
         paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
@@ -298,15 +293,16 @@ class Run:
         correct = {stage: np.asarray(models[stage]["predictions"]) == self.test_labels for stage in paired}
         return {stage: paired_difference(correct["float"], c) for stage, c in correct.items() if stage != "float"}
 
-    def _fit(self, model, stage: str):
+    def fit(self, model, stage: str, recipe: Recipe):
         """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
+        o = self.options
         return train.fit(
             model,
             self.train_ds,
             self.val_ds,
-            epochs=self.options.qat_epochs,
-            learning_rate=self.options.qat_learning_rate,
-            teacher=self.float_model() if self.options.qat_distillation else None,
+            epochs=o.qat_epochs if recipe.epochs is None else recipe.epochs,
+            learning_rate=o.qat_learning_rate if recipe.learning_rate is None else recipe.learning_rate,
+            teacher=self.float_model() if recipe.distillation else None,
             backup_dir=self.out / "backup" / stage,
             restore_best=self.options.restore_best,
             history_csv=self._history(stage),
@@ -315,11 +311,11 @@ class Run:
 
     def _history(self, stage: str) -> Path:
         """Where a stage's fits log their epochs: <out>/history/<stage>.csv; for float, a folder with one per phase."""
-        return self.out / "history" / (stage if stage == "float" else f"{stage}.csv")
+        return self.out / "history" / (stage if stage == FLOAT else f"{stage}.csv")
 
     def _training(self, stage: str) -> dict:
         """What each fit of a stage logged, epoch by epoch, and the epoch whose weights it kept."""
-        if stage == "float":
+        if stage == FLOAT:
             paths = {phase: self._history(stage) / f"{phase}.csv" for phase in train.FLOAT_PHASES}
         else:
             paths = {stage: self._history(stage)}
@@ -331,19 +327,20 @@ class Run:
                 training[fit] = {"epochs": epochs, "kept_epoch": kept}
         return training
 
-    def _finish_int8(self, stage: str, tflite: bytes, keras_model=None) -> dict:
+    def _finish_int8(self, method: Method, tflite: bytes, keras_model=None) -> dict:
         """Save, verify and evaluate one int8 model; with its Keras model, measure agreement.
 
         Each model runs once over the test images; accuracy and agreement both use those outputs.
         """
-        path = export.save_tflite(tflite, self.out / FILES[stage], labels=self.flowers.classes)
+        stage = method.name
+        path = export.save_tflite(tflite, self.out / method.file, labels=self.flowers.classes)
         report = verify.verify_tflite(path)
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
         result = self._test_metrics(outputs)
         result.update(
             title=self._title(stage),
             engine="LiteRT int8",
-            file=FILES[stage],
+            file=method.file,
             size_bytes=evaluate.file_size(path),
             verify={
                 "passed": report.passed,
@@ -359,7 +356,7 @@ class Run:
             result["keras_accuracy"] = evaluate.classification_metrics(
                 self.test_labels, expected, self.flowers.classes
             )["accuracy"]
-            result["validation_accuracy"] = self._validation_accuracy(keras_model)
+            result.update(self._validation_metrics(keras_model))
         return result
 
     # ---------------------------------------------------------------- stages
@@ -394,50 +391,38 @@ class Run:
         train.unfreeze(model)
         self._float_model = model
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
-        result["validation_accuracy"] = self._validation_accuracy(model)
-        path = export.save_tflite(export.convert_float(model), self.out / FILES["float"], labels=self.flowers.classes)
+        result.update(self._validation_metrics(model))
+        path = export.save_tflite(export.convert_float(model), self.out / FLOAT_FILE, labels=self.flowers.classes)
         tflite = evaluate.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
         )
         result.update(
-            title=TITLES["float"], engine="Keras", tflite_accuracy=tflite["accuracy"],
-            file=FILES["float"], size_bytes=evaluate.file_size(path),
+            title=FLOAT_TITLE, engine="Keras", tflite_accuracy=tflite["accuracy"],
+            file=FLOAT_FILE, size_bytes=evaluate.file_size(path),
         )
         return result
 
-    def stage_ptq(self) -> dict:
-        qat = self._pow2_model()
-        return self._finish_int8("ptq", export.convert_int8(qat), qat)
-
-    def stage_ptq_equalized(self) -> dict:
-        qat = self._pow2_model(equalized=True)
-        return self._finish_int8("ptq_equalized", export.convert_int8(qat), qat)
-
-    def stage_qat(self) -> dict:
-        # Starts from data ranges rather than the [-6, 6] placeholder; with `equalize`, on the equalized model.
-        qat = self._pow2_model(equalized=self.options.equalize)
-        self._fit(qat, "qat")
-        qat.save_weights(str(self.out / "qat.weights.h5"))
-        return self._finish_int8("qat", export.convert_int8(qat), qat)
-
-    def stage_tflite_ptq(self) -> dict:
-        tflite = export.convert_tflite_ptq(self.float_model(), self.calibration_images)
-        return self._finish_int8("tflite_ptq", tflite)
-
-    def stage_tfmot_qat(self) -> dict:
-        qat = export.tfmot_default_qat(self.float_model())
-        self._fit(qat, "tfmot_qat")
-        return self._finish_int8("tfmot_qat", export.convert_int8(qat), qat)
+    def stage_method(self, name: str) -> dict:
+        """Build one registered method's int8 model from the float model, then verify and evaluate it."""
+        method = find_method(name)
+        built = method.build(self, method)
+        return self._finish_int8(method, built.tflite, built.keras_model)
 
     # ------------------------------------------------------------------- run
     def stages(self):
         # Every stage starts from the float model, so "float" always runs (or is reused) first.
-        wanted = set(self.options.stages) | {"float"}
+        wanted = set(self.options.stages) | {FLOAT}
         if not self.options.peers:
-            wanted -= {"tflite_ptq", "tfmot_qat"}
+            wanted -= {name for name, method in METHODS.items() if method.peer}
         return [s for s in STAGES if s in wanted]
 
     def run(self) -> dict:
+        """Run (or resume) every stage, then write the report; returns the results."""
+        self.run_stages()
+        return self.write_report()
+
+    def run_stages(self) -> None:
+        """Run every stage not yet done in the output folder, saving each one's result as it finishes."""
         o = self.options
         if "float" not in o.stages and not o.float_model and not self.state.done("float"):
             msg = (
@@ -454,14 +439,13 @@ class Run:
             start = time.time()
             # Models built in the scope train on all of the strategy's devices with plain fit.
             with self.strategy.scope():
-                result = getattr(self, f"stage_{stage}")()
+                result = self.stage_float() if stage == FLOAT else self.stage_method(stage)
             if training := self._training(stage):  # the stages that trained logged their epochs
                 result["training"] = training
             self.times[stage] = time.time() - start
             self.state.save(stage, result)
             self.state.save("stage_seconds", self.times)
             _log(f"{stage}: accuracy {result['accuracy']:.4f} ({self.times[stage]:.0f} s)")
-        return self.write_report()
 
     def results(self) -> dict:
         o = self.options
@@ -482,14 +466,15 @@ class Run:
                 "skipped": [{"source": s.source, "reason": s.reason} for s in flowers.skipped],
                 "image_contract": images.IMAGE_CONTRACT,
             },
-            "reference": REFERENCE,
+            "reference": {FLOAT: FLOAT_REFERENCE, **{n: m.reference for n, m in METHODS.items() if m.reference}},
             "models": models,
             "versus_float": self._versus_float(models),
             "stage_seconds": self.times,
         }
 
     def write_report(self) -> dict:
-        from tfqat import ranges, report
+        from tfqat.transforms import ranges
+        from tfqat.flowers import report
 
         results = self.results()
         results["weight_ranges"] = ranges.weight_ranges(fold_batch_norms(self.float_model()))
@@ -499,9 +484,11 @@ class Run:
         return results
 
     def publish(self, export_dir: Path, report_paths: dict) -> None:
-        """Copy the published artifacts (three models, labels, report, results, plots) to `export_dir`."""
+        """Copy the published artifacts (the float model and the methods marked published, labels, report,
+        results, plots) to `export_dir`."""
         export_dir.mkdir(parents=True, exist_ok=True)
-        files = [self.out / FILES[s] for s in PUBLISHED if (self.out / FILES[s]).is_file()]
+        published = [FLOAT_FILE] + [m.file for m in METHODS.values() if m.published]
+        files = [self.out / name for name in published if (self.out / name).is_file()]
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:
             write_atomic(export_dir / path.name, path.read_bytes())

@@ -8,8 +8,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tfqat.files import write_atomic
-from tfqat import data, export, litert
-from tfqat.stats import CONFIDENCE, wilson_interval
+from tfqat.flowers import data
+from tfqat.tflite import export, litert
+from tfqat.flowers.stats import CONFIDENCE, wilson_interval
 
 
 def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Sequence[str]) -> dict:

@@ -16,8 +16,8 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from tfqat.litert import load_interpreter
-from tfqat.pow2 import is_power_of_two  # exact: frexp mantissa == 0.5
+from tfqat.tflite.litert import load_interpreter
+from tfqat.quantization.pow2 import is_power_of_two  # exact: frexp mantissa == 0.5
 
 Role = Literal["input", "output", "activation", "weight", "bias", "other"]
 

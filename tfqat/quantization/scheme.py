@@ -12,8 +12,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
     transforms,
 )
 
-from tfqat import configs
-from tfqat.quantizers import Pow2ActivationQuantizer
+from tfqat.quantization import configs
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer
 
 layers = keras.layers
 LayerPattern = transforms.LayerPattern

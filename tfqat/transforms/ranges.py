@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from tfqat._keras import keras
 
-# tfqat.pow2's WEIGHT_QMAX and MIN_EXPONENT, repeated so that reports need no
+# tfqat.quantization.pow2's WEIGHT_QMAX and MIN_EXPONENT, repeated so that reports need no
 # TensorFlow (a test checks they agree). Channels below the smallest scale
 # tfqat uses are numerically zero: dead channels (BN gamma ~ 0) that would
 # otherwise dominate every spread.
@@ -29,7 +29,7 @@ def layer_range_stats(weight_ranges: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Channels with max|w| < 2**DEAD_EXPONENT are counted as `dead` (BN gamma ~ 0)
     and left out of min, median and ratio. `step` is the per-tensor weight step
-    2^k (smallest k with max / 2^k <= 127, as tfqat.pow2); `median_levels` is
+    2^k (smallest k with max / 2^k <= 127, as tfqat.quantization.pow2); `median_levels` is
     the median live channel's max|w| / step, the int8 levels it can use;
     `zeroed` counts live channels below half a step, which round to all zeros.
     Layers with no live channel are skipped.
@@ -52,7 +52,7 @@ def layer_range_stats(weight_ranges: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _weight_exponent(max_abs: float) -> int:
-    """Smallest integer k >= DEAD_EXPONENT with max_abs / 2**k <= 127, in float32 like tfqat.pow2, exactly."""
+    """Smallest integer k >= DEAD_EXPONENT with max_abs / 2**k <= 127, in float32 like tfqat.quantization.pow2, exactly."""
     ratio = max(float(np.float32(max_abs) / np.float32(_WEIGHT_QMAX)), 2.0**DEAD_EXPONENT)
     mantissa, exponent = math.frexp(ratio)  # ratio = mantissa * 2**exponent, mantissa in [0.5, 1)
     return exponent - 1 if mantissa == 0.5 else exponent

@@ -17,9 +17,9 @@ import tensorflow_model_optimization as tfmot
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfqat import graph
+from tfqat.transforms import graph
 from tfqat.files import write_atomic
-from tfqat.quantizers import tracing_for_export
+from tfqat.quantization.quantizers import tracing_for_export
 
 LABELS_METADATA = "tfqat_labels"
 
@@ -149,7 +149,7 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
         raise TypeError(msg)
     tflite = convert_int8(qat_model)
     if verify:
-        from tfqat.verify import verify_tflite  # the verifier needs LiteRT, the converter does not
+        from tfqat.tflite.verify import verify_tflite  # the verifier needs LiteRT, the converter does not
 
         report = verify_tflite(tflite)
         if not report.passed:

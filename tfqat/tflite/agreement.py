@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat.litert import Kernels, describe, load_interpreter, predict
+from tfqat.tflite.litert import Kernels, describe, load_interpreter, predict
 
 _BINS = ("0", "1", "2", ">2")
 
@@ -69,12 +69,12 @@ def keras_tflite_agreement(
 
     Args:
       keras_model: single-output Keras model, called in inference mode.
-      tflite_model: path or bytes of the TFLite model (see tfqat.litert).
+      tflite_model: path or bytes of the TFLite model (see tfqat.tflite.litert).
       images: float images [N, ...] as the Keras model takes them.
       batch_size: images per Keras call and per LiteRT invoke.
       step: size of one output step; defaults to the TFLite output scale and
         must be given for a float TFLite model, which has none.
-      num_threads, kernels: LiteRT options (see tfqat.litert.load_interpreter).
+      num_threads, kernels: LiteRT options (see tfqat.tflite.litert.load_interpreter).
     """
     images = np.asarray(images, np.float32)
     if len(images) == 0:

@@ -8,7 +8,7 @@ breaks the power-of-two scales. So tfqat folds first and trains the folded conv.
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat import graph
+from tfqat.transforms import graph
 
 FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 

@@ -13,9 +13,9 @@ from tfqat._keras import keras
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
-from tfqat import pow2
-from tfqat.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
-from tfqat.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization import pow2
+from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 _Wrapper = quantize_wrapper.QuantizeWrapper
 

@@ -1,0 +1,99 @@
+"""The package layout: the library never imports the flowers workflow, and no module imports itself back."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tfqat"
+
+# What each library sub-package may import from tfqat, besides itself and the top-level helpers.
+LIBRARY = {
+    "quantization": set(),
+    "transforms": set(),
+    "tflite": {"quantization", "transforms"},
+}
+HELPERS = {"tfqat", "tfqat._keras", "tfqat.files"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict:
+    return {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(path: Path, known: set) -> set:
+    """The tfqat modules a file imports anywhere in it (lazy imports inside functions count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from tfqat.flowers import data` imports the module tfqat.flowers.data
+            found.update(f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known)
+    return {name for name in found if name == "tfqat" or name.startswith("tfqat.")}
+
+
+def _graph() -> dict:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(path, known) - {name} for name, path in modules.items()}
+
+
+@pytest.mark.parametrize("package", sorted(LIBRARY))
+def test_library_packages_import_only_the_library_below_them(package):
+    allowed = {f"tfqat.{p}" for p in LIBRARY[package] | {package}}
+    graph = _graph()
+    members = [name for name in graph if name == f"tfqat.{package}" or name.startswith(f"tfqat.{package}.")]
+    assert members, f"no modules found in tfqat/{package}"
+    wrong = {
+        name: sorted(imported for imported in graph[name]
+                     if imported not in HELPERS and not any(imported == a or imported.startswith(a + ".") for a in allowed))
+        for name in members
+    }
+    assert {name: w for name, w in wrong.items() if w} == {}
+
+
+def test_no_library_module_imports_the_workflow_or_the_cli():
+    graph = _graph()
+    library = [name for name in graph if name.split(".")[1:2] and name.split(".")[1] in LIBRARY]
+    library += ["tfqat.api", "tfqat.distribute", "tfqat.files", "tfqat._keras"]
+    offending = {
+        name: sorted(i for i in graph[name] if i.startswith(("tfqat.flowers", "tfqat.cli")))
+        for name in library
+    }
+    assert {name: o for name, o in offending.items() if o} == {}
+
+
+def test_the_import_graph_has_no_cycles():
+    graph = _graph()
+    # tfqat/__init__.py re-exports the public API: every module "imports" it as a package parent, not a cycle.
+    edges = {name: {i for i in imported if i in graph and i != "tfqat"} for name, imported in graph.items()}
+    state = {}
+
+    def visit(name, path):
+        state[name] = "open"
+        for nxt in sorted(edges[name]):
+            if state.get(nxt) == "open":
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[name] = "done"
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_graph_check_sees_a_planted_cycle(tmp_path):
+    """The cycle check is not vacuous: the parser finds both directions of a two-module cycle."""
+    (tmp_path / "a.py").write_text("from tfqat.flowers import images\n")
+    (tmp_path / "b.py").write_text("def f():\n    from tfqat.flowers.data import Record\n")
+    known = {"tfqat.flowers.images", "tfqat.flowers.data"}
+    assert "tfqat.flowers.images" in _imports(tmp_path / "a.py", known)
+    assert "tfqat.flowers.data" in _imports(tmp_path / "b.py", known)

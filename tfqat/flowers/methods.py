@@ -1,0 +1,168 @@
+"""The quantization methods of the flowers workflow, as one registry that the pipeline, report, plots and study read.
+
+A method turns the run's float model (and its calibration and training data)
+into an int8 TFLite model. Adding a method is one entry in `METHODS`: its
+stage name, titles, file name and builder; the CLI (`tfqat run --methods`,
+`tfqat study --methods`), the report and the study pick it up from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+# Builders take the pipeline's Run (tfqat.flowers.pipeline), which imports this registry: named, not imported.
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """What a method builds: the int8 .tflite bytes and, for tfqat's and TFMOT's models, the Keras model."""
+
+    tflite: bytes
+    keras_model: object = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one of tfqat's power-of-two methods quantizes: its start and its quantizers, and for QAT its training.
+
+    `epochs` and `learning_rate` of None take the run's `qat_epochs` and `qat_learning_rate`.
+    The run's --per-channel, --equalize and --distillation flags switch the matching field on for every method.
+    """
+
+    equalize: bool = False  # start from the cross-layer-equalized float model (tfqat.equalize with calibration images)
+    per_channel: bool = False  # one weight scale per output channel (still a power of two)
+    trained_thresholds: bool = False  # TQT: trainable log2 thresholds for weights and activations
+    train: bool = False  # QAT (model.fit) after calibration; False: PTQ (calibration only)
+    distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
+    epochs: Optional[int] = None
+    learning_rate: Optional[float] = None
+
+    def __post_init__(self):
+        if self.epochs is not None and self.epochs < 0:
+            raise ValueError(f"Recipe.epochs={self.epochs!r} must be 0 or more")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"Recipe.learning_rate={self.learning_rate!r} must be positive")
+        if not self.train and (self.distillation or self.epochs is not None or self.learning_rate is not None):
+            raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
+
+    def with_run_flags(self, *, per_channel: bool, equalize: bool, distillation: bool) -> "Recipe":
+        """This recipe under a run's flags: a flag that is on switches its field on."""
+        return replace(
+            self,
+            per_channel=self.per_channel or per_channel,
+            equalize=self.equalize or (equalize and self.train),  # --equalize was QAT's flag; PTQ has its own method
+            distillation=self.distillation or (distillation and self.train),
+        )
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to make the int8 model, and how the report, plots and published files name it."""
+
+    name: str  # stage name: results["models"][name], <out>/history/<name>.csv, --methods
+    title: str  # the report's and results' name of the network
+    label: str  # short name in plots
+    file: str  # the .tflite file in the run folder (and in export/ when published)
+    build: Callable[["Run", "Method"], QuantizedModel]
+    recipe: Optional[Recipe] = None  # tfqat's power-of-two methods; None for the peers
+    default: bool = True  # run by `tfqat run` without --methods
+    published: bool = False  # copied to --export-dir
+    peer: bool = False  # another tool's method, for comparison
+    reference: Optional[float] = None  # the reference table's accuracy for this network
+
+    @property
+    def trains(self) -> bool:
+        return self.recipe.train if self.recipe is not None else self.name == "tfmot_qat"
+
+
+def _pow2(run: "Run", method: Method) -> QuantizedModel:
+    from tfqat.tflite import export
+
+    recipe = run.recipe(method)
+    model = run.pow2_model(recipe)
+    if recipe.train:
+        run.fit(model, method.name, recipe)
+        model.save_weights(str(run.out / f"{method.name}.weights.h5"))
+    return QuantizedModel(export.convert_int8(model), model)
+
+
+def _tflite_ptq(run: "Run", method: Method) -> QuantizedModel:
+    from tfqat.tflite import export
+
+    return QuantizedModel(export.convert_tflite_ptq(run.float_model(), run.calibration_images))
+
+
+def _tfmot_qat(run: "Run", method: Method) -> QuantizedModel:
+    from tfqat.tflite import export
+
+    model = export.tfmot_default_qat(run.float_model())
+    run.fit(model, method.name, Recipe(train=True, distillation=run.options.qat_distillation))
+    return QuantizedModel(export.convert_int8(model), model)
+
+
+FLOAT = "float"
+FLOAT_TITLE = "original float network"
+FLOAT_FILE = "flowers_mobilenet_v2_float.tflite"
+FLOAT_REFERENCE = 0.8965
+
+_FILE = "flowers_mobilenet_v2_int8_{}.tflite"
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            "ptq", "int8 via post-training quantization (power-of-two, per-tensor)", "PTQ int8",
+            _FILE.format("ptq"), _pow2, Recipe(), published=True, reference=0.2943,
+        ),
+        Method(
+            "ptq_equalized",
+            "int8 via post-training quantization after cross-layer equalization (power-of-two, per-tensor)",
+            "PTQ int8, equalized", _FILE.format("ptq_equalized"), _pow2, Recipe(equalize=True), published=True,
+        ),
+        Method(
+            "qat", "int8 via quantization-aware training (power-of-two, per-tensor)", "QAT int8",
+            _FILE.format("qat"), _pow2, Recipe(train=True), published=True, reference=0.8910,
+        ),
+        Method(
+            "qat_equalized",
+            "int8 via QAT from the cross-layer-equalized model (power-of-two, per-tensor)", "QAT int8, equalized",
+            _FILE.format("qat_equalized"), _pow2, Recipe(train=True, equalize=True), default=False,
+        ),
+        Method(
+            "qat_per_channel", "int8 via quantization-aware training (power-of-two, per-channel)",
+            "QAT int8, per-channel", _FILE.format("qat_per_channel"), _pow2, Recipe(train=True, per_channel=True),
+            default=False,
+        ),
+        Method(
+            "tflite_ptq", "int8 via TFLite converter PTQ (per-channel, float scales)", "TFLite PTQ int8 (peer)",
+            _FILE.format("tflite_ptq"), _tflite_ptq, peer=True,
+        ),
+        Method(
+            "tfmot_qat", "int8 via TFMOT default 8-bit QAT", "TFMOT QAT int8 (peer)",
+            _FILE.format("tfmot_qat"), _tfmot_qat, peer=True,
+        ),
+    )
+}
+"""Every method, in the order the pipeline runs them and the report lists them."""
+
+DEFAULT_METHODS = tuple(name for name, method in METHODS.items() if method.default)
+STAGES = (FLOAT, *METHODS)
+"""Every stage a run can have: the float model first, then the methods."""
+
+
+def method(name: str) -> Method:
+    """The registered method called `name`; a ValueError lists the valid names."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """A comma-separated list of method names (as --methods takes it), checked and without repeats."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise ValueError(f"no method named in {text!r}; choose from {', '.join(METHODS)}")
+    for name in names:
+        method(name)
+    return names

@@ -1,0 +1,227 @@
+"""The multi-seed accuracy study: every method against its own seed's float model, over several seeds.
+
+One run on 593 test images cannot resolve half a point; the mean over seeds of
+the paired difference to each seed's float model can. Each seed is an ordinary
+pipeline run folder (`<out>/seed<N>`), so the float model of a seed is trained
+once and every finished method is kept: adding a method costs only its own
+runs, and an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Optional
+
+from tfqat.files import write_atomic
+from tfqat.flowers.methods import FLOAT, METHODS, method as find_method
+
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Options of `study`; seeds 0, 1, 2 are the project's protocol for every accuracy claim."""
+
+    out: Path = Path("runs/study")
+    data: Optional[str] = None
+    weights: Optional[str] = "imagenet"
+    seeds: tuple = SEEDS
+    methods: tuple = ("ptq_equalized", "qat")
+    quick: bool = False
+    publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
+    command: str = ""
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"StudyOptions.seeds={self.seeds!r} must name at least one seed, each once")
+        if not self.methods:
+            raise ValueError("StudyOptions.methods is empty; choose from " + ", ".join(METHODS))
+        for name in self.methods:
+            find_method(name)
+
+
+def seed_folder(out, seed: int) -> Path:
+    return Path(out) / f"seed{seed}"
+
+
+def run_study(options: StudyOptions) -> dict:
+    """Train (or reuse) each seed's float model, run each method on it, and write the study's tables."""
+    from tfqat.flowers.pipeline import Run, RunOptions
+
+    results = {}
+    for seed in options.seeds:
+        run = Run(
+            RunOptions(
+                out=seed_folder(options.out, seed), data=options.data, weights=options.weights, seed=seed,
+                quick=options.quick, stages=(FLOAT, *options.methods), command=options.command,
+            )
+        )
+        run.run_stages()
+        results[seed] = run.results()
+    study = summarize(options, results)
+    write_study(study, Path(options.out))
+    if options.publish_dir is not None:
+        write_study(study, Path(options.publish_dir))
+    return study
+
+
+def _seed_row(results: dict, name: str) -> Optional[dict]:
+    """One method on one seed, from that seed's run results; None while the method has not run there."""
+    model, float_model = results["models"].get(name), results["models"].get(FLOAT)
+    if not model or not float_model:
+        return None
+    paired = results["versus_float"].get(name)
+    training = model.get("training", {}).get(name, {})
+    kept = training.get("kept_epoch")
+    return {
+        "accuracy": model["accuracy"],
+        "float_accuracy": float_model["accuracy"],
+        "difference": None if paired is None else paired["difference"],
+        "only_float": None if paired is None else paired["only_reference"],
+        "only_method": None if paired is None else paired["only_other"],
+        "images": None if paired is None else paired["images"],
+        "validation_accuracy": model.get("validation_accuracy"),
+        "validation_loss": model.get("validation_loss"),
+        "float_validation_accuracy": float_model.get("validation_accuracy"),
+        "kept_epoch": kept,
+        "agreement": (model.get("agreement") or {}).get("top1_agreement"),
+        "verified": (model.get("verify") or {}).get("passed"),
+        "seconds": results["stage_seconds"].get(name),
+    }
+
+
+def _spread(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {
+        "mean": mean(values),
+        "std": stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def summarize(options: StudyOptions, results: dict) -> dict:
+    """The study's numbers: per method, per seed and their mean and spread.
+
+    Args:
+      results: seed -> that seed's run results (`Run.results()`: models, versus_float, stage_seconds).
+    """
+    methods = {}
+    for name in options.methods:
+        per_seed = {seed: _seed_row(results[seed], name) for seed in options.seeds}
+        done = {seed: row for seed, row in per_seed.items() if row is not None}
+        methods[name] = {
+            "title": METHODS[name].title,
+            "seeds": {str(seed): row for seed, row in done.items()},
+            "complete": len(done) == len(options.seeds),
+            **{
+                key: _spread([row[key] for row in done.values()])
+                for key in ("accuracy", "difference", "validation_accuracy", "validation_loss", "agreement", "seconds")
+            },
+            "only_float": sum(row["only_float"] or 0 for row in done.values()),
+            "only_method": sum(row["only_method"] or 0 for row in done.values()),
+            "verified": all(row["verified"] for row in done.values()) if done else None,
+        }
+    floats = {seed: results[seed]["models"].get(FLOAT) for seed in options.seeds}
+    return {
+        "command": options.command,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seeds": list(options.seeds),
+        "quick": options.quick,
+        "float": {
+            "seeds": {
+                str(seed): {"accuracy": f["accuracy"], "validation_accuracy": f.get("validation_accuracy"),
+                            "validation_loss": f.get("validation_loss")}
+                for seed, f in floats.items() if f
+            },
+            "accuracy": _spread([f["accuracy"] for f in floats.values() if f]),
+        },
+        "methods": methods,
+    }
+
+
+def _points(value, signed: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _whole(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _fraction(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def render_markdown(study: dict) -> str:
+    """accuracy.md: one row per method (means over seeds), then one row per method and seed."""
+    seeds = ", ".join(map(str, study["seeds"]))
+    lines = [
+        "# Accuracy study: each method against its own seed's float model",
+        "",
+        f"Seeds {seeds}; test split; every difference is paired (the same test images, each seed's int8 model "
+        "against that seed's float model), in points. Training choices are made on validation only.",
+        "",
+    ]
+    if study.get("command"):
+        lines += [f"Command: `{study['command']}`", ""]
+    if study.get("quick"):
+        lines += ["**Quick mode: a smoke test on a small subset, not a measurement.**", ""]
+    floats = study["float"]
+    float_accuracies = ", ".join(f"seed {s} {f['accuracy']:.4f}" for s, f in floats["seeds"].items())
+    lines += [
+        f"Float models: test accuracy {float_accuracies} (mean {_fraction(floats['accuracy']['mean'])}).",
+        "",
+        "| method | seeds | mean test accuracy | mean difference to float (points) | spread (min to max) "
+        "| images only float / only method right | mean validation accuracy | mean validation loss "
+        "| Keras-LiteRT top-1 agreement (min) | verifier | mean time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in study["methods"].items():
+        d = m["difference"]
+        verified = {True: "passes", False: "fails", None: "-"}[m["verified"]]
+        lines.append(
+            f"| {name} | {len(m['seeds'])} | {_fraction(m['accuracy']['mean'])} | **{_points(d['mean'])}** "
+            f"| {_points(d['min'])} to {_points(d['max'])} | {m['only_float']} / {m['only_method']} "
+            f"| {_fraction(m['validation_accuracy']['mean'])} | {_fraction(m['validation_loss']['mean'])} "
+            f"| {_fraction(m['agreement']['min'])} | {verified} | {_whole(m['seconds']['mean'])} |"
+        )
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        "| method | seed | test accuracy | float | difference (points) | only float / only method right "
+        "| validation accuracy | validation loss | kept epoch | agreement | verifier | time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in study["methods"].items():
+        for seed, row in m["seeds"].items():
+            verified = {True: "passes", False: "fails", None: "-"}[row["verified"]]
+            lines.append(
+                f"| {name} | {seed} | {row['accuracy']:.4f} | {row['float_accuracy']:.4f} "
+                f"| {_points(row['difference'])} | {row['only_float']} / {row['only_method']} "
+                f"| {_fraction(row['validation_accuracy'])} | {_fraction(row['validation_loss'])} "
+                f"| {row['kept_epoch'] if row['kept_epoch'] is not None else '-'} | {_fraction(row['agreement'])} "
+                f"| {verified} | {_whole(row['seconds'])} |"
+            )
+    for name, m in study["methods"].items():
+        if not m["complete"]:
+            lines += ["", f"{name}: not yet run on every seed; its means cover {len(m['seeds'])} seed(s)."]
+    lines += ["", "Methods: " + "; ".join(f"`{name}`: {m['title']}" for name, m in study["methods"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_study(study: dict, folder: Path) -> dict:
+    """Write accuracy.json and accuracy.md into `folder`, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "accuracy.json", "markdown": folder / "accuracy.md"}
+    write_atomic(paths["json"], (json.dumps(study, indent=2) + "\n").encode("utf-8"))
+    write_atomic(paths["markdown"], render_markdown(study).encode("utf-8"))
+    return paths

@@ -1,0 +1,1 @@
+"""Graph transforms and analyses of Keras models: layer graph, BatchNorm folding, cross-layer equalization, ranges."""
