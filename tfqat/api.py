@@ -13,6 +13,7 @@ from tfqat.transforms.folding import fold_batch_norms
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
 from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
+from tfqat.quantization.thresholds import init_thresholds
 
 
 def quantize_scope():
@@ -34,7 +35,8 @@ def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:
 
 
 def quantize_model(
-    model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99, strategy=None
+    model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99,
+    trained_thresholds: bool = False, strategy=None,
 ):
     """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
 
@@ -50,6 +52,9 @@ def quantize_model(
       fold_bn: fold BatchNormalization into the preceding conv (needed for
         power-of-two kernels in the exported model).
       ema_decay: decay of the moving-average activation ranges during training.
+      trained_thresholds: learn every scale with the model (TQT): each weight and activation
+        tensor gets a trainable log2-threshold, started at its plain power-of-two scale (the
+        weights' now, the activations' by `calibrate`) and trained by `model.fit`.
       strategy: a `tf.distribute.Strategy` whose scope creates the QAT model's
         variables (default: the current strategy); compile and fit it in the
         same scope.
@@ -59,12 +64,13 @@ def quantize_model(
         msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
         raise ValueError(msg)
     flat = fold_batch_norms(model) if fold_bn else graph.flatten(model)
-    scheme = Pow2QuantizeScheme(per_channel=per_channel, ema_decay=ema_decay)
+    scheme = Pow2QuantizeScheme(per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds)
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
     link_accumulators(qat)
+    init_thresholds(qat, activations=False)
     return qat
 
 
@@ -77,6 +83,7 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
 
     Ranges become the min/max over the batches seen (power-of-two scales follow),
     which makes the model a post-training-quantized one in the same scheme.
+    Trained thresholds (`trained_thresholds=True`) start from these ranges' scales.
 
     Args:
       qat_model: a model returned by `quantize_model`.
@@ -101,6 +108,7 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
             used += 1
     if used == 0:
         raise ValueError("calibrate got no batches from the dataset")
+    init_thresholds(qat_model, weights=False)
     return used
 
 

@@ -66,6 +66,10 @@ def _add_run_options(parser, *, stages) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="square input size (default 224)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
+    parser.add_argument(
+        "--trained-thresholds", action="store_true",
+        help="tfqat's QAT learns every power-of-two scale with the weights (TQT; default: scales from ranges)",
+    )
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default="default",
@@ -158,6 +162,7 @@ def run_options(args: argparse.Namespace):
         out=Path(args.out),
         data=args.data,
         per_channel=args.per_channel,
+        trained_thresholds=args.trained_thresholds,
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
         strategy=args.strategy,

@@ -27,7 +27,8 @@ class Recipe:
     """How one of tfqat's power-of-two methods quantizes: its start and its quantizers, and for QAT its training.
 
     `epochs` and `learning_rate` of None take the run's `qat_epochs` and `qat_learning_rate`.
-    The run's --per-channel, --equalize and --distillation flags switch the matching field on for every method.
+    The run's --per-channel, --trained-thresholds, --equalize and --distillation flags switch the matching field
+    on for every method (--trained-thresholds and --equalize only for QAT methods).
     """
 
     equalize: bool = False  # start from the cross-layer-equalized float model (tfqat.equalize with calibration images)
@@ -46,11 +47,14 @@ class Recipe:
         if not self.train and (self.distillation or self.epochs is not None or self.learning_rate is not None):
             raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
 
-    def with_run_flags(self, *, per_channel: bool, equalize: bool, distillation: bool) -> "Recipe":
+    def with_run_flags(
+        self, *, per_channel: bool, equalize: bool, distillation: bool, trained_thresholds: bool = False
+    ) -> "Recipe":
         """This recipe under a run's flags: a flag that is on switches its field on."""
         return replace(
             self,
             per_channel=self.per_channel or per_channel,
+            trained_thresholds=self.trained_thresholds or (trained_thresholds and self.train),
             equalize=self.equalize or (equalize and self.train),  # --equalize was QAT's flag; PTQ has its own method
             distillation=self.distillation or (distillation and self.train),
         )
@@ -128,6 +132,16 @@ METHODS: dict[str, Method] = {
             "qat_equalized",
             "int8 via QAT from the cross-layer-equalized model (power-of-two, per-tensor)", "QAT int8, equalized",
             _FILE.format("qat_equalized"), _pow2, Recipe(train=True, equalize=True), default=False,
+        ),
+        Method(
+            "qat_tqt", "int8 via QAT with trained thresholds (TQT; power-of-two, per-tensor)", "QAT int8, TQT",
+            _FILE.format("qat_tqt"), _pow2, Recipe(train=True, trained_thresholds=True), default=False,
+        ),
+        Method(
+            "qat_tqt_equalized",
+            "int8 via QAT with trained thresholds from the cross-layer-equalized model (TQT; power-of-two, per-tensor)",
+            "QAT int8, TQT, equalized", _FILE.format("qat_tqt_equalized"), _pow2,
+            Recipe(train=True, trained_thresholds=True, equalize=True), default=False,
         ),
         Method(
             "qat_per_channel", "int8 via quantization-aware training (power-of-two, per-channel)",

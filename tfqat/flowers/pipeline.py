@@ -53,6 +53,7 @@ class RunOptions:
     equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
     calibration_images: int = 512
     per_channel: bool = False
+    trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
     peers: bool = True
     seed: int = 0
     quick: bool = False
@@ -231,7 +232,10 @@ class Run:
     def recipe(self, method: Method) -> Recipe:
         """The method's recipe under this run's --per-channel, --equalize and --distillation flags."""
         o = self.options
-        return method.recipe.with_run_flags(per_channel=o.per_channel, equalize=o.equalize, distillation=o.qat_distillation)
+        return method.recipe.with_run_flags(
+            per_channel=o.per_channel, equalize=o.equalize, distillation=o.qat_distillation,
+            trained_thresholds=o.trained_thresholds,
+        )
 
     def pow2_model(self, recipe: Recipe):
         """The float model, cross-layer equalized or not, quantized to power-of-two int8 and calibrated (PTQ).
@@ -241,8 +245,8 @@ class Run:
         if recipe.equalize and self._equalized_float_model is None:
             self._equalized_float_model = equalize(self.float_model(), self._calibration_batches())
         float_model = self._equalized_float_model if recipe.equalize else self.float_model()
-        qat = quantize_model(float_model, per_channel=recipe.per_channel)
-        key = (recipe.equalize, recipe.per_channel)
+        qat = quantize_model(float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds)
+        key = (recipe.equalize, recipe.per_channel, recipe.trained_thresholds)
         if key not in self._calibrated:
             calibrate(qat, self._calibration_batches())
             self._calibrated[key] = qat.get_weights()

@@ -12,6 +12,7 @@ from tfqat._keras import keras
 import tensorflow_model_optimization as tfmot
 
 from tfqat.quantization.quantizers import ConfigEquality, Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -30,6 +31,11 @@ FUSED_ACTIVATIONS = ("linear", "relu")
 
 def _activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
+
+
+def activation_quantizer(ema_decay: float, trained_thresholds: bool):
+    """The power-of-two activation quantizer: ranges from data, or trained thresholds (TQT)."""
+    return TQTActivationQuantizer(ema_decay) if trained_thresholds else Pow2ActivationQuantizer(ema_decay)
 
 
 def fixed_output_quantizer(activation_name: str):
@@ -73,15 +79,23 @@ class KernelQuantizeConfig(_Pow2Config):
       per_channel: one weight scale per output channel (Conv2D and
         DepthwiseConv2D; Dense kernels stay per tensor, see below).
       quantize_output: quantize the layer's output.
+      trained_thresholds: kernel and output scales from trained log2-thresholds (TQT).
     """
 
-    def __init__(self, per_channel: bool = False, quantize_output: bool = True, ema_decay: float = 0.99):
+    def __init__(
+        self, per_channel: bool = False, quantize_output: bool = True, ema_decay: float = 0.99,
+        trained_thresholds: bool = False,
+    ):
         self.per_channel = bool(per_channel)
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
+        self.trained_thresholds = bool(trained_thresholds)
 
     def get_config(self):
-        return {"per_channel": self.per_channel, "quantize_output": self.quantize_output, "ema_decay": self.ema_decay}
+        return {
+            "per_channel": self.per_channel, "quantize_output": self.quantize_output, "ema_decay": self.ema_decay,
+            "trained_thresholds": self.trained_thresholds,
+        }
 
     @staticmethod
     def _kernel_attribute(layer):
@@ -98,7 +112,8 @@ class KernelQuantizeConfig(_Pow2Config):
         # The converter transposes Dense kernels to (out, in) and cannot move a
         # per-channel axis through that transpose, so Dense stays per tensor.
         per_channel = self.per_channel and kind != "dense"
-        quantizer = Pow2WeightQuantizer(per_channel=per_channel, kind=kind)
+        weight_quantizer = TQTWeightQuantizer if self.trained_thresholds else Pow2WeightQuantizer
+        quantizer = weight_quantizer(per_channel=per_channel, kind=kind)
         pairs = [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
         if layer.use_bias:
             pairs.append((layer.bias, Pow2BiasQuantizer()))
@@ -109,7 +124,7 @@ class KernelQuantizeConfig(_Pow2Config):
         # softmax/sigmoid/tanh (whose outputs get fixed ranges below).
         if not self.quantize_output:
             return []
-        return [(layer.activation, Pow2ActivationQuantizer(self.ema_decay))]
+        return [(layer.activation, activation_quantizer(self.ema_decay, self.trained_thresholds))]
 
     def set_quantize_weights(self, layer, quantize_weights):
         setattr(layer, self._kernel_attribute(layer), quantize_weights[0])
@@ -131,14 +146,15 @@ class KernelQuantizeConfig(_Pow2Config):
 class OutputQuantizeConfig(_Pow2Config):
     """Layers without weights whose output TFLite requantizes: Add, ReLU, pooling by mean, the input."""
 
-    def __init__(self, ema_decay: float = 0.99):
+    def __init__(self, ema_decay: float = 0.99, trained_thresholds: bool = False):
         self.ema_decay = float(ema_decay)
+        self.trained_thresholds = bool(trained_thresholds)
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay}
+        return {"ema_decay": self.ema_decay, "trained_thresholds": self.trained_thresholds}
 
     def get_output_quantizers(self, layer):
-        return [Pow2ActivationQuantizer(self.ema_decay)]
+        return [activation_quantizer(self.ema_decay, self.trained_thresholds)]
 
 
 @_register

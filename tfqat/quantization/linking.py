@@ -13,7 +13,6 @@ from tfqat._keras import keras
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
-from tfqat.quantization import pow2
 from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
@@ -46,19 +45,18 @@ def _own_quantizers(wrapper):
     return pairs
 
 
-def _output_range(layer):
-    """(min_var, max_var) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
+def _output_quantizer(layer):
+    """(quantizer, its variables) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
     while layer is not None:
         if isinstance(layer, quantize_layer.QuantizeLayer):
             if isinstance(layer.quantizer, Pow2ActivationQuantizer):
-                return layer.quantizer_vars["min_var"], layer.quantizer_vars["max_var"]
+                return layer.quantizer, layer.quantizer_vars
             return None
         if not isinstance(layer, _Wrapper):
             return None
         own = _own_quantizers(layer)
         if own:
-            variables = own[0][1]
-            return variables["min_var"], variables["max_var"]
+            return own[0]
         if not isinstance(layer.quantize_config, PassThroughQuantizeConfig):
             return None
         layer = _producer(layer)
@@ -76,11 +74,11 @@ def _output_quantizers(wrapper, consumers):
     return []
 
 
-def _accumulator_exponent(input_range, kernel, weight_quantizer):
-    min_var, max_var = input_range
+def _accumulator_exponent(input_quantizer, kernel, weight_quantizer, weight_variables):
+    quantizer, variables = input_quantizer
 
     def exponent():
-        return pow2.activation_exponent(min_var, max_var) + weight_quantizer.exponent(kernel)
+        return quantizer.exponent(variables) + weight_quantizer.kernel_exponent(kernel, weight_variables)
 
     return exponent
 
@@ -96,12 +94,12 @@ def link_accumulators(qat_model) -> int:
     for layer in qat_model.layers:
         if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):
             continue
-        input_range = _output_range(_producer(layer))
+        input_quantizer = _output_quantizer(_producer(layer))
         weights = [(w, q) for w, q, _ in layer._weight_vars]
-        kernel = [(w, q) for w, q in weights if isinstance(q, Pow2WeightQuantizer)]
-        if input_range is None or not kernel:
+        kernel = [(w, q, v) for w, q, v in layer._weight_vars if isinstance(q, Pow2WeightQuantizer)]
+        if input_quantizer is None or not kernel:
             continue
-        exponent = _accumulator_exponent(input_range, *kernel[0])
+        exponent = _accumulator_exponent(input_quantizer, *kernel[0])
         for _, quantizer in weights:
             if isinstance(quantizer, Pow2BiasQuantizer):
                 quantizer.accumulator_exponent = exponent

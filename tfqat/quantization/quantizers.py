@@ -37,7 +37,7 @@ class ConfigEquality:
         return not self.__eq__(other)
 
 
-def _per_channel_max(weights, kind):
+def per_channel_max(weights, kind):
     """Max |w| per output channel: last axis, or in*depth_multiplier for depthwise."""
     if kind == "depthwise":
         # (h, w, in, dm) -> (h*w, in*dm): TFLite's depthwise channel is in*dm + m.
@@ -73,11 +73,18 @@ class Pow2WeightQuantizer(ConfigEquality, _Quantizer):
     def exponent(self, weights):
         """The exponent(s) k of the scale 2**k for these weights."""
         if self.per_channel:
-            return pow2.weight_exponent(_per_channel_max(weights, self.kind))
+            return pow2.weight_exponent(per_channel_max(weights, self.kind))
         return pow2.weight_exponent(tf.reduce_max(tf.abs(weights)))
 
+    def kernel_exponent(self, kernel, variables):
+        """The exponent(s) the kernel is quantized with, given this quantizer's variables (none here)."""
+        return self.exponent(kernel)
+
     def __call__(self, inputs, training, weights, **kwargs):
-        exponent = tf.stop_gradient(self.exponent(inputs))
+        return self.fake_quant(inputs, tf.stop_gradient(self.exponent(inputs)))
+
+    def fake_quant(self, inputs, exponent):
+        """FakeQuant of the kernel at 2**exponent, laid out as the converter reads it (depthwise: in*dm channels)."""
         if not self.per_channel:
             return pow2.fake_quant_weights(inputs, exponent)
         if self.kind == "depthwise":

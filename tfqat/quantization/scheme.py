@@ -14,6 +14,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 
 from tfqat.quantization import configs
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer
+from tfqat.quantization.thresholds import TQTActivationQuantizer
 
 layers = keras.layers
 LayerPattern = transforms.LayerPattern
@@ -38,9 +39,10 @@ def _is_fusable_relu(layer) -> bool:
 class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     """Which config quantizes which layer; `unsupported_reason` explains the rest."""
 
-    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99):
+    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
+        self.trained_thresholds = trained_thresholds
 
     def unsupported_reason(self, layer) -> Optional[str]:
         """None when the layer is supported, else why not (one sentence)."""
@@ -73,7 +75,7 @@ class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
             msg = f"layer '{layer.name}' ({type(layer).__name__}) cannot be quantized: {reason}."
             raise ValueError(msg)
         if type(layer) in KERNEL_LAYERS:
-            return configs.KernelQuantizeConfig(self.per_channel, True, self.ema_decay)
+            return configs.KernelQuantizeConfig(self.per_channel, True, self.ema_decay, self.trained_thresholds)
         if isinstance(layer, layers.Softmax):
             return configs.FixedOutputQuantizeConfig("softmax")
         if isinstance(layer, layers.Activation):
@@ -84,34 +86,40 @@ class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
                 return configs.PassThroughQuantizeConfig()
         if type(layer) in PASS_THROUGH_LAYERS:
             return configs.PassThroughQuantizeConfig()
-        return configs.OutputQuantizeConfig(self.ema_decay)
+        return configs.OutputQuantizeConfig(self.ema_decay, self.trained_thresholds)
 
 
 class InputQuantize(transforms.Transform):
     """InputLayer => InputLayer -> QuantizeLayer(power-of-two): the int8 model input."""
 
-    def __init__(self, ema_decay: float):
+    def __init__(self, ema_decay: float, trained_thresholds: bool = False):
         self.ema_decay = ema_decay
+        self.trained_thresholds = trained_thresholds
 
     def pattern(self):
         return LayerPattern("InputLayer")
 
     def replacement(self, match_layer):
-        quant = quantize_layer.QuantizeLayer(Pow2ActivationQuantizer(self.ema_decay))
+        quant = quantize_layer.QuantizeLayer(configs.activation_quantizer(self.ema_decay, self.trained_thresholds))
         config = tfmot_utils.serialize_layer(quant, use_legacy_format=True)
         config["name"] = quant.name
         return LayerNode(config, input_layers=[match_layer])
 
     def custom_objects(self):
-        return {"QuantizeLayer": quantize_layer.QuantizeLayer, "Pow2ActivationQuantizer": Pow2ActivationQuantizer}
+        return {
+            "QuantizeLayer": quantize_layer.QuantizeLayer,
+            "Pow2ActivationQuantizer": Pow2ActivationQuantizer,
+            "TQTActivationQuantizer": TQTActivationQuantizer,
+        }
 
 
 class FuseReLU(transforms.Transform):
     """Conv/Dense/Add -> ReLU(6): no quantizer between them, as TFLite fuses the ReLU."""
 
-    def __init__(self, per_channel: bool, ema_decay: float):
+    def __init__(self, per_channel: bool, ema_decay: float, trained_thresholds: bool = False):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
+        self.trained_thresholds = trained_thresholds
 
     def pattern(self):
         return LayerPattern("ReLU|Activation", inputs=[LayerPattern("Conv2D|DepthwiseConv2D|Dense|Add")])
@@ -126,7 +134,8 @@ class FuseReLU(transforms.Transform):
             producer.metadata["quantize_config"] = configs.PassThroughQuantizeConfig()
         else:
             producer.metadata["quantize_config"] = configs.KernelQuantizeConfig(
-                self.per_channel, quantize_output=False, ema_decay=self.ema_decay
+                self.per_channel, quantize_output=False, ema_decay=self.ema_decay,
+                trained_thresholds=self.trained_thresholds,
             )
         return match_layer
 
@@ -135,12 +144,16 @@ class FuseReLU(transforms.Transform):
 
 
 class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
-    def __init__(self, per_channel: bool, ema_decay: float):
+    def __init__(self, per_channel: bool, ema_decay: float, trained_thresholds: bool = False):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
+        self.trained_thresholds = trained_thresholds
 
     def apply(self, model, layer_quantize_map):
-        steps = [InputQuantize(self.ema_decay), FuseReLU(self.per_channel, self.ema_decay)]
+        steps = [
+            InputQuantize(self.ema_decay, self.trained_thresholds),
+            FuseReLU(self.per_channel, self.ema_decay, self.trained_thresholds),
+        ]
         return model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map.keys()), layer_quantize_map
         ).transform()
@@ -152,14 +165,17 @@ class Pow2QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
     Args:
       per_channel: per-output-channel weight scales (default: per tensor).
       ema_decay: moving-average decay of activation ranges during training.
+      trained_thresholds: every weight and activation scale comes from a trainable log2-threshold, trained
+        with the model (TQT, Jain et al. 2020); still a power of two, so the export stays shift-only.
     """
 
-    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99):
+    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
+        self.trained_thresholds = trained_thresholds
 
     def get_layout_transformer(self):
-        return Pow2LayoutTransform(self.per_channel, self.ema_decay)
+        return Pow2LayoutTransform(self.per_channel, self.ema_decay, self.trained_thresholds)
 
     def get_quantize_registry(self):
-        return Pow2QuantizeRegistry(self.per_channel, self.ema_decay)
+        return Pow2QuantizeRegistry(self.per_channel, self.ema_decay, self.trained_thresholds)

@@ -1,0 +1,88 @@
+"""Trained quantization thresholds (TQT; Jain et al., MLSys 2020): the math, on tensors.
+
+A TQT quantizer keeps a trainable log2-threshold t. Its scale is the power of
+two 2**(ceil(t) - 7), so the int8 model it exports still requantizes by
+shifts. The forward pass is plain power-of-two fake quantization at that
+scale; the backward pass is the paper's straight-through estimate:
+
+- values: gradient 1 where they fall inside the int8 range, 0 where they clip;
+- log2-threshold: s ln2 (round(x/s) - x/s) for values inside the range (the
+  rounding error, which on average pulls the threshold down), and s ln2 q_min or
+  s ln2 q_max for clipped ones (which push it up): the trade-off between range
+  and resolution is learned from the loss.
+
+Keras objects hold the threshold variables and call these functions.
+"""
+
+import math
+
+from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+import tensorflow as tf
+
+from tfqat.quantization import pow2
+
+# 2**(ceil(t) - 7) spreads the threshold 2**ceil(t) over 128 steps of an int8 grid.
+STEPS_EXPONENT = 7.0
+
+
+def exponent_from_log2_threshold(log2_threshold):
+    """The scale exponent k (scale 2**k) of a log2-threshold: ceil(t) - 7."""
+    return tf.math.ceil(log2_threshold) - STEPS_EXPONENT
+
+
+def log2_threshold_from_exponent(exponent):
+    """A log2-threshold whose scale exponent is `exponent`, half a step inside its bin (no flip on the first step)."""
+    return tf.convert_to_tensor(exponent, tf.float32) + STEPS_EXPONENT - 0.5
+
+
+def _fake_quant(values, scale, qmin: int, qmax: int, per_channel: bool):
+    """FakeQuant at a power-of-two scale (per tensor, or per channel along the last axis), as the exporter reads it."""
+    narrow = qmin == -qmax
+    if per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            values, qmin * scale, qmax * scale, num_bits=8, narrow_range=narrow
+        )
+    return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=narrow)
+
+
+def tqt_fake_quant(values, log2_threshold, qmin: int, qmax: int):
+    """Power-of-two fake quantization at threshold 2**ceil(log2_threshold), with TQT's gradients.
+
+    Args:
+      values: the tensor to quantize; with a per-channel threshold, channels on its last axis.
+      log2_threshold: a scalar (per tensor) or one value per channel of the last axis.
+      qmin, qmax: the integer range: -127, 127 for weights (narrow, zero point 0), -128, 127 for activations.
+    Returns:
+      The fake-quantized values; gradients flow to `values` and to `log2_threshold`.
+    """
+    values = tf.convert_to_tensor(values, tf.float32)
+    log2_threshold = tf.convert_to_tensor(log2_threshold, tf.float32)
+    per_channel = log2_threshold.shape.rank == 1
+
+    @tf.custom_gradient
+    def quantize(x, log2_t):
+        scale = tf.pow(2.0, exponent_from_log2_threshold(log2_t))
+        y = _fake_quant(x, scale, qmin, qmax, per_channel)
+
+        def grad(dy):
+            steps = x / scale
+            inside = (steps >= qmin) & (steps <= qmax)
+            # y / scale are the integer steps, exact for a power-of-two scale; clipped ones are qmin or qmax.
+            local = scale * math.log(2.0) * (y / scale - tf.where(inside, steps, 0.0))
+            axes = list(range(x.shape.rank - 1)) if per_channel else None
+            return dy * tf.cast(inside, dy.dtype), tf.reduce_sum(dy * local, axis=axes)
+
+        return y, grad
+
+    return quantize(values, log2_threshold)
+
+
+def weight_log2_threshold(max_abs):
+    """The log2-threshold whose scale is the plain power-of-two weight scale of these weights (`pow2`)."""
+    return log2_threshold_from_exponent(pow2.weight_exponent(max_abs))
+
+
+def activation_log2_threshold(range_min, range_max):
+    """The log2-threshold whose scale is the plain power-of-two activation scale of [range_min, range_max]."""
+    return log2_threshold_from_exponent(pow2.activation_exponent(range_min, range_max))
