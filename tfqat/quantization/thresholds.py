@@ -34,6 +34,16 @@ def _check_gain(owner: str, gain) -> float:
 
 
 def _threshold_variable(layer, name, shape, log2_threshold, gain):
+    """A trainable threshold of `layer` (a TFMOT wrapper), listed after the weights of the layer it wraps.
+
+    A wrapper around a built layer (quantize_apply) lists the layer's kernel and bias first; one rebuilt from a
+    saved config builds the layer later and would list this variable first, so .h5 weights, which load by
+    position, would land in the wrong variables. Listing the wrapped weights first gives both the same order.
+    """
+    wrapped = getattr(layer, "layer", None)
+    own = getattr(layer, "_trainable_weights", None)
+    if wrapped is not None and own is not None:
+        own.extend(w for w in wrapped.trainable_weights if not any(w is o for o in own))
     return layer.add_weight(
         f"{name}_log2_threshold", shape=shape, trainable=True,
         initializer=keras.initializers.Constant(float(log2_threshold) / gain),

@@ -1,0 +1,87 @@
+"""Tests for tfqat.flowers.study: the multi-seed table from per-seed run results (no training here)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfqat import cli
+from tfqat.flowers.stats import paired_difference
+from tfqat.flowers.study import StudyOptions, render_markdown, summarize, write_study
+
+LABELS = np.array([0, 1, 2, 3, 4] * 4)
+
+
+def _model(predictions, **extra):
+    predictions = np.asarray(predictions)
+    return {"accuracy": float(np.mean(predictions == LABELS)), "predictions": predictions.tolist(), **extra}
+
+
+def _seed_results(float_predictions, method_predictions, seconds):
+    models = {"float": _model(float_predictions, validation_accuracy=0.9, validation_loss=0.3)}
+    versus = {}
+    for name, predictions in method_predictions.items():
+        models[name] = _model(
+            predictions, validation_accuracy=0.8, validation_loss=0.4, agreement={"top1_agreement": 1.0},
+            verify={"passed": True}, training={name: {"kept_epoch": 3}},
+        )
+        versus[name] = paired_difference(float_predictions == LABELS, np.asarray(predictions) == LABELS)
+    return {"models": models, "versus_float": versus, "stage_seconds": {name: seconds for name in method_predictions}}
+
+
+def _flip(predictions, indices):
+    flipped = predictions.copy()
+    flipped[indices] = (flipped[indices] + 1) % 5
+    return flipped
+
+
+@pytest.fixture
+def study():
+    seed0 = _seed_results(LABELS, {"qat": _flip(LABELS, [0, 1]), "qat_tqt": LABELS}, 100.0)
+    float1 = _flip(LABELS, [5])
+    seed1 = _seed_results(float1, {"qat": _flip(float1, [0]), "qat_tqt": LABELS}, 200.0)
+    options = StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt", "qat_per_channel"))
+    return summarize(options, {0: seed0, 1: seed1})
+
+
+def test_the_mean_difference_is_the_mean_of_each_seeds_paired_difference(study):
+    qat = study["methods"]["qat"]
+    assert qat["seeds"]["0"]["difference"] == pytest.approx(-2 / 20)
+    assert qat["seeds"]["1"]["difference"] == pytest.approx(-1 / 20)
+    assert qat["difference"]["mean"] == pytest.approx(-1.5 / 20)
+    assert (qat["difference"]["min"], qat["difference"]["max"]) == (pytest.approx(-0.1), pytest.approx(-0.05))
+    assert (qat["only_float"], qat["only_method"]) == (3, 0)
+    tqt = study["methods"]["qat_tqt"]
+    assert tqt["difference"]["mean"] == pytest.approx(0.5 / 20)  # seed 1: one image only TQT gets right
+    assert (tqt["only_float"], tqt["only_method"]) == (0, 1)
+    assert tqt["seconds"]["mean"] == 150.0 and tqt["verified"] is True and tqt["complete"]
+
+
+def test_a_method_not_yet_run_is_reported_as_incomplete(study):
+    missing = study["methods"]["qat_per_channel"]
+    assert missing["seeds"] == {} and not missing["complete"] and missing["difference"]["mean"] is None
+    text = render_markdown(study)
+    assert "qat_per_channel: not yet run on every seed" in text
+
+
+def test_markdown_has_one_row_per_method_and_one_per_method_and_seed(study, tmp_path):
+    text = render_markdown(study)
+    assert "| qat | 2 | 0.9000 | **-7.50** | -10.00 to -5.00 | 3 / 0 |" in text
+    assert text.count("| qat | 0 |") == 1 and text.count("| qat_tqt | 1 |") == 1
+    paths = write_study(study, tmp_path)
+    assert json.loads(paths["json"].read_text())["methods"]["qat"]["only_float"] == 3
+    assert paths["markdown"].read_text() == text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["study", "--methods", "qat,nope"], "unknown method 'nope'"),
+        (["study", "--seeds", "0,x"], "--seeds takes comma-separated whole numbers"),
+        (["study", "--seeds", "1,1"], "each once"),
+    ],
+)
+def test_bad_study_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
