@@ -32,6 +32,7 @@ from tfqat.tflite import export, litert
 
 TARGETS = {
     "train_step_tfqat_vs_float": ("<=", 1.3),
+    "train_step_tfqat_tqt_vs_float": ("<=", 1.3),
     "train_step_tfqat_vs_tfmot": ("<=", 1.0),
     "latency_tfqat_int8_vs_float_1_thread": ("<=", 0.6),
     "latency_tfqat_int8_vs_float_2_threads": ("<=", 0.6),
@@ -150,11 +151,12 @@ def main(argv=None):
     float_model = compiled(classifier())
     tfqat_model = tfqat.quantize_model(float_model)
     tfqat.calibrate(tfqat_model, [images])
+    tqt_model = tfqat.quantize_model(float_model, trained_thresholds=True)
+    tfqat.calibrate(tqt_model, [images])
     tfmot_model = export.tfmot_default_qat(float_model)
-    compiled(tfqat_model), compiled(tfmot_model)
-    step = time_train_steps(
-        {"float": float_model, "tfqat": tfqat_model, "tfmot": tfmot_model}, images, labels, args.steps, args.repeats
-    )
+    compiled(tfqat_model), compiled(tqt_model), compiled(tfmot_model)
+    models = {"float": float_model, "tfqat": tfqat_model, "tfqat_tqt": tqt_model, "tfmot": tfmot_model}
+    step = time_train_steps(models, images, labels, args.steps, args.repeats)
 
     conversion = {}
     start = time.perf_counter()
@@ -175,6 +177,7 @@ def main(argv=None):
     thread_names = {1: "1_thread", 2: "2_threads"}
     figures = {
         "train_step_tfqat_vs_float": ratios(step, "tfqat", "float"),
+        "train_step_tfqat_tqt_vs_float": ratios(step, "tfqat_tqt", "float"),
         "train_step_tfmot_vs_float": ratios(step, "tfmot", "float"),
         "train_step_tfqat_vs_tfmot": ratios(step, "tfqat", "tfmot"),
         **{

@@ -31,11 +31,12 @@ def test_parse_methods_keeps_order_drops_repeats_and_names_the_valid_choices():
 
 def test_run_flags_switch_recipe_fields_on():
     ptq, qat = Recipe(), Recipe(train=True)
-    flags = dict(per_channel=True, equalize=True, distillation=True, trained_thresholds=True)
+    flags = dict(per_channel=True, equalize=True, distillation=True, trained_thresholds=True, unsigned_activations=False)
     assert ptq.with_run_flags(**flags) == Recipe(per_channel=True)  # QAT-only flags leave PTQ alone
     assert qat.with_run_flags(**flags) == Recipe(
         train=True, per_channel=True, equalize=True, distillation=True, trained_thresholds=True
     )
+    assert ptq.with_run_flags(**{**flags, "unsigned_activations": True}).unsigned_activations
     off = dict(per_channel=False, equalize=False, distillation=False, trained_thresholds=False)
     assert METHODS["qat_tqt_equalized"].recipe.with_run_flags(**off) == METHODS["qat_tqt_equalized"].recipe
 

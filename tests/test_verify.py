@@ -208,3 +208,16 @@ def test_int8_tensor_without_quantization_fails():
     tensors = [_tensor(0, np.int8, [1, 4], [2.0**-4]), _tensor(1, np.int8, [1, 4])]
     report = report_from_details(tensors, [_op(0, "RELU", [0], [1])], [0], [1])
     assert report.failures == ("tensor 1 't1' (output) is int8 but has no quantization parameters",)
+
+
+@pytest.mark.parametrize("zero_point, passes", [(0, True), (-128, True), (5, False), (-127, False)])
+def test_activation_zero_point_is_zero_or_minus_128(zero_point, passes):
+    tensors, ops = _conv_graph()
+    tensors[3] = _tensor(3, np.int8, [1, 4, 4, 2], [2.0**-4], [zero_point])
+    report = report_from_details(tensors, ops, [0], [3])
+    assert report.passed == passes
+    if not passes:
+        assert report.failures == (
+            f"tensor 3 't3' (output) has zero point(s) [{zero_point}]: fixed-point activations have zero point 0 "
+            "(signed, [-128, 127] * 2^k) or -128 (unsigned, [0, 255] * 2^k)",
+        )

@@ -36,7 +36,7 @@ def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:
 
 def quantize_model(
     model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99,
-    trained_thresholds: bool = False, strategy=None,
+    trained_thresholds: bool = False, unsigned_activations: bool = False, strategy=None,
 ):
     """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
 
@@ -55,6 +55,8 @@ def quantize_model(
       trained_thresholds: learn every scale with the model (TQT): each weight and activation
         tensor gets a trainable log2-threshold, started at its plain power-of-two scale (the
         weights' now, the activations' by `calibrate`) and trained by `model.fit`.
+      unsigned_activations: ReLU outputs become unsigned, [0, 255] * 2**k with int8 zero point
+        -128: twice the resolution of the signed grid for tensors that are never negative.
       strategy: a `tf.distribute.Strategy` whose scope creates the QAT model's
         variables (default: the current strategy); compile and fit it in the
         same scope.
@@ -64,7 +66,10 @@ def quantize_model(
         msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
         raise ValueError(msg)
     flat = fold_batch_norms(model) if fold_bn else graph.flatten(model)
-    scheme = Pow2QuantizeScheme(per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds)
+    scheme = Pow2QuantizeScheme(
+        per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds,
+        unsigned_activations=unsigned_activations,
+    )
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():

@@ -70,6 +70,10 @@ def _add_run_options(parser, *, stages) -> None:
         "--trained-thresholds", action="store_true",
         help="tfqat's QAT learns every power-of-two scale with the weights (TQT; default: scales from ranges)",
     )
+    parser.add_argument(
+        "--unsigned-activations", action="store_true",
+        help="ReLU outputs on [0, 255] * 2^k, int8 zero point -128 (default signed [-128, 127] * 2^k)",
+    )
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default="default",
@@ -163,6 +167,7 @@ def run_options(args: argparse.Namespace):
         data=args.data,
         per_channel=args.per_channel,
         trained_thresholds=args.trained_thresholds,
+        unsigned_activations=args.unsigned_activations,
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
         strategy=args.strategy,

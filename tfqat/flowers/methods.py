@@ -27,13 +27,14 @@ class Recipe:
     """How one of tfqat's power-of-two methods quantizes: its start and its quantizers, and for QAT its training.
 
     `epochs` and `learning_rate` of None take the run's `qat_epochs` and `qat_learning_rate`.
-    The run's --per-channel, --trained-thresholds, --equalize and --distillation flags switch the matching field
-    on for every method (--trained-thresholds and --equalize only for QAT methods).
+    The run's --per-channel, --unsigned-activations, --trained-thresholds, --equalize and --distillation flags
+    switch the matching field on for every method (--trained-thresholds and --equalize only for QAT methods).
     """
 
     equalize: bool = False  # start from the cross-layer-equalized float model (tfqat.equalize with calibration images)
     per_channel: bool = False  # one weight scale per output channel (still a power of two)
     trained_thresholds: bool = False  # TQT: trainable log2 thresholds for weights and activations
+    unsigned_activations: bool = False  # ReLU outputs on [0, 255] * 2**k (int8 zero point -128)
     train: bool = False  # QAT (model.fit) after calibration; False: PTQ (calibration only)
     distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
     epochs: Optional[int] = None
@@ -48,12 +49,14 @@ class Recipe:
             raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
 
     def with_run_flags(
-        self, *, per_channel: bool, equalize: bool, distillation: bool, trained_thresholds: bool = False
+        self, *, per_channel: bool, equalize: bool, distillation: bool, trained_thresholds: bool = False,
+        unsigned_activations: bool = False,
     ) -> "Recipe":
         """This recipe under a run's flags: a flag that is on switches its field on."""
         return replace(
             self,
             per_channel=self.per_channel or per_channel,
+            unsigned_activations=self.unsigned_activations or unsigned_activations,
             trained_thresholds=self.trained_thresholds or (trained_thresholds and self.train),
             equalize=self.equalize or (equalize and self.train),  # --equalize was QAT's flag; PTQ has its own method
             distillation=self.distillation or (distillation and self.train),
@@ -125,6 +128,12 @@ METHODS: dict[str, Method] = {
             "PTQ int8, equalized", _FILE.format("ptq_equalized"), _pow2, Recipe(equalize=True), published=True,
         ),
         Method(
+            "ptq_equalized_unsigned",
+            "int8 via PTQ after cross-layer equalization, unsigned ReLU outputs (power-of-two, per-tensor)",
+            "PTQ int8, equalized, unsigned", _FILE.format("ptq_equalized_unsigned"), _pow2,
+            Recipe(equalize=True, unsigned_activations=True), default=False,
+        ),
+        Method(
             "qat", "int8 via quantization-aware training (power-of-two, per-tensor)", "QAT int8",
             _FILE.format("qat"), _pow2, Recipe(train=True), published=True, reference=0.8910,
         ),
@@ -142,6 +151,12 @@ METHODS: dict[str, Method] = {
             "int8 via QAT with trained thresholds from the cross-layer-equalized model (TQT; power-of-two, per-tensor)",
             "QAT int8, TQT, equalized", _FILE.format("qat_tqt_equalized"), _pow2,
             Recipe(train=True, trained_thresholds=True, equalize=True), default=False,
+        ),
+        Method(
+            "qat_tqt_unsigned",
+            "int8 via QAT with trained thresholds, unsigned ReLU outputs (TQT; power-of-two, per-tensor)",
+            "QAT int8, TQT, unsigned", _FILE.format("qat_tqt_unsigned"), _pow2,
+            Recipe(train=True, trained_thresholds=True, unsigned_activations=True), default=False,
         ),
         Method(
             "qat_per_channel", "int8 via quantization-aware training (power-of-two, per-channel)",

@@ -54,6 +54,7 @@ class RunOptions:
     calibration_images: int = 512
     per_channel: bool = False
     trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
+    unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
     peers: bool = True
     seed: int = 0
     quick: bool = False
@@ -234,7 +235,7 @@ class Run:
         o = self.options
         return method.recipe.with_run_flags(
             per_channel=o.per_channel, equalize=o.equalize, distillation=o.qat_distillation,
-            trained_thresholds=o.trained_thresholds,
+            trained_thresholds=o.trained_thresholds, unsigned_activations=o.unsigned_activations,
         )
 
     def pow2_model(self, recipe: Recipe):
@@ -245,8 +246,11 @@ class Run:
         if recipe.equalize and self._equalized_float_model is None:
             self._equalized_float_model = equalize(self.float_model(), self._calibration_batches())
         float_model = self._equalized_float_model if recipe.equalize else self.float_model()
-        qat = quantize_model(float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds)
-        key = (recipe.equalize, recipe.per_channel, recipe.trained_thresholds)
+        qat = quantize_model(
+            float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
+            unsigned_activations=recipe.unsigned_activations,
+        )
+        key = (recipe.equalize, recipe.per_channel, recipe.trained_thresholds, recipe.unsigned_activations)
         if key not in self._calibrated:
             calibrate(qat, self._calibration_batches())
             self._calibrated[key] = qat.get_weights()

@@ -33,9 +33,11 @@ def _activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
-def activation_quantizer(ema_decay: float, trained_thresholds: bool):
-    """The power-of-two activation quantizer: ranges from data, or trained thresholds (TQT)."""
-    return TQTActivationQuantizer(ema_decay) if trained_thresholds else Pow2ActivationQuantizer(ema_decay)
+def activation_quantizer(ema_decay: float, trained_thresholds: bool, unsigned: bool = False):
+    """The power-of-two activation quantizer: ranges from data, or trained thresholds (TQT); signed or unsigned."""
+    if trained_thresholds:
+        return TQTActivationQuantizer(ema_decay, unsigned=unsigned)
+    return Pow2ActivationQuantizer(ema_decay, unsigned=unsigned)
 
 
 def fixed_output_quantizer(activation_name: str):
@@ -80,21 +82,23 @@ class KernelQuantizeConfig(_Pow2Config):
         DepthwiseConv2D; Dense kernels stay per tensor, see below).
       quantize_output: quantize the layer's output.
       trained_thresholds: kernel and output scales from trained log2-thresholds (TQT).
+      unsigned_activations: an output after the layer's own ReLU is unsigned ([0, 255] * 2**k).
     """
 
     def __init__(
         self, per_channel: bool = False, quantize_output: bool = True, ema_decay: float = 0.99,
-        trained_thresholds: bool = False,
+        trained_thresholds: bool = False, unsigned_activations: bool = False,
     ):
         self.per_channel = bool(per_channel)
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
         self.trained_thresholds = bool(trained_thresholds)
+        self.unsigned_activations = bool(unsigned_activations)
 
     def get_config(self):
         return {
             "per_channel": self.per_channel, "quantize_output": self.quantize_output, "ema_decay": self.ema_decay,
-            "trained_thresholds": self.trained_thresholds,
+            "trained_thresholds": self.trained_thresholds, "unsigned_activations": self.unsigned_activations,
         }
 
     @staticmethod
@@ -124,7 +128,8 @@ class KernelQuantizeConfig(_Pow2Config):
         # softmax/sigmoid/tanh (whose outputs get fixed ranges below).
         if not self.quantize_output:
             return []
-        return [(layer.activation, activation_quantizer(self.ema_decay, self.trained_thresholds))]
+        unsigned = self.unsigned_activations and _activation_name(layer.activation) == "relu"
+        return [(layer.activation, activation_quantizer(self.ema_decay, self.trained_thresholds, unsigned))]
 
     def set_quantize_weights(self, layer, quantize_weights):
         setattr(layer, self._kernel_attribute(layer), quantize_weights[0])
@@ -146,15 +151,16 @@ class KernelQuantizeConfig(_Pow2Config):
 class OutputQuantizeConfig(_Pow2Config):
     """Layers without weights whose output TFLite requantizes: Add, ReLU, pooling by mean, the input."""
 
-    def __init__(self, ema_decay: float = 0.99, trained_thresholds: bool = False):
+    def __init__(self, ema_decay: float = 0.99, trained_thresholds: bool = False, unsigned: bool = False):
         self.ema_decay = float(ema_decay)
         self.trained_thresholds = bool(trained_thresholds)
+        self.unsigned = bool(unsigned)  # the layer's output is non-negative by construction (a ReLU)
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, "trained_thresholds": self.trained_thresholds}
+        return {"ema_decay": self.ema_decay, "trained_thresholds": self.trained_thresholds, "unsigned": self.unsigned}
 
     def get_output_quantizers(self, layer):
-        return [activation_quantizer(self.ema_decay, self.trained_thresholds)]
+        return [activation_quantizer(self.ema_decay, self.trained_thresholds, self.unsigned)]
 
 
 @_register

@@ -6,6 +6,10 @@ these. A scale 2**k makes every requantization of the int8 model a shift.
 Ranges follow TFLite's int8 spec: weights are symmetric in [-127, 127] with
 zero point 0, activations use [-128, 127], here also with zero point 0 so that
 the fixed-point format is Q(7-n).n and no offset arithmetic is needed.
+Optionally a tensor that is non-negative by construction (a ReLU's output) is
+unsigned: [0, 255] * 2**k, stored in int8 with zero point -128, twice the
+resolution for the same range; the offset is an integer, so every
+requantization stays a shift.
 """
 
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow loads)
@@ -14,6 +18,7 @@ import tensorflow as tf
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 ACTIVATION_QMIN, ACTIVATION_QMAX = -128, 127
+UNSIGNED_QMAX = 255  # unsigned activations: steps 0..255, int8 zero point -128
 
 # The smallest scale used: an all-zero tensor gets 2**-24 instead of log2(0) = -inf.
 # The TFLite converter widens any range narrower than 1e-6 (255 * 2**-24 > 1e-6),
@@ -38,12 +43,22 @@ def weight_exponent(max_abs):
     return _log2_exponent(max_abs / WEIGHT_QMAX)
 
 
-def activation_exponent(range_min, range_max):
-    """Exponent k of the activation scale 2**k so that [min, max] fits [-128, 127] * 2**k."""
+def activation_exponent(range_min, range_max, unsigned: bool = False):
+    """Exponent k of the activation scale 2**k so that [min, max] fits [-128, 127] * 2**k.
+
+    Unsigned: [0, max] fits [0, 255] * 2**k (a negative min is clipped to 0 by the quantizer).
+    """
     range_min = tf.convert_to_tensor(range_min, tf.float32)
     range_max = tf.convert_to_tensor(range_max, tf.float32)
+    if unsigned:
+        return _log2_exponent(range_max / UNSIGNED_QMAX)
     ratio = tf.maximum(range_max / ACTIVATION_QMAX, -range_min / -ACTIVATION_QMIN)
     return _log2_exponent(ratio)
+
+
+def activation_steps(unsigned: bool = False) -> tuple:
+    """(qmin, qmax) of an activation's integer steps: [-128, 127], or [0, 255] when unsigned."""
+    return (0, UNSIGNED_QMAX) if unsigned else (ACTIVATION_QMIN, ACTIVATION_QMAX)
 
 
 def scale_from_exponent(exponent):
@@ -89,8 +104,10 @@ def round_half_away_from_zero(values):
     return tf.sign(values) * (whole + tf.cast(magnitude - whole >= 0.5, magnitude.dtype))
 
 
-def fake_quant_activations(values, exponent, litert_rounding: bool = False, accumulator_exponent=None):
-    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0.
+def fake_quant_activations(
+    values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False
+):
+    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned).
 
     With `litert_rounding`, values are first rounded to the grid half away from
     zero, as LiteRT's ADD (and QUANTIZE) requantization does, so a tie such as
@@ -108,9 +125,8 @@ def fake_quant_activations(values, exponent, litert_rounding: bool = False, accu
         else:
             rounded = litert_requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent))
         values = values + tf.stop_gradient(rounded - values)
-    return tf.quantization.fake_quant_with_min_max_vars(
-        values, ACTIVATION_QMIN * scale, ACTIVATION_QMAX * scale, num_bits=8, narrow_range=False
-    )
+    qmin, qmax = activation_steps(unsigned)
+    return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=False)
 
 
 def litert_requantize(values, accumulator_exponent, exponent):

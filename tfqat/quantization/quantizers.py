@@ -119,16 +119,19 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
 
     Args:
       ema_decay: weight of the old range in the moving average, in [0, 1).
+      unsigned: the tensor is non-negative by construction (a ReLU's output): [0, 255] * 2**k,
+        zero point -128 in the int8 model, twice the resolution of [-128, 127] * 2**k.
     """
 
     _collecting = False  # set by `collecting_ranges`, read when a graph is traced
     _exporting = False  # set by `tracing_for_export`, read when a graph is traced
 
-    def __init__(self, ema_decay: float = 0.99):
+    def __init__(self, ema_decay: float = 0.99, unsigned: bool = False):
         if not 0.0 <= float(ema_decay) < 1.0:
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         self.ema_decay = float(ema_decay)
+        self.unsigned = bool(unsigned)
         # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
         # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
         self.accumulator_exponent = None
@@ -164,7 +167,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         )
 
     def exponent(self, weights):
-        return pow2.activation_exponent(weights["min_var"], weights["max_var"])
+        return pow2.activation_exponent(weights["min_var"], weights["max_var"], self.unsigned)
 
     def __call__(self, inputs, training, weights, **kwargs):
         if training or Pow2ActivationQuantizer._collecting:
@@ -179,11 +182,12 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         litert_rounding = not training and not Pow2ActivationQuantizer._exporting
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
-            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator
+            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator, unsigned=self.unsigned
         )
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay}
+        # Unsigned only when set, so configs saved before the option existed still compare equal.
+        return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {})}
 
 
 @_register

@@ -36,13 +36,24 @@ def _is_fusable_relu(layer) -> bool:
     return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0 and max_value in (None, 6.0)
 
 
+def _is_non_negative(layer) -> bool:
+    """A ReLU (or ReLU6) layer, whose output is never negative."""
+    if isinstance(layer, layers.Activation):
+        return configs._activation_name(layer.activation) == "relu"
+    return isinstance(layer, layers.ReLU) and float(layer.negative_slope) == 0.0 and float(layer.threshold) >= 0.0
+
+
 class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
     """Which config quantizes which layer; `unsupported_reason` explains the rest."""
 
-    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False):
+    def __init__(
+        self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False,
+        unsigned_activations: bool = False,
+    ):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
         self.trained_thresholds = trained_thresholds
+        self.unsigned_activations = unsigned_activations
 
     def unsupported_reason(self, layer) -> Optional[str]:
         """None when the layer is supported, else why not (one sentence)."""
@@ -75,7 +86,9 @@ class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
             msg = f"layer '{layer.name}' ({type(layer).__name__}) cannot be quantized: {reason}."
             raise ValueError(msg)
         if type(layer) in KERNEL_LAYERS:
-            return configs.KernelQuantizeConfig(self.per_channel, True, self.ema_decay, self.trained_thresholds)
+            return configs.KernelQuantizeConfig(
+                self.per_channel, True, self.ema_decay, self.trained_thresholds, self.unsigned_activations
+            )
         if isinstance(layer, layers.Softmax):
             return configs.FixedOutputQuantizeConfig("softmax")
         if isinstance(layer, layers.Activation):
@@ -86,7 +99,8 @@ class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
                 return configs.PassThroughQuantizeConfig()
         if type(layer) in PASS_THROUGH_LAYERS:
             return configs.PassThroughQuantizeConfig()
-        return configs.OutputQuantizeConfig(self.ema_decay, self.trained_thresholds)
+        unsigned = self.unsigned_activations and _is_non_negative(layer)
+        return configs.OutputQuantizeConfig(self.ema_decay, self.trained_thresholds, unsigned)
 
 
 class InputQuantize(transforms.Transform):
@@ -167,15 +181,21 @@ class Pow2QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
       ema_decay: moving-average decay of activation ranges during training.
       trained_thresholds: every weight and activation scale comes from a trainable log2-threshold, trained
         with the model (TQT, Jain et al. 2020); still a power of two, so the export stays shift-only.
+      unsigned_activations: ReLU outputs are quantized to [0, 255] * 2**k (int8 zero point -128) instead of
+        [-128, 127] * 2**k: twice the resolution for tensors that are never negative.
     """
 
-    def __init__(self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False):
+    def __init__(
+        self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False,
+        unsigned_activations: bool = False,
+    ):
         self.per_channel = per_channel
         self.ema_decay = ema_decay
         self.trained_thresholds = trained_thresholds
+        self.unsigned_activations = unsigned_activations
 
     def get_layout_transformer(self):
         return Pow2LayoutTransform(self.per_channel, self.ema_decay, self.trained_thresholds)
 
     def get_quantize_registry(self):
-        return Pow2QuantizeRegistry(self.per_channel, self.ema_decay, self.trained_thresholds)
+        return Pow2QuantizeRegistry(self.per_channel, self.ema_decay, self.trained_thresholds, self.unsigned_activations)

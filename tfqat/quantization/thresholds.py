@@ -105,13 +105,13 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
     calibrated thresholds); training moves the threshold, not the range.
     """
 
-    def __init__(self, ema_decay: float = 0.99, threshold_gain: float = THRESHOLD_GAIN):
-        super().__init__(ema_decay=ema_decay)
+    def __init__(self, ema_decay: float = 0.99, threshold_gain: float = THRESHOLD_GAIN, unsigned: bool = False):
+        super().__init__(ema_decay=ema_decay, unsigned=unsigned)
         self.threshold_gain = _check_gain("TQTActivationQuantizer", threshold_gain)
 
     def build(self, tensor_shape, name, layer):
         variables = super().build(tensor_shape, name, layer)
-        start = float(tqt.activation_log2_threshold(*_PLACEHOLDER_RANGE))
+        start = float(tqt.activation_log2_threshold(*_PLACEHOLDER_RANGE, self.unsigned))
         variables["log2_threshold"] = _threshold_variable(layer, name, [], start, self.threshold_gain)
         return variables
 
@@ -121,16 +121,16 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
     def exponent(self, weights):
         if Pow2ActivationQuantizer._collecting:  # calibration: the range seen so far, as plain PTQ
             return super().exponent(weights)
-        return tqt.exponent_from_log2_threshold(self.log2_threshold(weights))
+        return tqt.exponent_from_log2_threshold(self.log2_threshold(weights), self.unsigned)
 
     def __call__(self, inputs, training, weights, **kwargs):
         if training and not Pow2ActivationQuantizer._collecting and not Pow2ActivationQuantizer._exporting:
-            return tqt.tqt_fake_quant(inputs, self.log2_threshold(weights), pow2.ACTIVATION_QMIN, pow2.ACTIVATION_QMAX)
+            return tqt.tqt_fake_quant(inputs, self.log2_threshold(weights), *pow2.activation_steps(self.unsigned))
         return super().__call__(inputs, False if not Pow2ActivationQuantizer._collecting else training, weights)
 
     def initial_log2_threshold(self, variables):
         """The threshold whose scale is the plain power-of-two scale of the calibrated range."""
-        return tqt.activation_log2_threshold(variables["min_var"], variables["max_var"])
+        return tqt.activation_log2_threshold(variables["min_var"], variables["max_var"], self.unsigned)
 
     def get_config(self):
         return {**super().get_config(), "threshold_gain": self.threshold_gain}

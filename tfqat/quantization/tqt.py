@@ -22,18 +22,24 @@ import tensorflow as tf
 
 from tfqat.quantization import pow2
 
-# 2**(ceil(t) - 7) spreads the threshold 2**ceil(t) over 128 steps of an int8 grid.
+# 2**(ceil(t) - 7) spreads the threshold 2**ceil(t) over the 128 steps of one sign of an int8 grid;
+# an unsigned grid (0..255) spreads it over 256 steps: 2**(ceil(t) - 8).
 STEPS_EXPONENT = 7.0
+UNSIGNED_STEPS_EXPONENT = 8.0
 
 
-def exponent_from_log2_threshold(log2_threshold):
-    """The scale exponent k (scale 2**k) of a log2-threshold: ceil(t) - 7."""
-    return tf.math.ceil(log2_threshold) - STEPS_EXPONENT
+def _steps_exponent(unsigned: bool) -> float:
+    return UNSIGNED_STEPS_EXPONENT if unsigned else STEPS_EXPONENT
 
 
-def log2_threshold_from_exponent(exponent):
+def exponent_from_log2_threshold(log2_threshold, unsigned: bool = False):
+    """The scale exponent k (scale 2**k) of a log2-threshold: ceil(t) - 7 (ceil(t) - 8 when unsigned)."""
+    return tf.math.ceil(log2_threshold) - _steps_exponent(unsigned)
+
+
+def log2_threshold_from_exponent(exponent, unsigned: bool = False):
     """A log2-threshold whose scale exponent is `exponent`, half a step inside its bin (no flip on the first step)."""
-    return tf.convert_to_tensor(exponent, tf.float32) + STEPS_EXPONENT - 0.5
+    return tf.convert_to_tensor(exponent, tf.float32) + _steps_exponent(unsigned) - 0.5
 
 
 def _fake_quant(values, scale, qmin: int, qmax: int, per_channel: bool):
@@ -52,17 +58,19 @@ def tqt_fake_quant(values, log2_threshold, qmin: int, qmax: int):
     Args:
       values: the tensor to quantize; with a per-channel threshold, channels on its last axis.
       log2_threshold: a scalar (per tensor) or one value per channel of the last axis.
-      qmin, qmax: the integer range: -127, 127 for weights (narrow, zero point 0), -128, 127 for activations.
+      qmin, qmax: the integer range: -127, 127 for weights (narrow, zero point 0), -128, 127 for activations,
+        0, 255 for unsigned activations (threshold over 256 steps).
     Returns:
       The fake-quantized values; gradients flow to `values` and to `log2_threshold`.
     """
     values = tf.convert_to_tensor(values, tf.float32)
     log2_threshold = tf.convert_to_tensor(log2_threshold, tf.float32)
     per_channel = log2_threshold.shape.rank == 1
+    unsigned = qmin == 0
 
     @tf.custom_gradient
     def quantize(x, log2_t):
-        scale = tf.pow(2.0, exponent_from_log2_threshold(log2_t))
+        scale = tf.pow(2.0, exponent_from_log2_threshold(log2_t, unsigned))
         y = _fake_quant(x, scale, qmin, qmax, per_channel)
 
         def grad(dy):
@@ -83,6 +91,6 @@ def weight_log2_threshold(max_abs):
     return log2_threshold_from_exponent(pow2.weight_exponent(max_abs))
 
 
-def activation_log2_threshold(range_min, range_max):
+def activation_log2_threshold(range_min, range_max, unsigned: bool = False):
     """The log2-threshold whose scale is the plain power-of-two activation scale of [range_min, range_max]."""
-    return log2_threshold_from_exponent(pow2.activation_exponent(range_min, range_max))
+    return log2_threshold_from_exponent(pow2.activation_exponent(range_min, range_max, unsigned), unsigned)

@@ -21,6 +21,11 @@ from tfqat.quantization.pow2 import is_power_of_two  # exact: frexp mantissa == 
 
 Role = Literal["input", "output", "activation", "weight", "bias", "other"]
 
+# An int8 activation is signed fixed point, [-128, 127] * 2**k with zero point 0, or unsigned,
+# [0, 255] * 2**k with zero point -128 (ReLU outputs with unsigned_activations, softmax/sigmoid
+# outputs). Either offset is an integer, so requantization stays a shift.
+ACTIVATION_ZERO_POINTS = (0, -128)
+
 # Operand positions (input, weights, bias) of ops that compute input * weights
 # per output channel; their multiplier is s_in * s_w[c] / s_out.
 _LINEAR_OPERANDS = {
@@ -266,6 +271,12 @@ def _tensor_failures(t: TensorReport) -> list[str]:
     nonzero = sorted({z for z in t.zero_points if z != 0})
     if t.role in ("weight", "bias") and nonzero:
         failures.append(f"{_label(t)} has zero point(s) {nonzero[:4]}: {t.role}s must have zero point 0")
+    other = sorted({z for z in t.zero_points if z not in ACTIVATION_ZERO_POINTS})
+    if t.role in ("input", "output", "activation") and other:
+        failures.append(
+            f"{_label(t)} has zero point(s) {other[:4]}: fixed-point activations have zero point 0 "
+            "(signed, [-128, 127] * 2^k) or -128 (unsigned, [0, 255] * 2^k)"
+        )
     return failures
 
 
