@@ -1,8 +1,13 @@
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import tflite_models as tm
 from tfqat.cli import main
@@ -96,3 +101,62 @@ def test_unset_numeric_flags_resume_the_recorded_run(tmp_path):
     # A new folder takes the defaults.
     fresh = _options(["run", "--data", "d", "--out", str(tmp_path / "new")])
     assert fresh.qat_epochs == RunOptions.qat_epochs and fresh.fine_tune_learning_rate == RunOptions.fine_tune_learning_rate
+
+
+# ------------------------------------------------------------ quiet, fast start, clear errors
+
+# What TensorFlow's, absl's and the converter's C++ logging prints (e.g. "I0000 00:00:... port.cc:153] ...").
+NATIVE_LOG = re.compile(r"(^[IWEF]\d{4} |absl::InitializeLog|cpu_feature_guard|cudart_stub|oneDNN custom operations)", re.M)
+
+
+def _tfqat(*argv, timeout=300):
+    """The `tfqat` console script in a fresh process, as a user runs it (the environment without TF_CPP_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    command = [sys.executable, "-c", "import sys; from tfqat.cli import main; sys.exit(main())", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_and_argument_errors_do_not_load_tensorflow():
+    probe = "import sys, tfqat.cli; tfqat.cli.build_parser(); print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False"
+    start = time.perf_counter()
+    help_run = _tfqat("--help")
+    assert help_run.returncode == 0 and "study" in help_run.stdout and help_run.stderr == ""
+    bad = _tfqat("study", "--methods", "nope")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert time.perf_counter() - start < 10  # two fresh interpreters, no TensorFlow: well under a second each here
+
+
+def test_verify_and_evaluate_print_no_tensorflow_logs(models, tmp_path):
+    verified = _tfqat("verify", str(models["pow2"]))
+    assert verified.returncode == 0 and "PASSED" in verified.stdout
+    assert not NATIVE_LOG.search(verified.stderr) and not NATIVE_LOG.search(verified.stdout), verified.stderr
+    folder = tmp_path / "photos"
+    for value, name in enumerate(("a", "b")):
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.full((20, 20, 3), 40 + 100 * value, np.uint8)).save(folder / name / "0.png")
+    labelled = tm.write(tmp_path, "m.tflite", tm.pow2_int8_tflite())
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\ne\n")
+    evaluated = _tfqat("evaluate", str(labelled), "--data", str(folder), "--labels", str(tmp_path / "labels.txt"))
+    assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout, evaluated.stderr
+    assert not NATIVE_LOG.search(evaluated.stderr), evaluated.stderr
+    # --verbose brings them back.
+    loud = _tfqat("evaluate", str(labelled), "--data", str(folder), "--labels", str(tmp_path / "labels.txt"), "--verbose")
+    assert NATIVE_LOG.search(loud.stderr)
+
+
+def test_export_explains_weights_only_and_tflite_files(tmp_path, capsys):
+    from tfqat import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save_weights(str(tmp_path / "qat.weights.h5"))
+    assert main(["export", str(tmp_path / "qat.weights.h5"), str(tmp_path / "out.tflite")]) == 2
+    assert "holds weights only (saved with save_weights)" in capsys.readouterr().err
+    (tmp_path / "m.tflite").write_bytes(tm.pow2_int8_tflite())
+    assert main(["export", str(tmp_path / "m.tflite"), str(tmp_path / "out.tflite")]) == 2
+    assert "is a TFLite model" in capsys.readouterr().err
+    (tmp_path / "bad.h5").write_text("not hdf5")
+    assert main(["export", str(tmp_path / "bad.h5"), str(tmp_path / "out.tflite")]) == 2
+    assert "is not a readable HDF5 file" in capsys.readouterr().err
+    assert not (tmp_path / "out.tflite").exists()

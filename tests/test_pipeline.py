@@ -1,6 +1,10 @@
 """The flowers workflow end to end, in --quick mode on the shared photos (a smoke test of `tfqat run`)."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +32,13 @@ def quick_run(tmp_path_factory):
     common = ["--data", str(DATA), "--out", str(out), "--quick"]
     assert cli.main(["train", *common, "--weights", str(WEIGHTS)]) == 0
     first = json.loads((out / "state.json").read_text())["float"]
-    assert cli.main(["run", *common, "--weights", str(WEIGHTS), "--export-dir", str(out / "export")]) == 0
+    # As a user runs it, in a fresh process with its own output: the run must print no TensorFlow logs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    command = [sys.executable, "-c", "import sys; from tfqat.cli import main; sys.exit(main())"]
+    argv = ["run", *common, "--weights", str(WEIGHTS), "--export-dir", str(out / "export")]
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=1200, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "run_output.txt").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     return out, first
 
 
@@ -45,6 +55,15 @@ def test_run_writes_every_artifact(quick_run):
     assert "flowers_mobilenet_v2_int8_qat.tflite" in published and "report.md" in published
     assert "flowers_mobilenet_v2_int8_ptq_equalized.tflite" in published
     assert "flowers_mobilenet_v2_int8_tflite_ptq.tflite" not in published
+
+
+@needs_shared
+def test_run_prints_its_own_progress_and_no_tensorflow_logs(quick_run):
+    out, _ = quick_run
+    stdout, stderr = (out / "run_output.txt").read_text().split("\n--- stderr ---\n")
+    assert "[tfqat] qat: accuracy" in stdout and "report:" in stdout
+    native = re.compile(r"(^[IWEF]\d{4} |absl::InitializeLog|cpu_feature_guard|cudart_stub|flatbuffer_export|fully_quantize)", re.M)
+    assert not native.search(stdout) and not native.search(stderr), stderr[:2000]
 
 
 @needs_shared

@@ -1,25 +1,44 @@
-"""tfqat: power-of-two int8 quantization-aware training for Keras MobileNetV2."""
+"""tfqat: power-of-two int8 quantization-aware training for Keras MobileNetV2.
 
-from tfqat._keras import keras  # first: selects tf_keras before TensorFlow loads
+The public API is loaded on first use, so `import tfqat` (and `tfqat --help`)
+does not start TensorFlow. Importing tfqat before TensorFlow still selects
+tf_keras (Keras 2), which TFMOT needs.
+"""
 
-from tfqat.api import calibrate, load_model, quantize_model, quantize_scope
-from tfqat.transforms.equalize import equalize
-from tfqat.tflite.export import export_tflite
-from tfqat.transforms.folding import fold_batch_norms
-from tfqat.quantization.scheme import Pow2QuantizeScheme
-from tfqat.tflite.verify import verify_tflite
-from tfqat import distribute  # noqa: E402  (tf.distribute strategies by name)
+import importlib
+import os
+import sys
 
-__all__ = [
-    "calibrate",
-    "equalize",
-    "export_tflite",
-    "fold_batch_norms",
-    "keras",
-    "load_model",
-    "quantize_model",
-    "quantize_scope",
-    "verify_tflite",
-    "Pow2QuantizeScheme",
-]
+if "tensorflow" not in sys.modules:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfqat._keras checks this again when TensorFlow is loaded
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_API = {
+    "calibrate": "tfqat.api",
+    "load_model": "tfqat.api",
+    "quantize_model": "tfqat.api",
+    "quantize_scope": "tfqat.api",
+    "equalize": "tfqat.transforms.equalize",
+    "export_tflite": "tfqat.tflite.export",
+    "fold_batch_norms": "tfqat.transforms.folding",
+    "Pow2QuantizeScheme": "tfqat.quantization.scheme",
+    "verify_tflite": "tfqat.tflite.verify",
+    "keras": "tfqat._keras",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # loaded once
+        return value
+    if name == "distribute":  # tf.distribute strategies by name (`tfqat.distribute.make_strategy`)
+        return importlib.import_module("tfqat.distribute")
+    raise AttributeError(f"module 'tfqat' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API) | {"distribute"})

@@ -1,5 +1,6 @@
 """The public entry points: quantize a float model, calibrate it, load it back."""
 
+from pathlib import Path
 from typing import Optional
 
 from tfqat._keras import keras
@@ -117,8 +118,32 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
     return used
 
 
+def _check_saved_model_file(path) -> None:
+    """A clear error for files that are not a whole saved Keras model (weights only, a TFLite model, ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {path} does not exist")
+    if path.suffix == ".tflite":
+        raise ValueError(f"{path} is a TFLite model; load_model takes a Keras model saved with model.save (.h5 or .keras)")
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as file:
+                has_config = "model_config" in file.attrs
+        except OSError as error:
+            raise ValueError(f"{path} is not a readable HDF5 file ({error})") from None
+        if not has_config:
+            msg = (
+                f"{path} holds weights only (saved with save_weights); this needs a whole model saved with "
+                "model.save(...), or build the model, then load the weights into it with model.load_weights"
+            )
+            raise ValueError(msg)
+
+
 def load_model(path, **kwargs):
     """Load a saved tfqat QAT model (any format `keras.models.load_model` reads)."""
+    _check_saved_model_file(path)
     with quantize_scope():
         model = keras.models.load_model(path, **kwargs)
     link_accumulators(model)

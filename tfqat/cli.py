@@ -11,8 +11,8 @@ Exit codes: 0 success, 1 a check failed, 2 unusable input (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +43,7 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
-# Numeric run options: (flag, type, help). Defaults live in tfqat.flowers.pipeline.RunOptions only.
+# Numeric run options: (flag, type, help). Defaults live in tfqat.flowers.options.RunOptions only.
 _TRAINING_OPTIONS = (
     ("--head-epochs", int, "epochs of the new head alone"),
     ("--fine-tune-epochs", int, "epochs of the whole network"),
@@ -58,7 +58,7 @@ _QUANTIZATION_OPTIONS = (
 
 def _add_run_options(parser, *, stages) -> None:
     from tfqat.distribute import STRATEGIES
-    from tfqat.flowers.pipeline import RunOptions
+    from tfqat.flowers.options import RunOptions
 
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
@@ -140,7 +140,7 @@ def run_options(args: argparse.Namespace):
     already in --out: `train --weights F` then `qat` is one run, and a run
     recorded under older defaults resumes as it was recorded.
     """
-    from tfqat.flowers.pipeline import RunOptions, recorded_settings
+    from tfqat.flowers.options import RunOptions, recorded_settings
 
     weights = getattr(args, "weights", "imagenet")
     numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
@@ -317,7 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(subparsers)
+    for name, subparser in subparsers.choices.items():
+        if name != "verify":  # verify's own --verbose also adds its per-op table
+            subparser.add_argument(
+                "--verbose", action="store_true", help="show TensorFlow's and the converter's own logs too"
+            )
     return parser
+
+
+# Errors a user can cause, shown as one line: built-in ones, and tfqat's own from the modules that define them.
+_USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
+_ERROR_CLASSES = {
+    "tfqat.flowers.train": "TrainingError", "tfqat.tflite.export": "ExportError", "tfqat.tflite.litert": "TFLiteModelError",
+}
+
+
+def _user_errors() -> tuple:
+    """_USER_ERRORS and the tfqat errors of modules already loaded (one not loaded cannot have raised)."""
+    loaded = [getattr(sys.modules[name], cls) for name, cls in _ERROR_CLASSES.items() if name in sys.modules]
+    return (*_USER_ERRORS, *loaded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,32 +346,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_UNUSABLE
-    # TensorFlow and LiteRT log to stderr at import; keep stderr for our one-line errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfqat.tflite.export import ExportError
-    from tfqat.tflite.litert import TFLiteModelError
-    from tfqat.flowers.train import TrainingError
+    from tfqat.quiet import native_logs, silence_python_logs
 
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"tfqat {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (TFLiteModelError, OSError, ValueError, TypeError, ExportError, TrainingError, RuntimeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"tfqat {args.command}: error: {first_line}{_log_details(args, error)}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    verbose = getattr(args, "verbose", False)
+    if not verbose:  # a tool's output is its own: TensorFlow's logs go to error.log if the command fails
+        silence_python_logs()
+    with contextlib.nullcontext(None) if verbose else native_logs() as native:
+        try:
+            return args.handler(args)
+        except KeyboardInterrupt:
+            print(f"tfqat {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        except Exception as error:
+            if not isinstance(error, _user_errors()):
+                raise
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"tfqat {args.command}: error: {first_line}{_log_details(args, error, native)}", file=sys.stderr)
+            return EXIT_UNUSABLE
 
 
-def _log_details(args: argparse.Namespace, error: BaseException) -> str:
-    """Keep the full traceback of a failed run in its output folder; the terminal gets one line."""
+def _log_details(args: argparse.Namespace, error: BaseException, native: Path | None = None) -> str:
+    """Keep the full traceback of a failed run (and TensorFlow's own log) in its output folder; the terminal
+    gets one line."""
     out = getattr(args, "out", None)
     if out is None or not Path(out).is_dir():
         return ""
     import traceback
 
     path = Path(out) / "error.log"
-    path.write_text("".join(traceback.format_exception(error)))
+    text = "".join(traceback.format_exception(error))
+    if native is not None and native.is_file() and native.stat().st_size:
+        text += "\n--- TensorFlow's and the converter's own log of this command ---\n"
+        text += native.read_text(errors="replace")
+    path.write_text(text)
     return f" (details: {path}; run the same command again to resume)"
 
 

@@ -26,65 +26,12 @@ from tfqat.api import calibrate, quantize_model
 from tfqat.flowers import data, evaluate, images, models, train
 from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
+from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions, recorded_settings
 from tfqat.flowers.stats import paired_difference
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.transforms.equalize import equalize
 from tfqat.transforms.folding import fold_batch_norms
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Options of `run`; the defaults are the published configuration."""
-
-    out: Path = Path("runs/flowers")
-    data: Optional[str] = None  # a folder of class sub-folders; None: tensorflow-datasets tf_flowers
-    weights: Optional[str] = "imagenet"  # "imagenet", a local .h5 file, or None (random init)
-    image_size: int = 224
-    batch_size: int = 32
-    head_epochs: int = 3
-    fine_tune_epochs: int = 6
-    head_learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    qat_epochs: int = 8
-    qat_learning_rate: float = 1e-4
-    qat_distillation: bool = False  # both QAT models learn the float model's class probabilities instead of labels
-    restore_best: bool = True  # every fit ends on its epoch with the lowest validation loss, not its last
-    equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
-    calibration_images: int = 512
-    per_channel: bool = False
-    trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
-    unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
-    peers: bool = True
-    seed: int = 0
-    quick: bool = False
-    export_dir: Optional[Path] = None
-    stages: tuple = (FLOAT, *DEFAULT_METHODS)  # any of tfqat.flowers.methods.STAGES
-    strategy: str = "default"  # see tfqat.distribute.STRATEGIES
-    float_model: Optional[str] = None  # a saved float Keras model to start from instead of training
-    command: str = ""
-
-    def __post_init__(self):
-        positive = ("image_size", "batch_size", "calibration_images")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
-        if self.strategy not in distribute.STRATEGIES:
-            raise ValueError(f"RunOptions.strategy={self.strategy!r} is not one of {distribute.STRATEGIES}")
-        unknown = [stage for stage in self.stages if stage not in STAGES]
-        if unknown:
-            raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {', '.join(STAGES)}")
-        for name in ("head_epochs", "fine_tune_epochs", "qat_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be 0 or more")
-
-
-# Options that do not change results, so a run may resume with other values.
-_NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
-# What runs recorded before a setting existed did, where that is not the setting's default.
-_BEFORE_RECORDED = {"restore_best": False}
-QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
-QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 
 
 def _sample(records, count: int):
@@ -98,11 +45,6 @@ _FIT_VERBOSITY = 1 if sys.stdout.isatty() else 2
 
 def _log(message: str) -> None:
     print(f"[tfqat] {message}", flush=True)
-
-
-def recorded_settings(out) -> dict:
-    """The settings of the run already in the folder `out`, or {} when there is none."""
-    return _State(Path(out) / "state.json").results.get("settings", {})
 
 
 def _utc_now() -> str:
@@ -162,7 +104,7 @@ class Run:
 
     def _check_resumable(self) -> None:
         """Refuse to mix stages of runs with different settings in one output folder."""
-        settings = {k: v for k, v in asdict(self.options).items() if k not in _NOT_SETTINGS}
+        settings = {k: v for k, v in asdict(self.options).items() if k not in NOT_SETTINGS}
         for name in ("data", "weights", "float_model"):
             if settings[name] and settings[name] not in ("imagenet", "tfds"):
                 settings[name] = os.path.realpath(settings[name])
@@ -171,7 +113,7 @@ class Run:
             self.state.save("settings", settings)
             return
         # A setting added since that run was recorded counts as what that run did, so such runs still resume.
-        defaults = {**{f.name: f.default for f in fields(RunOptions)}, **_BEFORE_RECORDED}
+        defaults = {**{f.name: f.default for f in fields(RunOptions)}, **BEFORE_RECORDED}
         changed = [
             f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in settings.items() if recorded.get(k, defaults[k]) != v
         ]

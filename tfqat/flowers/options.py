@@ -1,0 +1,69 @@
+"""The options of a flowers run, apart from the pipeline so the CLI can read them without loading TensorFlow."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tfqat.distribute import STRATEGIES
+from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, STAGES
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of `run`; the defaults are the published configuration."""
+
+    out: Path = Path("runs/flowers")
+    data: Optional[str] = None  # a folder of class sub-folders; None: tensorflow-datasets tf_flowers
+    weights: Optional[str] = "imagenet"  # "imagenet", a local .h5 file, or None (random init)
+    image_size: int = 224
+    batch_size: int = 32
+    head_epochs: int = 3
+    fine_tune_epochs: int = 6
+    head_learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    qat_epochs: int = 8
+    qat_learning_rate: float = 1e-4
+    qat_distillation: bool = False  # both QAT models learn the float model's class probabilities instead of labels
+    restore_best: bool = True  # every fit ends on its epoch with the lowest validation loss, not its last
+    equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
+    calibration_images: int = 512
+    per_channel: bool = False
+    trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
+    unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
+    peers: bool = True
+    seed: int = 0
+    quick: bool = False
+    export_dir: Optional[Path] = None
+    stages: tuple = (FLOAT, *DEFAULT_METHODS)  # any of tfqat.flowers.methods.STAGES
+    strategy: str = "default"  # see tfqat.STRATEGIES
+    float_model: Optional[str] = None  # a saved float Keras model to start from instead of training
+    command: str = ""
+
+    def __post_init__(self):
+        positive = ("image_size", "batch_size", "calibration_images")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"RunOptions.strategy={self.strategy!r} is not one of {STRATEGIES}")
+        unknown = [stage for stage in self.stages if stage not in STAGES]
+        if unknown:
+            raise ValueError(f"RunOptions.stages has unknown stages {unknown}; choose from {', '.join(STAGES)}")
+        for name in ("head_epochs", "fine_tune_epochs", "qat_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be 0 or more")
+
+
+# Options that do not change results, so a run may resume with other values.
+NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
+# What runs recorded before a setting existed did, where that is not the setting's default.
+BEFORE_RECORDED = {"restore_best": False}
+QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
+QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
+
+
+def recorded_settings(out) -> dict:
+    """The settings of the run already in the folder `out`, or {} when there is none."""
+    path = Path(out) / "state.json"
+    return json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
