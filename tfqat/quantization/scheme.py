@@ -43,8 +43,8 @@ def _is_non_negative(layer) -> bool:
     return isinstance(layer, layers.ReLU) and float(layer.negative_slope) == 0.0 and float(layer.threshold) >= 0.0
 
 
-class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
-    """Which config quantizes which layer; `unsupported_reason` explains the rest."""
+class _SchemeOptions:
+    """The options the scheme and its registry share (documented on Pow2QuantizeScheme)."""
 
     def __init__(
         self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False,
@@ -54,6 +54,10 @@ class Pow2QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         self.ema_decay = ema_decay
         self.trained_thresholds = trained_thresholds
         self.unsigned_activations = unsigned_activations
+
+
+class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegistry):
+    """Which config quantizes which layer; `unsupported_reason` explains the rest."""
 
     def unsupported_reason(self, layer) -> Optional[str]:
         """None when the layer is supported, else why not (one sentence)."""
@@ -173,7 +177,7 @@ class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
         ).transform()
 
 
-class Pow2QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
+class Pow2QuantizeScheme(_SchemeOptions, tfmot.quantization.keras.QuantizeScheme):
     """Power-of-two int8 scheme, for `tfmot.quantization.keras.quantize_apply`.
 
     Args:
@@ -184,15 +188,6 @@ class Pow2QuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
       unsigned_activations: ReLU outputs are quantized to [0, 255] * 2**k (int8 zero point -128) instead of
         [-128, 127] * 2**k: twice the resolution for tensors that are never negative.
     """
-
-    def __init__(
-        self, per_channel: bool = False, ema_decay: float = 0.99, trained_thresholds: bool = False,
-        unsigned_activations: bool = False,
-    ):
-        self.per_channel = per_channel
-        self.ema_decay = ema_decay
-        self.trained_thresholds = trained_thresholds
-        self.unsigned_activations = unsigned_activations
 
     def get_layout_transformer(self):
         return Pow2LayoutTransform(self.per_channel, self.ema_decay, self.trained_thresholds)
