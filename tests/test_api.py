@@ -346,24 +346,7 @@ def test_calibrate_does_not_leave_inference_collecting(small_qat):
 # ---------------------------------------------------------------- save and load
 
 
-@pytest.mark.parametrize(
-    "suffix",
-    [
-        ".h5",
-        pytest.param(
-            ".keras",
-            marks=pytest.mark.xfail(
-                raises=ValueError,
-                strict=True,
-                reason=(
-                    "TFMOT 0.8.1's QuantizeLayer is built twice when tf_keras loads a .keras file, so it "
-                    "expects 7 variables and finds 4 (also with TFMOT's default scheme; "
-                    "tensorflow/model-optimization PR #1123). Save QAT models as .h5."
-                ),
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
 def test_save_and_load_give_identical_outputs(run, tmp_path, suffix):
     path = str(tmp_path / f"qat{suffix}")
     run.qat.save(path)

@@ -1,5 +1,6 @@
 """The public entry points: quantize a float model, calibrate it, load it back."""
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -13,13 +14,20 @@ from tfqat.transforms.batches import image_batches
 from tfqat.transforms.folding import fold_batch_norms
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
+from tfqat.quantization.saving import LOADING_OBJECTS
 from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 from tfqat.quantization.thresholds import init_thresholds
 
 
+@contextlib.contextmanager
 def quantize_scope():
-    """The one scope under which saved tfqat models load (TFMOT's wrappers; tfqat's own classes are registered)."""
-    return tfmot.quantization.keras.quantize_scope()
+    """The scope under which saved QAT models load, `.h5` and `.keras`, tfqat's scheme and TFMOT's default one.
+
+    TFMOT's own scope, with its layer classes replaced by ones that load from `.keras` files
+    (tfqat.quantization.saving); tfqat's quantizers and configs are registered with Keras.
+    """
+    with tfmot.quantization.keras.quantize_scope(), keras.utils.custom_object_scope(LOADING_OBJECTS):
+        yield
 
 
 def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:

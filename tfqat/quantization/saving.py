@@ -1,0 +1,43 @@
+"""Loading TFMOT QAT models from the `.keras` format, which TFMOT 0.8.1 cannot do by itself.
+
+tf_keras rebuilds a `.keras` model from its config and then builds each layer
+once more from the saved build config, so TFMOT's `QuantizeLayer` made its
+variables twice ("expected 7 variables, but received 4"); a `QuantizeWrapperV2`
+rebuilt around an unbuilt layer listed its weights in another order than the
+saved one; and the wrapped layer, whose kernel and bias the wrapper owns,
+expected variables the file stores under the wrapper. These subclasses keep
+the class names the files record (the `.keras` format keys variables by them),
+build once, build the wrapped layer first as `quantize_apply` does, and let the
+wrapped layer load nothing of its own. They change loading only: a model saved
+by TFMOT loads with them, and a loaded model computes and trains as saved.
+"""
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
+
+
+class QuantizeLayer(quantize_layer.QuantizeLayer):
+    def build(self, input_shape):
+        if hasattr(self, "optimizer_step"):  # built already (the config rebuilt it; build_config asks again)
+            return
+        super().build(input_shape)
+
+
+class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
+    def build(self, input_shape):
+        if hasattr(self, "optimizer_step"):
+            return
+        if not self.layer.built:  # as in quantize_apply, so the wrapper lists its weights in the saved order
+            self.layer.build(input_shape)
+        super().build(input_shape)
+        load_wrapped = self.layer.load_own_variables
+
+        def load_own_variables(store):
+            if len(store.keys()) == 0:  # the wrapper saved (and loads) the wrapped layer's variables
+                return
+            load_wrapped(store)
+
+        self.layer.load_own_variables = load_own_variables
+
+
+LOADING_OBJECTS = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+"""Custom objects that replace TFMOT's classes of the same name while a model is loaded."""
