@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-# Builders take the pipeline's Run (tfqat.flowers.pipeline), which imports this registry: named, not imported.
+# Builders take the pipeline's Run (tfqat.flowers.pipeline.Run), which imports this registry, and the Method.
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Method:
     title: str  # the report's and results' name of the network
     label: str  # short name in plots
     file: str  # the .tflite file in the run folder (and in export/ when published)
-    build: Callable[["Run", "Method"], QuantizedModel]
+    build: Callable[..., QuantizedModel]  # (run, method) -> the int8 model
     recipe: Optional[Recipe] = None  # tfqat's power-of-two methods; None for the peers
     default: bool = True  # run by `tfqat run` without --methods
     published: bool = False  # copied to --export-dir
@@ -83,7 +83,7 @@ class Method:
         return self.recipe.train if self.recipe is not None else self.name == "tfmot_qat"
 
 
-def _pow2(run: "Run", method: Method) -> QuantizedModel:
+def _pow2(run, method: Method) -> QuantizedModel:
     from tfqat.tflite import export
 
     recipe = run.recipe(method)
@@ -94,13 +94,13 @@ def _pow2(run: "Run", method: Method) -> QuantizedModel:
     return QuantizedModel(export.convert_int8(model), model)
 
 
-def _tflite_ptq(run: "Run", method: Method) -> QuantizedModel:
+def _tflite_ptq(run, method: Method) -> QuantizedModel:
     from tfqat.tflite import export
 
     return QuantizedModel(export.convert_tflite_ptq(run.float_model(), run.calibration_images))
 
 
-def _tfmot_qat(run: "Run", method: Method) -> QuantizedModel:
+def _tfmot_qat(run, method: Method) -> QuantizedModel:
     from tfqat.tflite import export
 
     model = export.tfmot_default_qat(run.float_model())

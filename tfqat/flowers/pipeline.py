@@ -11,9 +11,8 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Optional
 
 from tfqat._keras import keras
 
@@ -24,9 +23,9 @@ from tfqat.files import write_atomic
 from tfqat import __version__, distribute
 from tfqat.api import calibrate, quantize_model
 from tfqat.flowers import data, evaluate, images, models, train
-from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
+from tfqat.flowers.methods import FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
-from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions, recorded_settings
+from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.flowers.stats import paired_difference
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
