@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tfqat"
 # What each library sub-package may import from tfqat, besides itself and the top-level helpers.
 LIBRARY = {
     "quantization": set(),
-    "transforms": set(),
+    "transforms": {"quantization"},  # bias correction reads the scheme's quantizers
     "tflite": {"quantization", "transforms"},
 }
 HELPERS = {"tfqat", "tfqat._keras", "tfqat.files"}

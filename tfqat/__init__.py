@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _API = {
     "calibrate": "tfqat.api",
+    "correct_biases": "tfqat.transforms.bias_correction",
     "load_model": "tfqat.api",
     "quantize_model": "tfqat.api",
     "quantize_scope": "tfqat.api",

@@ -35,6 +35,7 @@ class Recipe:
     per_channel: bool = False  # one weight scale per output channel (still a power of two)
     trained_thresholds: bool = False  # TQT: trainable log2 thresholds for weights and activations
     unsigned_activations: bool = False  # ReLU outputs on [0, 255] * 2**k (int8 zero point -128)
+    bias_correction: bool = False  # after calibration, biases absorb the mean shift of weight rounding
     train: bool = False  # QAT (model.fit) after calibration; False: PTQ (calibration only)
     distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
     epochs: Optional[int] = None
@@ -132,6 +133,12 @@ METHODS: dict[str, Method] = {
             "int8 via PTQ after cross-layer equalization, unsigned ReLU outputs (power-of-two, per-tensor)",
             "PTQ int8, equalized, unsigned", _FILE.format("ptq_equalized_unsigned"), _pow2,
             Recipe(equalize=True, unsigned_activations=True), default=False,
+        ),
+        Method(
+            "ptq_equalized_bc",
+            "int8 via PTQ after cross-layer equalization and bias correction (power-of-two, per-tensor)",
+            "PTQ int8, equalized, bias-corrected", _FILE.format("ptq_equalized_bc"), _pow2,
+            Recipe(equalize=True, bias_correction=True), default=False,
         ),
         Method(
             "qat", "int8 via quantization-aware training (power-of-two, per-tensor)", "QAT int8",
