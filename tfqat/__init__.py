@@ -19,6 +19,7 @@ _API = {
     "calibrate": "tfqat.api",
     "correct_biases": "tfqat.transforms.bias_correction",
     "load_model": "tfqat.api",
+    "ptq": "tfqat.api",
     "quantize_model": "tfqat.api",
     "quantize_scope": "tfqat.api",
     "equalize": "tfqat.transforms.equalize",

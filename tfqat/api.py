@@ -156,3 +156,35 @@ def load_model(path, **kwargs):
         model = keras.models.load_model(path, **kwargs)
     link_accumulators(model)
     return model
+
+
+def ptq(
+    model, images, *, equalize: bool = True, bias_correction: bool = True, per_channel: bool = False,
+    unsigned_activations: bool = False, steps: Optional[int] = None,
+):
+    """Label-free power-of-two post-training quantization in one call; returns the quantized (QAT) model.
+
+    Cross-layer equalization (`tfqat.equalize`, with the images, so channels whose ReLU6 clips keep
+    their scale), then `quantize_model`, `calibrate` and bias correction (`tfqat.correct_biases`), each
+    on the same images. The result exports, verifies and fine-tunes like any model of `quantize_model`.
+
+    Args:
+      model: a trained float tf_keras model.
+      images: sample inputs (no labels needed): an array, or a re-iterable batch source such as a
+        tf.data.Dataset (it is read up to three times).
+      equalize, bias_correction: the two steps around calibration; both on by default.
+      per_channel, unsigned_activations: as in `quantize_model`.
+      steps: how many batches each step reads (default: all).
+    """
+    if iter(images) is images:
+        msg = "ptq reads the images up to three times; pass an array or a tf.data.Dataset, not a one-pass iterator"
+        raise ValueError(msg)
+    from tfqat.transforms.bias_correction import correct_biases
+    from tfqat.transforms.equalize import equalize as equalize_model
+
+    float_model = equalize_model(model, images, steps=steps) if equalize else model
+    qat = quantize_model(float_model, per_channel=per_channel, unsigned_activations=unsigned_activations)
+    calibrate(qat, images, steps)
+    if bias_correction:
+        correct_biases(qat, images, steps)
+    return qat
