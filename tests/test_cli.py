@@ -116,16 +116,16 @@ def _tfqat(*argv, timeout=300):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_help_and_argument_errors_do_not_load_tensorflow():
+def test_help_and_argument_errors_do_not_load_tensorflow(tmp_path):
     probe = "import sys, tfqat.cli; tfqat.cli.build_parser(); print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False"
     start = time.perf_counter()
     help_run = _tfqat("--help")
     assert help_run.returncode == 0 and "study" in help_run.stdout and help_run.stderr == ""
-    bad = _tfqat("study", "--methods", "nope")
+    bad = _tfqat("study", "--methods", "nope", "--out", str(tmp_path / "study"))
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
-    assert time.perf_counter() - start < 10  # two fresh interpreters, no TensorFlow: well under a second each here
+    assert time.perf_counter() - start < 30  # two fresh interpreters without TensorFlow (0.1 s each when idle)
 
 
 def test_verify_and_evaluate_print_no_tensorflow_logs(models, tmp_path):

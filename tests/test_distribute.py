@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -146,7 +147,16 @@ def test_two_workers_on_loopback_reach_the_single_process_weights(tmp_path):
                 [sys.executable, str(script), str(tmp_path / f"worker{index}.npz"), "multi_worker"],
                 env={**env, "TF_CONFIG": config}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             ))
-        outputs = [worker.communicate(timeout=300) for worker in workers]
+        # Wait for both; if one fails, the other would wait for its peer forever: stop it at once.
+        deadline = time.monotonic() + 300
+        while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            if any(w.poll() not in (None, 0) for w in workers):
+                break
+            time.sleep(0.5)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        outputs = [worker.communicate(timeout=30) for worker in workers]
     finally:
         for worker in workers:  # always cleaned up, whatever happened
             if worker.poll() is None:

@@ -242,6 +242,10 @@ def test_titles_name_the_weight_scales_of_the_run(tmp_path):
     for stage in ("tflite_ptq", "tfmot_qat"):
         assert per_channel._title(stage) == methods.METHODS[stage].title
     assert per_channel._title("float") == methods.FLOAT_TITLE
+    flagged = pipeline.Run(pipeline.RunOptions(out=tmp_path / "tqt", trained_thresholds=True, unsigned_activations=True))
+    assert flagged._title("qat").endswith("(power-of-two, per-tensor), with trained thresholds and unsigned ReLU outputs")
+    assert flagged._title("ptq").endswith("(power-of-two, per-tensor), with unsigned ReLU outputs")
+    assert flagged._title("qat_tqt_unsigned") == methods.METHODS["qat_tqt_unsigned"].title
 
 
 def test_only_predictions_of_the_same_test_split_are_paired_with_float(tmp_path):

@@ -98,7 +98,8 @@ def test_inference_quantizes_at_the_thresholds_scale(trained):
             assert exponent == np.ceil(t) - 7
 
 
-def test_init_thresholds_sets_the_plain_scales_of_weights_and_ranges(trained):
+def test_init_thresholds_sets_the_plain_scales_of_weights_and_ranges():
+    trained = _trained(per_channel=True)  # its own model: the module's fixture keeps its trained thresholds
     init_thresholds(trained)
     for quantizer, variables, weight in _quantizers(trained):
         if isinstance(quantizer, TQTWeightQuantizer):
@@ -116,6 +117,27 @@ def test_trained_model_exports_shift_only_and_agrees_with_litert(trained, tmp_pa
     agreement = keras_tflite_agreement(trained, path, images(64, 4))
     assert agreement.top1_agreement >= 0.99
     assert agreement.max_steps <= 1  # LiteRT's rounding is reproduced: at most one output step apart
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_thresholds_moved_to_other_scales_still_export_what_keras_computes(per_channel, tmp_path):
+    """Training moves thresholds across bins; the export must follow: shift each by -2..+1 bins and compare."""
+    qat = _trained(per_channel)
+    rng = np.random.default_rng(3)
+    moved = 0
+    for quantizer, variables, weight in _quantizers(qat):
+        if isinstance(quantizer, (TQTWeightQuantizer, TQTActivationQuantizer)):
+            threshold = variables["log2_threshold"]
+            before = quantizer.log2_threshold(variables).numpy()
+            bins = rng.integers(-2, 2, np.shape(before)).astype(np.float32)
+            threshold.assign(threshold + bins / quantizer.threshold_gain)
+            after = quantizer.log2_threshold(variables).numpy()
+            moved += int(np.sum(np.ceil(after) != np.ceil(before)))
+    assert moved > 5  # many scales are no longer the calibrated ones
+    path = tfqat.export_tflite(qat, tmp_path / "moved.tflite")
+    assert tfqat.verify_tflite(path).passed
+    agreement = keras_tflite_agreement(qat, path, images(64, 4))
+    assert agreement.top1_agreement >= 0.99 and agreement.max_steps <= 1
 
 
 def test_quantizers_round_trip_through_their_config():

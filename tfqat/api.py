@@ -97,7 +97,8 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
 
     Ranges become the min/max over the batches seen (power-of-two scales follow),
     which makes the model a post-training-quantized one in the same scheme.
-    Trained thresholds (`trained_thresholds=True`) start from these ranges' scales.
+    Trained thresholds (`trained_thresholds=True`) start from these ranges' scales: calling this after
+    training resets the activations' trained thresholds.
 
     Args:
       qat_model: a model returned by `quantize_model`.

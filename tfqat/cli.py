@@ -346,30 +346,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_UNUSABLE
-    from tfqat.quiet import native_logs, silence_python_logs
+    from tfqat.quiet import quiet
 
     verbose = getattr(args, "verbose", False)
-    if not verbose:  # a tool's output is its own: TensorFlow's logs go to error.log if the command fails
-        silence_python_logs()
-    with contextlib.nullcontext(None) if verbose else native_logs() as native:
+    # A tool's output is its own: TensorFlow's logs go to a file, kept in error.log if the command fails.
+    with contextlib.nullcontext(None) if verbose else quiet() as log:
         try:
-            return args.handler(args)
+            code = args.handler(args)
         except KeyboardInterrupt:
             print(f"tfqat {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
-            return 130
+            code = 130
         except Exception as error:
             if not isinstance(error, _user_errors()):
+                if log is not None:  # a bug of ours: keep TensorFlow's side of it too
+                    print(f"tfqat {args.command}: TensorFlow's own log of this command: {log}", file=sys.stderr)
                 raise
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            print(f"tfqat {args.command}: error: {first_line}{_log_details(args, error, native)}", file=sys.stderr)
-            return EXIT_UNUSABLE
+            print(f"tfqat {args.command}: error: {first_line}{_log_details(args, error, log)}", file=sys.stderr)
+            code = EXIT_UNUSABLE
+    if log is not None:
+        log.unlink(missing_ok=True)
+    return code
 
 
 def _log_details(args: argparse.Namespace, error: BaseException, native: Path | None = None) -> str:
     """Keep the full traceback of a failed run (and TensorFlow's own log) in its output folder; the terminal
     gets one line."""
     out = getattr(args, "out", None)
-    if out is None or not Path(out).is_dir():
+    if out is None or not (Path(out) / "state.json").is_file():  # only a run's own folder, never any folder
         return ""
     import traceback
 

@@ -34,6 +34,15 @@ from tfqat.transforms.equalize import equalize
 from tfqat.transforms.folding import fold_batch_norms
 
 
+# What a run flag adds to a method's title when the method does not have it by itself.
+_FLAG_TITLES = (
+    ("trained_thresholds", "trained thresholds"),
+    ("unsigned_activations", "unsigned ReLU outputs"),
+    ("equalize", "cross-layer equalization"),
+    ("distillation", "distillation"),
+)
+
+
 def _sample(records, count: int):
     """`count` records in content-hash order: classes mixed, and the same images on every run."""
     return tuple(sorted(records, key=lambda record: record.sha256)[:count])
@@ -222,9 +231,13 @@ class Run:
         if stage == FLOAT:
             return FLOAT_TITLE
         method = find_method(stage)
-        if method.recipe is not None and self.recipe(method).per_channel:
-            return method.title.replace("per-tensor", "per-channel")
-        return method.title
+        if method.recipe is None:
+            return method.title
+        recipe, title = self.recipe(method), method.title
+        if recipe.per_channel:
+            title = title.replace("per-tensor", "per-channel")
+        added = [text for flag, text in _FLAG_TITLES if getattr(recipe, flag) and not getattr(method.recipe, flag)]
+        return f"{title}, with {' and '.join(added)}" if added else title
 
     def _test_metrics(self, outputs) -> dict:
         """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
