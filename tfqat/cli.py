@@ -220,6 +220,10 @@ def _add_study(subparsers) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px: a smoke test, not a measurement")
     parser.add_argument("--publish-dir", default=None, help="also write accuracy.md and accuracy.json here")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="write the tables from the runs that have finished; train and quantize nothing",
+    )
     parser.set_defaults(handler=_study)
 
 
@@ -237,7 +241,7 @@ def _study(args: argparse.Namespace) -> int:
     options = StudyOptions(
         out=Path(args.out), data=args.data, weights=None if args.weights == "none" else args.weights,
         seeds=_seeds(args.seeds), methods=parse_methods(args.methods), quick=args.quick,
-        publish_dir=Path(args.publish_dir) if args.publish_dir else None,
+        publish_dir=Path(args.publish_dir) if args.publish_dir else None, report_only=args.report_only,
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
     )
     study = run_study(options)

@@ -33,6 +33,7 @@ class StudyOptions:
     methods: tuple = ("ptq_equalized", "qat")
     quick: bool = False
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
+    report_only: bool = False  # write the tables from what has finished; train and quantize nothing
     command: str = ""
 
     def __post_init__(self):
@@ -60,7 +61,10 @@ def run_study(options: StudyOptions) -> dict:
                 quick=options.quick, stages=(FLOAT, *options.methods), command=options.command,
             )
         )
-        run.run_stages()
+        if options.report_only:
+            run.load_data()  # the test split's labels, to pair each method with float
+        else:
+            run.run_stages()
         results[seed] = run.results()
     study = summarize(options, results)
     write_study(study, Path(options.out))
