@@ -9,19 +9,8 @@ import time
 
 import pytest
 
-# Logical devices must be set up before TensorFlow touches the CPU, so the
-# comparison runs in a fresh interpreter.
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from tfqat._keras import keras
-    import numpy as np
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import tfqat
-
+# The model and data both scripts train on (indented as their bodies).
+MODEL_AND_DATA = """
     def float_model():
         keras.utils.set_random_seed(0)
         inputs = keras.Input((16, 16, 3))
@@ -37,6 +26,22 @@ SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
     labels = rng.integers(0, 3, 32)
+"""
+
+# Logical devices must be set up before TensorFlow touches the CPU, so the
+# comparison runs in a fresh interpreter.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from tfqat._keras import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tfqat
+
+    {model_and_data}
 
     def train(strategy):
         with strategy.scope():
@@ -55,7 +60,7 @@ SCRIPT = textwrap.dedent(
     print(json.dumps({"replicas": mirrored_strategy.num_replicas_in_sync, "max_diff": max(diffs),
                       "weights": len(diffs), "ranges": len(ranges)}))
     """
-)
+).replace("{model_and_data}\n", textwrap.dedent(MODEL_AND_DATA))
 
 
 def test_mirrored_qat_matches_single_device(tmp_path):
@@ -88,21 +93,7 @@ WORKER = textwrap.dedent(
     import tensorflow as tf
     import tfqat
 
-    def float_model():
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((16, 16, 3))
-        x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU(6.0)(x)
-        x = keras.layers.DepthwiseConv2D(3, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU(6.0)(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        return keras.Model(inputs, keras.layers.Dense(3)(x))
-
-    rng = np.random.default_rng(0)
-    images = rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
-    labels = rng.integers(0, 3, 32)
+    {model_and_data}
     strategy = tfqat.distribute.make_strategy(sys.argv[2])
     with strategy.scope():
         qat = tfqat.quantize_model(float_model(), strategy=strategy)
@@ -115,7 +106,7 @@ WORKER = textwrap.dedent(
     np.savez(sys.argv[1], *qat.get_weights())
     print(json.dumps({"replicas": strategy.num_replicas_in_sync}))
     """
-)
+).replace("{model_and_data}\n", textwrap.dedent(MODEL_AND_DATA))
 
 
 def _free_ports(count):
