@@ -79,10 +79,6 @@ class Method:
     peer: bool = False  # another tool's method, for comparison
     reference: Optional[float] = None  # the reference table's accuracy for this network
 
-    @property
-    def trains(self) -> bool:
-        return self.recipe.train if self.recipe is not None else self.name == "tfmot_qat"
-
 
 def _pow2(run, method: Method) -> QuantizedModel:
     from tfqat.tflite import export
