@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.transforms.bias_correction import _kernel_layers, correct_biases, layer_response
+from tfqat.transforms.bias_correction import kernel_layers, correct_biases, layer_response
 
 from test_thresholds import block_model, images
 
@@ -28,7 +28,7 @@ def test_a_planted_rounding_shift_is_removed_exactly():
     rng = np.random.default_rng(0)
     x = (rng.integers(0, 127, (16, 4, 4, 2)) / 128).astype(np.float32)  # non-negative, as after a ReLU
     tfqat.calibrate(qat, x)
-    (wrapper, kernel_var, quantizer, variables, bias_var), = _kernel_layers(qat)
+    (wrapper, kernel_var, quantizer, variables, bias_var), = kernel_layers(qat)
     quantized = quantizer(kernel_var, False, variables).numpy().reshape(2, 3)
     expected = (quantized - kernel).T @ x.reshape(-1, 2).mean(axis=0)  # 1x1 conv: shift = dW^T E[x]
     before = bias_var.numpy().copy()

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
+    "adaround": "tfqat.transforms.adaround",
     "calibrate": "tfqat.api",
     "correct_biases": "tfqat.transforms.bias_correction",
     "load_model": "tfqat.api",

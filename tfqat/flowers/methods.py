@@ -36,6 +36,7 @@ class Recipe:
     trained_thresholds: bool = False  # TQT: trainable log2 thresholds for weights and activations
     unsigned_activations: bool = False  # ReLU outputs on [0, 255] * 2**k (int8 zero point -128)
     bias_correction: bool = False  # after calibration, biases absorb the mean shift of weight rounding
+    adaround: bool = False  # after calibration, kernels rounded layer by layer to fit the float outputs (AdaRound)
     train: bool = False  # QAT (model.fit) after calibration; False: PTQ (calibration only)
     distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
     epochs: Optional[int] = None
@@ -46,8 +47,14 @@ class Recipe:
             raise ValueError(f"Recipe.epochs={self.epochs!r} must be 0 or more")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"Recipe.learning_rate={self.learning_rate!r} must be positive")
+        if self.adaround and (self.train or self.trained_thresholds):
+            raise ValueError("Recipe: adaround is a PTQ step (train=False, no trained thresholds)")
         if not self.train and (self.distillation or self.epochs is not None or self.learning_rate is not None):
             raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
+
+    def calibration(self) -> "Recipe":
+        """The fields that make the calibrated start (training's own fields reset): equal ones share it."""
+        return replace(self, train=False, distillation=False, epochs=None, learning_rate=None)
 
     def with_run_flags(
         self, *, per_channel: bool, equalize: bool, distillation: bool, trained_thresholds: bool = False,
@@ -135,6 +142,12 @@ METHODS: dict[str, Method] = {
             "int8 via PTQ after cross-layer equalization and bias correction (power-of-two, per-tensor)",
             "PTQ int8, equalized, bias-corrected", _FILE.format("ptq_equalized_bc"), _pow2,
             Recipe(equalize=True, bias_correction=True), default=False,
+        ),
+        Method(
+            "ptq_tuned",
+            "int8 via PTQ after cross-layer equalization, AdaRound and bias correction (power-of-two, per-tensor)",
+            "PTQ int8, equalized, AdaRound", _FILE.format("ptq_tuned"), _pow2,
+            Recipe(equalize=True, bias_correction=True, adaround=True), published=True,
         ),
         Method(
             "qat", "int8 via quantization-aware training (power-of-two, per-tensor)", "QAT int8",

@@ -29,6 +29,7 @@ from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IM
 from tfqat.flowers.stats import paired_difference
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
+from tfqat.transforms.adaround import adaround
 from tfqat.transforms.bias_correction import correct_biases
 from tfqat.transforms.equalize import equalize
 from tfqat.transforms.folding import fold_batch_norms
@@ -201,13 +202,12 @@ class Run:
             float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
             unsigned_activations=recipe.unsigned_activations,
         )
-        key = (
-            recipe.equalize, recipe.per_channel, recipe.trained_thresholds, recipe.unsigned_activations,
-            recipe.bias_correction,
-        )
+        key = recipe.calibration()
         if key not in self._calibrated:
             calibrate(qat, self._calibration_batches())
-            if recipe.bias_correction:
+            if recipe.adaround:
+                adaround(qat, float_model, self.calibration_images, bias_correction=recipe.bias_correction)
+            elif recipe.bias_correction:
                 correct_biases(qat, self._calibration_batches())
             self._calibrated[key] = qat.get_weights()
         else:

@@ -23,7 +23,7 @@ from tfqat.transforms.batches import image_batches
 _KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
-def _kernel_layers(qat_model) -> list:
+def kernel_layers(qat_model) -> list:
     """(wrapper, kernel variable, kernel quantizer, its variables, bias variable) of every quantized conv/dense."""
     found = []
     for layer in qat_model.layers:
@@ -61,7 +61,7 @@ def correct_biases(qat_model, images, steps: Optional[int] = None) -> dict:
     Returns:
       Layer name -> the per-channel shift that was removed (numpy).
     """
-    layers = _kernel_layers(qat_model)
+    layers = kernel_layers(qat_model)
     if not layers:
         msg = f"model '{qat_model.name}' has no quantized conv/dense layer with a bias; pass a model from quantize_model"
         raise ValueError(msg)

@@ -61,7 +61,7 @@ def consumers(model) -> dict:
     return used_by
 
 
-def _node_arguments(node, tensors: dict):
+def node_arguments(node, tensors: dict):
     flat = copy.copy(node._flat_arguments)
     for tensor_id, index in node._keras_inputs_ids_and_indices:
         flat[index] = tensors[tensor_id]
@@ -83,7 +83,7 @@ def replay(model, inputs, hook: Optional[LayerHook] = None):
         for node in model._nodes_by_depth[depth]:
             if node.is_input:
                 continue
-            args, kwargs = _node_arguments(node, tensors)
+            args, kwargs = node_arguments(node, tensors)
             layer = node.layer
             if _is_nested_model(layer):
                 # The nested model's call kwargs (e.g. training=False) are dropped:
