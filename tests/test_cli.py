@@ -160,3 +160,26 @@ def test_export_explains_weights_only_and_tflite_files(tmp_path, capsys):
     assert main(["export", str(tmp_path / "bad.h5"), str(tmp_path / "out.tflite")]) == 2
     assert "is not a readable HDF5 file" in capsys.readouterr().err
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_quantize_makes_a_verified_int8_model_from_a_float_model_and_unlabelled_images(tmp_path, capsys):
+    from tfqat import keras
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
+    model = keras.Model(base.input, keras.layers.Dense(3)(base.output))
+    model.save(tmp_path / "float.keras")
+    rng = np.random.default_rng(0)
+    for index in range(40):  # nested folders, no labels needed
+        folder = tmp_path / "photos" / f"day{index % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(folder / f"{index}.jpg")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    argv = ["quantize", str(tmp_path / "float.keras"), str(tmp_path / "int8.tflite"), "--images", str(tmp_path / "photos"),
+            "--count", "24", "--save-model", str(tmp_path / "int8.keras")]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "24 images" in out.out and "PASSED" in out.out and "adaround 53/53" in out.err
+    assert (tmp_path / "int8.tflite").stat().st_size > 0 and (tmp_path / "int8.keras").exists()
+    assert main(["quantize", str(tmp_path / "float.keras"), str(tmp_path / "x.tflite"), "--images", str(tmp_path / "none")]) == 2
+    assert "does not exist or is not a folder" in capsys.readouterr().err

@@ -300,16 +300,67 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _add_quantize(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "quantize",
+        help="label-free power-of-two PTQ of your own float Keras model: equalize, calibrate, AdaRound, export",
+        description="Quantize a saved float Keras model to a fully int8 .tflite with power-of-two scales from "
+        "unlabelled images (tfqat.ptq): cross-layer equalization, calibration, AdaRound with bias correction; "
+        "then export and verify. Images are read from any folder under the image contract (x / 127.5 - 1).",
+    )
+    parser.add_argument("model", help="the saved float Keras model (.keras or .h5)")
+    parser.add_argument("output", help="the .tflite file to write")
+    parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
+    parser.add_argument("--count", type=int, default=512, help="how many images to use (default 512)")
+    parser.add_argument("--no-equalize", action="store_true", help="skip cross-layer equalization")
+    parser.add_argument("--no-bias-correction", action="store_true", help="skip bias correction")
+    parser.add_argument("--no-adaround", action="store_true", help="round to nearest instead of AdaRound")
+    parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
+    parser.add_argument("--unsigned-activations", action="store_true", help="ReLU outputs on [0, 255] * 2^k")
+    parser.add_argument("--save-model", default=None, help="also save the quantized Keras model here (.keras or .h5)")
+    parser.add_argument("--labels", default=None, help="labels file to store with the .tflite")
+    parser.set_defaults(handler=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from tfqat._keras import keras
+    from tfqat.api import _check_saved_model_file, ptq
+    from tfqat.flowers.data import read_labels
+    from tfqat.flowers.images import folder_images
+    from tfqat.tflite.export import export_tflite
+    from tfqat.tflite.verify import verify_tflite
+
+    _check_saved_model_file(args.model)
+    labels = read_labels(args.labels) if args.labels else None
+    model = keras.models.load_model(args.model, compile=False)
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
+        raise ValueError(f"{args.model} takes inputs of shape {shape}; tfqat quantize needs square images [N, S, S, 3]")
+    images = folder_images(args.images, args.count, shape[1])
+    print(f"[tfqat] {len(images)} images from {args.images} at {shape[1]} px", flush=True)
+    qat = ptq(
+        model, images, equalize=not args.no_equalize, bias_correction=not args.no_bias_correction,
+        adaround=not args.no_adaround, per_channel=args.per_channel, unsigned_activations=args.unsigned_activations,
+    )
+    if args.save_model:
+        qat.save(args.save_model)
+    report = verify_tflite(export_tflite(qat, args.output, labels=labels))
+    print(report.summary())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
     _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
     _add_stage(
-        "ptq", ("ptq", "ptq_equalized"),
-        "Power-of-two int8 post-training quantization, of the float model and of its cross-layer-equalized copy: "
-        "fold, (equalize,) calibrate, export, verify, evaluate.",
+        "ptq", ("ptq", "ptq_equalized", "ptq_tuned"),
+        "Power-of-two int8 post-training quantization of the flowers float model: plain, after cross-layer "
+        "equalization, and after equalization with AdaRound and bias correction (label-free): fold, (equalize,) "
+        "calibrate, (round,) export, verify, evaluate. For your own model use `tfqat quantize`.",
     ),
     _add_stage("qat", ("qat",), "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
     _add_study,
+    _add_quantize,
     _add_export,
     _add_verify,
     _add_evaluate,

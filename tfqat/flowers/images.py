@@ -74,3 +74,34 @@ def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     image = tf.image.stateless_random_brightness(image, 0.1, seeds[3])
     image = tf.image.stateless_random_contrast(image, 0.9, 1.1, seeds[4])
     return tf.clip_by_value(image, -1.0, 1.0)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def folder_images(folder, count: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Up to `count` images found anywhere under `folder` (no labels needed), under the image contract.
+
+    Files are taken in sorted order at even spacing, so the sample spans every sub-folder and is the same
+    on every run; files that do not decode are skipped.
+    """
+    from pathlib import Path
+
+    if count < 1:
+        raise ValueError(f"count={count!r} must be a positive number of images")
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    picked = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).astype(int))]
+    decoded = []
+    for path in picked:
+        try:
+            decoded.append(preprocess(decode_image(path.read_bytes()), image_size).numpy())
+        except (OSError, ValueError):
+            continue
+    if not decoded:
+        raise ValueError(f"none of the {len(picked)} images picked under {root} could be decoded")
+    return np.stack(decoded)
