@@ -42,14 +42,23 @@ def log2_threshold_from_exponent(exponent, unsigned: bool = False):
     return tf.convert_to_tensor(exponent, tf.float32) + _steps_exponent(unsigned) - 0.5
 
 
-def _fake_quant(values, scale, qmin: int, qmax: int, per_channel: bool):
-    """FakeQuant at a power-of-two scale (per tensor, or per channel along the last axis), as the exporter reads it."""
+def _fake_quant(values, scale, qmin: int, qmax: int, per_channel: bool, gradient=None):
+    """FakeQuant at a power-of-two scale (per tensor, or per channel along the last axis), as the exporter reads it.
+
+    With `gradient` (the upstream gradient), FakeQuant's own fused gradient instead: `gradient` where the
+    values fall inside the range, 0 where they clip.
+    """
     narrow = qmin == -qmax
-    if per_channel:
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            values, qmin * scale, qmax * scale, num_bits=8, narrow_range=narrow
+    low, high = qmin * scale, qmax * scale
+    if gradient is not None:
+        fused = (
+            tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient if per_channel
+            else tf.quantization.fake_quant_with_min_max_vars_gradient
         )
-    return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=narrow)
+        return fused(gradient, values, low, high, num_bits=8, narrow_range=narrow)[0]
+    if per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(values, low, high, num_bits=8, narrow_range=narrow)
+    return tf.quantization.fake_quant_with_min_max_vars(values, low, high, num_bits=8, narrow_range=narrow)
 
 
 def tqt_fake_quant(values, log2_threshold, qmin: int, qmax: int):
@@ -74,12 +83,13 @@ def tqt_fake_quant(values, log2_threshold, qmin: int, qmax: int):
         y = _fake_quant(x, scale, qmin, qmax, per_channel)
 
         def grad(dy):
-            steps = x / scale
-            inside = (steps >= qmin) & (steps <= qmax)
-            # y / scale are the integer steps, exact for a power-of-two scale; clipped ones are qmin or qmax.
-            local = scale * math.log(2.0) * (y / scale - tf.where(inside, steps, 0.0))
+            # Inside the range dx = dy and the threshold's local gradient is ln2 (y - x) (the rounding error;
+            # y / scale are exact integer steps); where values clip dx = 0 and it is ln2 y (y = qmin or qmax
+            # steps). Both are ln2 (dy y - dx x), with dx from FakeQuant's fused gradient: three elementwise
+            # passes instead of a dozen, and no cancellation (the difference is taken per element).
+            dx = _fake_quant(x, scale, qmin, qmax, per_channel, gradient=dy)
             axes = list(range(x.shape.rank - 1)) if per_channel else None
-            return dy * tf.cast(inside, dy.dtype), tf.reduce_sum(dy * local, axis=axes)
+            return dx, math.log(2.0) * tf.reduce_sum(dy * y - dx * x, axis=axes)
 
         return y, grad
 
