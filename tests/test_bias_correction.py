@@ -66,16 +66,23 @@ def test_bad_input_is_a_clear_error():
         correct_biases(qat, np.zeros((0, 16, 16, 3), np.float32))
 
 
-def test_ptq_is_equalize_quantize_calibrate_and_correct_in_one_call():
+def test_ptq_is_equalize_quantize_calibrate_and_round_in_one_call():
     float_model = block_model()
     x = images(32, 1)
-    one_call = tfqat.ptq(float_model, x)
-    by_hand = tfqat.quantize_model(tfqat.equalize(float_model, x))
+    one_call = tfqat.ptq(float_model, x, verbose=False)
+    equalized = tfqat.equalize(float_model, x)
+    by_hand = tfqat.quantize_model(equalized)
     tfqat.calibrate(by_hand, x)
-    correct_biases(by_hand, x)
+    tfqat.adaround(by_hand, equalized, x, verbose=False)
     for a, b in zip(one_call.get_weights(), by_hand.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    plain = tfqat.ptq(float_model, x, equalize=False, bias_correction=False)
+    corrected = tfqat.ptq(float_model, x, adaround=False)
+    by_hand = tfqat.quantize_model(equalized)
+    tfqat.calibrate(by_hand, x)
+    correct_biases(by_hand, x)
+    for a, b in zip(corrected.get_weights(), by_hand.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain = tfqat.ptq(float_model, x, equalize=False, bias_correction=False, adaround=False)
     reference = tfqat.quantize_model(float_model)
     tfqat.calibrate(reference, x)
     for a, b in zip(plain.get_weights(), reference.get_weights(), strict=True):
