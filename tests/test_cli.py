@@ -183,3 +183,26 @@ def test_quantize_makes_a_verified_int8_model_from_a_float_model_and_unlabelled_
     assert (tmp_path / "int8.tflite").stat().st_size > 0 and (tmp_path / "int8.keras").exists()
     assert main(["quantize", str(tmp_path / "float.keras"), str(tmp_path / "x.tflite"), "--images", str(tmp_path / "none")]) == 2
     assert "does not exist or is not a folder" in capsys.readouterr().err
+
+
+def test_debug_prints_the_worst_tensors_and_writes_tables_and_plot(tmp_path, capsys):
+    import tfqat
+    from tfqat import keras
+
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
+    model = keras.Model(base.input, keras.layers.Dense(3)(base.output))
+    model.save(tmp_path / "float.keras")
+    rng = np.random.default_rng(1)
+    (tmp_path / "photos").mkdir()
+    for index in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"{index}.png")
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32))
+    tfqat.export_tflite(qat, tmp_path / "int8.tflite")
+    argv = ["debug", str(tmp_path / "float.keras"), str(tmp_path / "int8.tflite"), "--images", str(tmp_path / "photos"),
+            "--out", str(tmp_path / "debug")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "worst kernels" in out and "worst activations" in out and "DEPTHWISE_CONV_2D" in out
+    assert {p.name for p in (tmp_path / "debug").iterdir()} == {"debug.md", "debug.csv", "debug.png"}

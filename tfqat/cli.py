@@ -349,6 +349,50 @@ def _quantize(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _add_debug(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "debug",
+        help="per-tensor quantization error of an int8 .tflite against the float model it was made from",
+        description="Run the int8 .tflite with LiteRT (every intermediate tensor kept) and the BN-folded float "
+        "Keras model on sample images; per int8 tensor in graph order report its scale 2^k, the fraction of values "
+        "that clip and that round to zero, and the SQNR against the float tensor. Prints the worst kernels and "
+        "activations; --out also writes debug.md, debug.csv and debug.png. For a model made after cross-layer "
+        "equalization, pass the equalized float model (the flowers run does this for its own PTQ models).",
+    )
+    parser.add_argument("float_model", help="the float Keras model (.keras or .h5) the int8 model was made from")
+    parser.add_argument("int8_model", help="the fully int8 .tflite")
+    parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
+    parser.add_argument("--count", type=int, default=64, help="how many images to run (default 64)")
+    parser.add_argument("--out", default=None, help="folder for debug.md, debug.csv and debug.png")
+    parser.set_defaults(handler=_debug)
+
+
+def _debug(args: argparse.Namespace) -> int:
+    from tfqat._keras import keras
+    from tfqat.api import _check_saved_model_file
+    from tfqat.files import write_atomic
+    from tfqat.flowers.images import folder_images
+    from tfqat.tflite.debug import debug_models
+
+    _check_saved_model_file(args.float_model)
+    model = keras.models.load_model(args.float_model, compile=False)
+    images = folder_images(args.images, args.count, model.input_shape[1])
+    report = debug_models(model, args.int8_model, images, max_images=args.count)
+    for title, rows in (("kernels", report.worst_weights(5)), ("activations", report.worst(5))):
+        print(f"worst {title} (SQNR, dB):")
+        for row in rows:
+            print(f"  {row['sqnr_db']:6.1f}  {row['layer']} ({row['op']}), clipped {100 * row['clipped']:.2f} %, "
+                  f"zeroed {100 * row['zeroed']:.1f} %")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "debug.md", report.to_markdown())
+        report.to_csv(out / "debug.csv")
+        report.plot(out / "debug.png")
+        print(f"tables and plot: {out / 'debug.md'}, {out / 'debug.csv'}, {out / 'debug.png'}")
+    return EXIT_OK
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
     _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
@@ -361,6 +405,7 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_stage("qat", ("qat",), "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
     _add_study,
     _add_quantize,
+    _add_debug,
     _add_export,
     _add_verify,
     _add_evaluate,

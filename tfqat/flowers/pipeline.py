@@ -44,6 +44,9 @@ _FLAG_TITLES = (
 )
 
 
+DEBUG_IMAGES = 64  # images the per-tensor debugger runs on for each PTQ model
+
+
 def _sample(records, count: int):
     """`count` records in content-hash order: classes mixed, and the same images on every run."""
     return tuple(sorted(records, key=lambda record: record.sha256)[:count])
@@ -357,6 +360,7 @@ class Run:
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)
+        model.save(str(self.out / "float.keras"))  # the whole model, for `tfqat debug` and `tfqat quantize`
         self._float_model = model
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
@@ -374,7 +378,30 @@ class Run:
         """Build one registered method's int8 model from the float model, then verify and evaluate it."""
         method = find_method(name)
         built = method.build(self, method)
-        return self._finish_int8(method, built.tflite, built.keras_model)
+        result = self._finish_int8(method, built.tflite, built.keras_model)
+        if method.recipe is not None and not method.recipe.train:
+            result["debug"] = self._debug(method)
+        return result
+
+    def _debug(self, method: Method) -> dict:
+        """The per-tensor debugger (`tfqat debug`) of a PTQ model against the float model it was made from, on
+        calibration images (training split): tables and plot in the run folder, the worst tensors in the results."""
+        from tfqat.tflite.debug import debug_models
+
+        start = time.time()
+        reference = self._equalized_float_model if self.recipe(method).equalize else self.float_model()
+        report = debug_models(reference, self.out / method.file, self.calibration_images, max_images=DEBUG_IMAGES)
+        stem = self.out / f"debug_{method.name}"
+        write_atomic(stem.with_suffix(".md"), report.to_markdown())
+        report.to_csv(stem.with_suffix(".csv"))
+        report.plot(stem.with_suffix(".png"))
+        keep = ("layer", "op", "scale_exp", "scale_exp_max", "clipped", "zeroed", "sqnr_db")
+        return {
+            "images": report.images, "seconds": time.time() - start, "plot": stem.with_suffix(".png").name,
+            "table": stem.with_suffix(".md").name,
+            "worst_activations": [{k: row[k] for k in keep} for row in report.worst(5)],
+            "worst_weights": [{k: row[k] for k in keep} for row in report.worst_weights(5)],
+        }
 
     # ------------------------------------------------------------------- run
     def stages(self):
@@ -457,6 +484,8 @@ class Run:
         export_dir.mkdir(parents=True, exist_ok=True)
         published = [FLOAT_FILE] + [m.file for m in METHODS.values() if m.published]
         files = [self.out / name for name in published if (self.out / name).is_file()]
+        files += [self.out / f"debug_{m.name}.{kind}" for m in METHODS.values() if m.published for kind in ("md", "png")]
+        files = [path for path in files if path.is_file()]
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:
             write_atomic(export_dir / path.name, path.read_bytes())

@@ -85,6 +85,7 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
         _verify_section(results),
         _training_section(results),
         _weight_section(results.get("weight_ranges")),
+        _debug_section(results),
         _times_section(results.get("stage_seconds")),
         _plots_section(plots),
     ]
@@ -332,6 +333,32 @@ def _weight_section(weight_ranges: Mapping[str, Any] | None) -> str:
             f"- {kind} ({len(of_kind)} layers): median spread {format_ratio(spread)}, median channel uses "
             f"{levels:.1f} of 127 levels (median over layers); {zeroed} of {live} live channels round to zero."
         )
+    return "\n".join(lines)
+
+
+def _debug_section(results: Mapping[str, Any]) -> str:
+    debugged = {key: m["debug"] for key, m in ordered_models(results).items() if m.get("debug")}
+    if not debugged:
+        return ""
+    lines = [
+        "## Where the PTQ models lose precision (tfqat debug)",
+        "",
+        "Each int8 tensor of the LiteRT model against the float model's tensor it holds (the model it was made "
+        "from: equalized for the equalized methods), on calibration images: SQNR in dB (higher is better), the "
+        "fraction of values that clip and of nonzero values held as zero. A kernel's SQNR is its rounding alone; "
+        "an activation's includes the error carried from every layer before it.",
+    ]
+    for key, debug in debugged.items():
+        lines += ["", f"### {NETWORKS.get(key, key)} ({debug['images']} images; all tensors: [{debug['table']}]({debug['table']}), "
+                  f"plot: [{debug['plot']}]({debug['plot']}))", "",
+                  "| Worst kernels | op | SQNR (dB) | zeroed | Worst activations | op | SQNR (dB) | clipped |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for weight, activation in zip(debug["worst_weights"], debug["worst_activations"]):
+            lines.append(
+                f"| {_cell(weight['layer'])} | {weight['op']} | {weight['sqnr_db']:.1f} | {100 * weight['zeroed']:.1f} % | "
+                f"{_cell(activation['layer'])} | {activation['op']} | {activation['sqnr_db']:.1f} | "
+                f"{100 * activation['clipped']:.2f} % |"
+            )
     return "\n".join(lines)
 
 

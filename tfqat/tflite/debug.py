@@ -1,0 +1,540 @@
+"""Per-layer quantization debugger: where an int8 model departs from the float model it came from.
+
+Runs the fully int8 TFLite model with every intermediate tensor kept, and the
+BN-folded float Keras model, on the same images; pairs each int8 tensor with
+the Keras layer whose output it holds; and measures per tensor how much of the
+float signal survives (SQNR), how much clips and how much rounds to zero. An
+activation's SQNR includes the error carried in from every layer before it, so
+the layer where it drops is the one to look at; a weight's SQNR is its
+rounding alone.
+
+Pairing reads the converter's tensor names: an op's output is named after the
+TF ops fused into it, joined by ';', the first being the op whose result the
+tensor holds, and TFMOT's wrappers prefix layer scopes with 'quant_'. So
+'model/quant_block_1_expand_relu/Relu6;model/quant_block_1_expand/Conv2D' is
+the conv with its ReLU6 fused: the output of layer 'block_1_expand_relu'.
+
+The float reference is the model before quantization: after QAT fine-tuning the
+int8 model's weights have moved, and that drift counts as error here too.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tfqat._keras import keras
+from tfqat.quantization.pow2 import is_power_of_two
+from tfqat.tflite.litert import (
+    TFLiteModelError, TensorSpec, _checked_images, describe, quantize, read_model_bytes,
+)
+
+# Integer ranges: activations use all of int8 (the zero point says where 0 is);
+# TFLite's int8 weights are symmetric, [-127, 127] with zero point 0.
+ACTIVATION_RANGE = (-128, 127)
+WEIGHT_RANGE = (-127, 127)
+# Operand position of the weights of the ops that have them, and the float
+# kernel's layout in TFLite's: conv (out, h, w, in), depthwise (1, h, w, in * m), dense (out, in).
+_WEIGHT_POSITION = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
+_TFLITE_LAYOUT = {
+    "CONV_2D": lambda k: k.transpose(3, 0, 1, 2),
+    "DEPTHWISE_CONV_2D": lambda k: k.reshape(1, *k.shape[:2], -1),
+    "FULLY_CONNECTED": lambda k: k.T,
+}
+COLUMNS = (
+    "kind", "op_index", "op", "layer", "tensor", "scale_exp", "scale_exp_max", "channels",
+    "power_of_two", "zero_point", "clipped", "zeroed", "sqnr_db",
+)
+
+
+# Math: arrays in, numbers out.
+
+
+def sqnr_from_energies(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) in dB; inf without noise (identical tensors, even all-zero ones)."""
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def sqnr_db(reference, approximation) -> float:
+    """SQNR of `approximation` against `reference`: 10 log10(sum(f^2) / sum((f - a)^2)) in dB.
+
+    Identical arrays give float('inf'); an all-zero reference with any error gives -inf.
+    """
+    return sqnr_from_energies(*_energies(np.asarray(reference), np.asarray(approximation)))
+
+
+def clipped_fraction(values, scale, zero_point: int = 0, qrange: tuple[int, int] = ACTIVATION_RANGE) -> float:
+    """Fraction of float values that saturate: round(value / scale) + zero_point falls outside [qmin, qmax].
+
+    That is, values beyond the grid's span [(qmin - zero_point) * scale, (qmax -
+    zero_point) * scale] by half a step or more (ties round away from zero, as in
+    LiteRT); a value within half a step of the span's end only rounds. Half a step
+    of slack also keeps float32 scales, whose qmax * scale can sit a hair below a
+    weight tensor's largest value, from counting that value as clipped.
+    """
+    values = np.asarray(values)
+    return _fraction(_clipped_count(values, scale, zero_point, qrange), values.size)
+
+
+def zeroed_fraction(reference, quantized, zero_point: int = 0) -> float:
+    """Fraction of the nonzero float values whose integer is the zero point: they rounded to 0."""
+    return _fraction(*_zeroed_counts(np.asarray(reference), np.asarray(quantized), zero_point))
+
+
+def _energies(reference: np.ndarray, approximation: np.ndarray) -> tuple[float, float]:
+    # float64: float32 sums over millions of values lose the digits that matter at 40+ dB.
+    reference = reference.astype(np.float64, copy=False).ravel()
+    error = reference - approximation.astype(np.float64, copy=False).ravel()
+    return float(np.dot(reference, reference)), float(np.dot(error, error))
+
+
+def _clipped_count(values: np.ndarray, scale, zero_point: int, qrange: tuple[int, int]) -> int:
+    scale = np.asarray(scale, np.float64)
+    low, high = (qrange[0] - zero_point - 0.5) * scale, (qrange[1] - zero_point + 0.5) * scale
+    return int(np.count_nonzero((values <= low) | (values >= high)))
+
+
+def _zeroed_counts(reference: np.ndarray, quantized: np.ndarray, zero_point: int) -> tuple[int, int]:
+    nonzero = reference != 0
+    return int(np.count_nonzero(nonzero & (quantized == zero_point))), int(np.count_nonzero(nonzero))
+
+
+def _fraction(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def scale_exponents(scales: Sequence[float]) -> tuple[float, float, bool]:
+    """(smallest, largest) log2 of the scales, ints when every scale is exactly 2**k, and whether it is."""
+    exact = is_power_of_two(scales)
+    logs = [int(math.log2(s)) if exact else (math.log2(s) if s > 0 else math.nan) for s in scales]
+    return min(logs), max(logs), exact
+
+
+@dataclass
+class _Tally:
+    """Running sums over the images of one tensor; memory stays bounded however many images run."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    clipped: int = 0
+    zeroed: int = 0
+    nonzero: int = 0
+    count: int = 0
+
+    def add(self, reference: np.ndarray, quantized: np.ndarray, scale, zero_point: int, qrange) -> None:
+        dequantized = (quantized.astype(np.float32) - np.float32(zero_point)) * np.asarray(scale, np.float32)
+        signal, noise = _energies(reference, dequantized)
+        zeroed, nonzero = _zeroed_counts(reference, quantized, zero_point)
+        self.signal += signal
+        self.noise += noise
+        self.clipped += _clipped_count(reference, scale, zero_point, qrange)
+        self.zeroed += zeroed
+        self.nonzero += nonzero
+        self.count += reference.size
+
+
+# Pairing TFLite tensors with Keras layers.
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """An int8 tensor of the TFLite model and the float Keras layer output (or kernel) it holds."""
+
+    kind: str  # "activation" or "weight"
+    op_index: int
+    op: str
+    tensor_index: int
+    tensor: str
+    layer: str
+    scales: tuple[float, ...]
+    zero_point: int
+    axis: int  # quantized dimension of per-channel scales
+
+    def scale(self, ndim: int) -> np.ndarray:
+        """The scales shaped to broadcast over a tensor of `ndim` dimensions."""
+        if len(self.scales) == 1:
+            return np.float32(self.scales[0])
+        shape = [1] * ndim
+        shape[self.axis] = len(self.scales)
+        return np.asarray(self.scales, np.float32).reshape(shape)
+
+
+def keras_layer_name(tensor_name: str, layer_names) -> str | None:
+    """The Keras layer whose output (or kernel) a TFLite tensor holds, read from its name; None if none.
+
+    Tries each ';'-joined part in order and each scope from the innermost,
+    without TFMOT's 'quant_' prefix first.
+    """
+    match = _layer_scope(tensor_name, layer_names)
+    return match[0] if match else None
+
+
+def _layer_scope(tensor_name: str, layer_names) -> tuple[str, str] | None:
+    """(layer name, TF op name) of the first part of the tensor name that names a layer."""
+    for part in tensor_name.split(";"):
+        segments = part.split("/")
+        for scope in reversed(segments[:-1]):  # the last segment names the TF op
+            if scope.startswith("quant_") and scope[len("quant_"):] in layer_names:
+                return scope[len("quant_"):], segments[-1]
+            if scope in layer_names:
+                return scope, segments[-1]
+    return None
+
+
+def _holds_output(layer, tf_op: str) -> bool:
+    """False for a tensor before a layer's own activation (Dense(activation='softmax') becomes
+    FULLY_CONNECTED then SOFTMAX): the TF op then does not name the activation. Fused ReLUs do."""
+    activation = getattr(layer, "activation", None)
+    if activation is None or activation is keras.activations.linear:
+        return True
+    return getattr(activation, "__name__", "").lower() in tf_op.lower()
+
+
+def _short(name: str) -> str:
+    return name.split(";")[0]
+
+
+def _quantization(details: dict) -> tuple[tuple[float, ...], int, int]:
+    """(scales, zero point, quantized dimension); zero points are 0, or one per tensor, in int8 models."""
+    params = details["quantization_parameters"]
+    zero_point = int(params["zero_points"][0]) if len(params["zero_points"]) else 0
+    return tuple(float(s) for s in params["scales"]), zero_point, int(params["quantized_dimension"])
+
+
+def _pairs(interpreter: Interpreter, folded) -> tuple[list[_Pair], list[str]]:
+    """Every int8 op output and kernel that has a Keras counterpart, in execution order; and the rest's names."""
+    tensors = {int(d["index"]): d for d in interpreter.get_tensor_details()}
+    layers = {layer.name: layer for layer in folded.layers}
+    (input_details,) = interpreter.get_input_details()
+    scales, zero_point, axis = _quantization(input_details)
+    pairs = [_Pair("activation", -1, "INPUT", int(input_details["index"]), _short(input_details["name"]),
+                   folded.input_names[0], scales, zero_point, axis)]
+    unmatched = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001  (LiteRT's only op listing, in execution order)
+        index, name = int(op["index"]), str(op["op_name"])
+        if name in _WEIGHT_POSITION:
+            weight = tensors[int(op["inputs"][_WEIGHT_POSITION[name]])]
+            layer = keras_layer_name(str(weight["name"]), layers)
+            kernel = _kernel(layers[layer], name) if layer else None
+            if kernel is not None and kernel.shape == tuple(weight["shape"]) and weight["dtype"] == np.int8:
+                pairs.append(_Pair("weight", index, name, int(weight["index"]), _short(weight["name"]), layer,
+                                   *_quantization(weight)))
+            else:
+                unmatched.append(_short(weight["name"]))
+        for output in op["outputs"]:
+            details = tensors[int(output)]
+            layer, tf_op = _layer_scope(str(details["name"]), layers) or (None, "")
+            if layer and details["dtype"] == np.int8 and _output_fits(layers[layer], details, tf_op):
+                pairs.append(_Pair("activation", index, name, int(output), _short(details["name"]), layer,
+                                   *_quantization(details)))
+            else:
+                unmatched.append(_short(details["name"]))
+    return pairs, unmatched
+
+
+def _kernel(layer, op: str) -> np.ndarray | None:
+    kernel = getattr(layer, "depthwise_kernel", None)
+    kernel = getattr(layer, "kernel", None) if kernel is None else kernel
+    return None if kernel is None else _TFLITE_LAYOUT[op](np.asarray(kernel.numpy(), np.float32))
+
+
+def _output_fits(layer, details: dict, tf_op: str) -> bool:
+    if not _holds_output(layer, tf_op):
+        return False
+    try:
+        shape = tuple(layer.output.shape[1:])
+    except (AttributeError, RuntimeError):  # a shared or multi-output layer has no single output
+        return False
+    return shape == tuple(int(d) for d in details["shape"][1:])
+
+
+# Running both models.
+
+
+def _label(model) -> str:
+    return "the model buffer" if isinstance(model, (bytes, bytearray, memoryview)) else os.fspath(model)
+
+
+def _debug_interpreter(model, num_threads: int | None) -> Interpreter:
+    content = read_model_bytes(model)
+    try:
+        with warnings.catch_warnings():
+            # LiteRT warns that keeping every tensor costs memory: that is the point here.
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            interpreter = Interpreter(
+                model_content=content, num_threads=num_threads,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                experimental_preserve_all_tensors=True,
+            )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise TFLiteModelError(f"LiteRT cannot load {_label(model)}: {str(error).strip().splitlines()[0]}") from None
+    return interpreter
+
+
+def _int8_input(interpreter: Interpreter, model) -> TensorSpec:
+    io = describe(interpreter)
+    if len(io.inputs) != 1:
+        raise ValueError(f"{_label(model)} has {len(io.inputs)} inputs; debug_models needs a single-input model")
+    spec = io.inputs[0]
+    if spec.dtype != "int8" or not spec.quantized:
+        raise ValueError(
+            f"{_label(model)} has a {spec.dtype} input, so it is not a fully int8 model; "
+            "debug_models needs the int8 export of tfqat.export_tflite"
+        )
+    return spec
+
+
+def _check_float_model(float_model, input_spec: TensorSpec) -> None:
+    if not isinstance(float_model, keras.Model):
+        raise TypeError(f"float_model must be a tf_keras Model, got {type(float_model).__name__}")
+    wrappers = [layer.name for layer in float_model.layers if type(layer).__name__.startswith("Quantize")]
+    if wrappers:
+        raise ValueError(
+            f"float_model '{float_model.name}' is a quantized model (layer '{wrappers[0]}'); "
+            "pass the float model it was made from"
+        )
+    shape, expected = tuple(float_model.inputs[0].shape[1:]), input_spec.shape[1:]
+    if len(shape) != len(expected) or any(d not in (None, e) for d, e in zip(shape, expected)):
+        raise ValueError(
+            f"float_model '{float_model.name}' takes inputs of shape {[None, *shape]} but the TFLite model "
+            f"takes {list(input_spec.shape)}; pass the float model the int8 model was made from"
+        )
+
+
+def debug_models(
+    float_model,
+    int8_tflite_path: str | os.PathLike | bytes,
+    images: np.ndarray,
+    *,
+    max_images: int = 64,
+    batch_size: int = 8,
+    num_threads: int | None = None,
+) -> DebugReport:
+    """Compares every int8 tensor of a TFLite model with the float model's layer output it holds.
+
+    Args:
+      float_model: the float tf_keras model the int8 model was made from (the
+        model given to tfqat.quantize_model); its BatchNormalization layers are
+        folded here, as tfqat folds them, so conv outputs line up.
+      int8_tflite_path: the fully int8 .tflite (tfqat.export_tflite), or its bytes.
+      images: float images [N, H, W, C] as both models take them.
+      max_images: use the first this many images.
+      batch_size: images per float-model call (LiteRT runs one per invoke);
+        bounds the memory of the float layer outputs held at once.
+      num_threads: LiteRT CPU threads; None lets LiteRT choose.
+
+    Returns:
+      A DebugReport: per matched tensor, in execution order, its scale exponent,
+      clipped and zeroed fractions and SQNR (inf for an exact tensor).
+
+    Raises:
+      ValueError: a float or missing TFLite model, images that do not fit it,
+        or a float model none of whose layers match the TFLite tensors.
+    """
+    from tfqat.transforms.folding import fold_batch_norms
+
+    if max_images < 1 or batch_size < 1:
+        raise ValueError(f"max_images={max_images} and batch_size={batch_size} must be integers >= 1")
+    interpreter = _debug_interpreter(int8_tflite_path, num_threads)
+    input_spec = _int8_input(interpreter, int8_tflite_path)
+    images = _checked_images(images, input_spec)[:max_images]
+    if len(images) == 0:
+        raise ValueError("images is empty; debug_models needs at least one image")
+    _check_float_model(float_model, input_spec)
+    folded = fold_batch_norms(float_model)
+    pairs, unmatched = _pairs(interpreter, folded)
+    activations = [p for p in pairs if p.kind == "activation" and p.op_index >= 0]
+    if not activations:
+        raise ValueError(
+            f"no tensor of {_label(int8_tflite_path)} matches a layer of float model '{float_model.name}' "
+            f"(e.g. '{unmatched[0] if unmatched else ''}'); pass the float model the int8 model was made from"
+        )
+    tallies = _activation_tallies(interpreter, input_spec, folded, [p for p in pairs if p.kind == "activation"],
+                                  images, batch_size)
+    rows = [_row(p, tallies[p] if p in tallies else _weight_tally(p, interpreter, folded)) for p in pairs]
+    return DebugReport(rows=rows, images=len(images), unmatched=tuple(unmatched), source=_label(int8_tflite_path))
+
+
+def _activation_tallies(interpreter, input_spec, folded, pairs: list[_Pair], images, batch_size) -> dict[_Pair, _Tally]:
+    """Both models batch by batch: the float layer outputs of a batch are all held, the sums only are kept."""
+    import tensorflow as tf
+
+    layer_names = list(dict.fromkeys(p.layer for p in pairs if p.op != "INPUT"))
+    probe = keras.Model(folded.inputs, [folded.get_layer(name).output for name in layer_names])
+    run_probe = tf.function(lambda x: probe(x, training=False), reduce_retracing=True)
+    tallies = {p: _Tally() for p in pairs}
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        outputs = run_probe(tf.constant(batch))
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        floats = {name: np.asarray(out) for name, out in zip(layer_names, outputs)}
+        floats[folded.input_names[0]] = batch
+        ints = _invoke_each(interpreter, quantize(batch, input_spec), input_spec, [p.tensor_index for p in pairs])
+        for pair, tally in tallies.items():
+            reference = floats[pair.layer]
+            tally.add(reference, ints[pair.tensor_index], pair.scale(reference.ndim), pair.zero_point, ACTIVATION_RANGE)
+    return tallies
+
+
+def _invoke_each(interpreter: Interpreter, feed: np.ndarray, input_spec: TensorSpec, indices) -> dict[int, np.ndarray]:
+    """The int8 tensors `indices` for each image of `feed`, stacked [N, ...]; one invoke per image."""
+    stacked = {}
+    for i, image in enumerate(feed):
+        interpreter.set_tensor(input_spec.index, image[None])
+        interpreter.invoke()
+        for index in indices:
+            value = interpreter.get_tensor(index)
+            if index not in stacked:
+                stacked[index] = np.empty((len(feed), *value.shape[1:]), value.dtype)
+            stacked[index][i] = value[0]
+    return stacked
+
+
+def _weight_tally(pair: _Pair, interpreter: Interpreter, folded) -> _Tally:
+    kernel = _kernel(folded.get_layer(pair.layer), pair.op)
+    tally = _Tally()
+    tally.add(kernel, interpreter.get_tensor(pair.tensor_index), pair.scale(kernel.ndim), pair.zero_point, WEIGHT_RANGE)
+    return tally
+
+
+def _row(pair: _Pair, tally: _Tally) -> dict:
+    low, high, exact = scale_exponents(pair.scales)
+    return {
+        "kind": pair.kind,
+        "op_index": pair.op_index,
+        "op": pair.op,
+        "layer": pair.layer,
+        "tensor": pair.tensor,
+        "scale_exp": low,
+        "scale_exp_max": high,
+        "channels": len(pair.scales),
+        "power_of_two": exact,
+        "zero_point": pair.zero_point,
+        "clipped": _fraction(tally.clipped, tally.count),
+        "zeroed": _fraction(tally.zeroed, tally.nonzero),
+        "sqnr_db": sqnr_from_energies(tally.signal, tally.noise),
+    }
+
+
+# The report.
+
+
+@dataclass(frozen=True)
+class DebugReport:
+    """Per-tensor quantization error of an int8 model against its float model.
+
+    Attributes:
+      rows: one dict per matched tensor (keys: COLUMNS), in execution order:
+        the input, then per op its weights (kind "weight") and its output
+        (kind "activation"). scale_exp..scale_exp_max is log2 of the scale(s),
+        ints when power_of_two; clipped is the fraction of float values that
+        saturate (see clipped_fraction); zeroed the fraction of nonzero float
+        values held as the zero point; sqnr_db is inf when the int8 tensor equals
+        the float one.
+      images: how many images were run.
+      unmatched: names of int8 tensors with no Keras counterpart (skipped).
+      source: the TFLite model's path.
+    """
+
+    rows: list[dict]
+    images: int
+    unmatched: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def activations(self) -> list[dict]:
+        return [row for row in self.rows if row["kind"] == "activation"]
+
+    @property
+    def weights(self) -> list[dict]:
+        return [row for row in self.rows if row["kind"] == "weight"]
+
+    def worst(self, n: int = 5) -> list[dict]:
+        """The n activations with the lowest SQNR, lowest first."""
+        return sorted(self.activations, key=lambda row: row["sqnr_db"])[:n]
+
+    def worst_weights(self, n: int = 5) -> list[dict]:
+        """The n kernels with the lowest SQNR (their rounding alone), lowest first."""
+        return sorted(self.weights, key=lambda row: row["sqnr_db"])[:n]
+
+    def to_markdown(self) -> str:
+        """Two tables, activations and weights, with a line saying what was matched and skipped."""
+        lines = [
+            f"Quantization error of {self.source or 'the int8 model'} against its float model on {self.images} "
+            f"images: {len(self.activations)} activation and {len(self.weights)} weight tensors matched, "
+            f"{len(self.unmatched)} tensors unmatched (skipped). Activation SQNR includes the error carried "
+            "from earlier layers.",
+        ]
+        for title, rows in (("Activations", self.activations), ("Weights", self.weights)):
+            lines += ["", f"## {title}", "", "| # | layer | op | scale | clipped | zeroed | SQNR (dB) |",
+                      "|---:|---|---|---|---:|---:|---:|"]
+            lines += [
+                f"| {row['op_index']} | {row['layer']} | {row['op']} | {_scale_text(row)} | "
+                f"{100 * row['clipped']:.2f} % | {100 * row['zeroed']:.2f} % | {row['sqnr_db']:.1f} |"
+                for row in rows
+            ]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Every row, one line each, columns COLUMNS (an infinite SQNR is written 'inf')."""
+        path = Path(path)
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """PNG of activation SQNR along the network (depthwise marked) above weight SQNR per layer."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        width = max(8.0, 0.14 * len(self.activations))
+        fig = Figure(figsize=(width, 8.0), dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        titles = (
+            f"Activation SQNR: int8 tensors against the float layer outputs ({self.images} images)",
+            "Weight SQNR: int8 kernels against the BN-folded float kernels",
+        )
+        for ax, title, rows in zip(fig.subplots(2, 1), titles, (self.activations, self.weights)):
+            _plot_sqnr(ax, rows, title)
+        path = Path(path)
+        fig.savefig(path, format="png")
+        return path
+
+
+def _scale_text(row: dict) -> str:
+    low, high = row["scale_exp"], row["scale_exp_max"]
+    if not row["power_of_two"]:
+        text = f"2^{low:.3f}..2^{high:.3f} (not 2^k)" if low != high else f"2^{low:.3f} (not 2^k)"
+    else:
+        text = f"2^{low}" if low == high else f"2^{low}..2^{high} ({row['channels']} ch)"
+    return text + (f", zero point {row['zero_point']}" if row["zero_point"] else "")
+
+
+def _plot_sqnr(ax, rows: list[dict], title: str) -> None:
+    x = np.arange(len(rows))
+    # An infinite SQNR (an exact tensor) has no height; it is drawn as a gap.
+    sqnr = np.array([row["sqnr_db"] if math.isfinite(row["sqnr_db"]) else np.nan for row in rows])
+    depthwise = np.array([row["op"] == "DEPTHWISE_CONV_2D" for row in rows], bool)
+    ax.plot(x, sqnr, color="#8c8c8c", linewidth=0.8)
+    ax.scatter(x[~depthwise], sqnr[~depthwise], s=14, color="#2f6db3", label="other ops", zorder=3)
+    ax.scatter(x[depthwise], sqnr[depthwise], s=22, marker="v", color="#d1495b", label="depthwise", zorder=3)
+    ax.set_xticks(x, [row["layer"] for row in rows], rotation=90, fontsize=5)
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
