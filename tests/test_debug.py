@@ -9,10 +9,9 @@ import pytest
 import tfqat
 from tfqat._keras import keras
 from tfqat.tflite import litert
-from tfqat.tflite.debug import (
-    COLUMNS, DebugReport, WEIGHT_RANGE, clipped_fraction, debug_models, keras_layer_name, scale_exponents,
-    sqnr_db, zeroed_fraction,
-)
+from tfqat.tflite.debug import debug_models, keras_layer_name
+from tfqat.tflite.debug_report import COLUMNS, DebugReport
+from tfqat.tflite.quant_error import WEIGHT_RANGE, clipped_fraction, scale_exponents, sqnr_db, zeroed_fraction
 
 import tflite_models as tm
 

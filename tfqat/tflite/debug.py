@@ -20,27 +20,19 @@ int8 model's weights have moved, and that drift counts as error here too.
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tfqat._keras import keras
-from tfqat.quantization.pow2 import is_power_of_two
+from tfqat.tflite.debug_report import DebugReport
 from tfqat.tflite.litert import (
     TFLiteModelError, TensorSpec, _checked_images, describe, quantize, read_model_bytes,
 )
-
-# Integer ranges: activations use all of int8 (the zero point says where 0 is);
-# TFLite's int8 weights are symmetric, [-127, 127] with zero point 0.
-ACTIVATION_RANGE = (-128, 127)
-WEIGHT_RANGE = (-127, 127)
+from tfqat.tflite.quant_error import ACTIVATION_RANGE, WEIGHT_RANGE, Tally, fraction, scale_exponents, sqnr_from_energies
 # Operand position of the weights of the ops that have them, and the float
 # kernel's layout in TFLite's: conv (out, h, w, in), depthwise (1, h, w, in * m), dense (out, in).
 _WEIGHT_POSITION = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
@@ -49,100 +41,6 @@ _TFLITE_LAYOUT = {
     "DEPTHWISE_CONV_2D": lambda k: k.reshape(1, *k.shape[:2], -1),
     "FULLY_CONNECTED": lambda k: k.T,
 }
-COLUMNS = (
-    "kind", "op_index", "op", "layer", "tensor", "scale_exp", "scale_exp_max", "channels",
-    "power_of_two", "zero_point", "clipped", "zeroed", "sqnr_db",
-)
-
-
-# Math: arrays in, numbers out.
-
-
-def sqnr_from_energies(signal: float, noise: float) -> float:
-    """10 log10(signal / noise) in dB; inf without noise (identical tensors, even all-zero ones)."""
-    if noise == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-def sqnr_db(reference, approximation) -> float:
-    """SQNR of `approximation` against `reference`: 10 log10(sum(f^2) / sum((f - a)^2)) in dB.
-
-    Identical arrays give float('inf'); an all-zero reference with any error gives -inf.
-    """
-    return sqnr_from_energies(*_energies(np.asarray(reference), np.asarray(approximation)))
-
-
-def clipped_fraction(values, scale, zero_point: int = 0, qrange: tuple[int, int] = ACTIVATION_RANGE) -> float:
-    """Fraction of float values that saturate: round(value / scale) + zero_point falls outside [qmin, qmax].
-
-    That is, values beyond the grid's span [(qmin - zero_point) * scale, (qmax -
-    zero_point) * scale] by half a step or more (ties round away from zero, as in
-    LiteRT); a value within half a step of the span's end only rounds. Half a step
-    of slack also keeps float32 scales, whose qmax * scale can sit a hair below a
-    weight tensor's largest value, from counting that value as clipped.
-    """
-    values = np.asarray(values)
-    return _fraction(_clipped_count(values, scale, zero_point, qrange), values.size)
-
-
-def zeroed_fraction(reference, quantized, zero_point: int = 0) -> float:
-    """Fraction of the nonzero float values whose integer is the zero point: they rounded to 0."""
-    return _fraction(*_zeroed_counts(np.asarray(reference), np.asarray(quantized), zero_point))
-
-
-def _energies(reference: np.ndarray, approximation: np.ndarray) -> tuple[float, float]:
-    # float64: float32 sums over millions of values lose the digits that matter at 40+ dB.
-    reference = reference.astype(np.float64, copy=False).ravel()
-    error = reference - approximation.astype(np.float64, copy=False).ravel()
-    return float(np.dot(reference, reference)), float(np.dot(error, error))
-
-
-def _clipped_count(values: np.ndarray, scale, zero_point: int, qrange: tuple[int, int]) -> int:
-    scale = np.asarray(scale, np.float64)
-    low, high = (qrange[0] - zero_point - 0.5) * scale, (qrange[1] - zero_point + 0.5) * scale
-    return int(np.count_nonzero((values <= low) | (values >= high)))
-
-
-def _zeroed_counts(reference: np.ndarray, quantized: np.ndarray, zero_point: int) -> tuple[int, int]:
-    nonzero = reference != 0
-    return int(np.count_nonzero(nonzero & (quantized == zero_point))), int(np.count_nonzero(nonzero))
-
-
-def _fraction(part: int, whole: int) -> float:
-    return part / whole if whole else 0.0
-
-
-def scale_exponents(scales: Sequence[float]) -> tuple[float, float, bool]:
-    """(smallest, largest) log2 of the scales, ints when every scale is exactly 2**k, and whether it is."""
-    exact = is_power_of_two(scales)
-    logs = [int(math.log2(s)) if exact else (math.log2(s) if s > 0 else math.nan) for s in scales]
-    return min(logs), max(logs), exact
-
-
-@dataclass
-class _Tally:
-    """Running sums over the images of one tensor; memory stays bounded however many images run."""
-
-    signal: float = 0.0
-    noise: float = 0.0
-    clipped: int = 0
-    zeroed: int = 0
-    nonzero: int = 0
-    count: int = 0
-
-    def add(self, reference: np.ndarray, quantized: np.ndarray, scale, zero_point: int, qrange) -> None:
-        dequantized = (quantized.astype(np.float32) - np.float32(zero_point)) * np.asarray(scale, np.float32)
-        signal, noise = _energies(reference, dequantized)
-        zeroed, nonzero = _zeroed_counts(reference, quantized, zero_point)
-        self.signal += signal
-        self.noise += noise
-        self.clipped += _clipped_count(reference, scale, zero_point, qrange)
-        self.zeroed += zeroed
-        self.nonzero += nonzero
-        self.count += reference.size
 
 
 # Pairing TFLite tensors with Keras layers.
@@ -368,14 +266,14 @@ def debug_models(
     return DebugReport(rows=rows, images=len(images), unmatched=tuple(unmatched), source=_label(int8_tflite_path))
 
 
-def _activation_tallies(interpreter, input_spec, folded, pairs: list[_Pair], images, batch_size) -> dict[_Pair, _Tally]:
+def _activation_tallies(interpreter, input_spec, folded, pairs: list[_Pair], images, batch_size) -> dict[_Pair, Tally]:
     """Both models batch by batch: the float layer outputs of a batch are all held, the sums only are kept."""
     import tensorflow as tf
 
     layer_names = list(dict.fromkeys(p.layer for p in pairs if p.op != "INPUT"))
     probe = keras.Model(folded.inputs, [folded.get_layer(name).output for name in layer_names])
     run_probe = tf.function(lambda x: probe(x, training=False), reduce_retracing=True)
-    tallies = {p: _Tally() for p in pairs}
+    tallies = {p: Tally() for p in pairs}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         outputs = run_probe(tf.constant(batch))
@@ -403,14 +301,14 @@ def _invoke_each(interpreter: Interpreter, feed: np.ndarray, input_spec: TensorS
     return stacked
 
 
-def _weight_tally(pair: _Pair, interpreter: Interpreter, folded) -> _Tally:
+def _weight_tally(pair: _Pair, interpreter: Interpreter, folded) -> Tally:
     kernel = _kernel(folded.get_layer(pair.layer), pair.op)
-    tally = _Tally()
+    tally = Tally()
     tally.add(kernel, interpreter.get_tensor(pair.tensor_index), pair.scale(kernel.ndim), pair.zero_point, WEIGHT_RANGE)
     return tally
 
 
-def _row(pair: _Pair, tally: _Tally) -> dict:
+def _row(pair: _Pair, tally: Tally) -> dict:
     low, high, exact = scale_exponents(pair.scales)
     return {
         "kind": pair.kind,
@@ -423,118 +321,7 @@ def _row(pair: _Pair, tally: _Tally) -> dict:
         "channels": len(pair.scales),
         "power_of_two": exact,
         "zero_point": pair.zero_point,
-        "clipped": _fraction(tally.clipped, tally.count),
-        "zeroed": _fraction(tally.zeroed, tally.nonzero),
+        "clipped": fraction(tally.clipped, tally.count),
+        "zeroed": fraction(tally.zeroed, tally.nonzero),
         "sqnr_db": sqnr_from_energies(tally.signal, tally.noise),
     }
-
-
-# The report.
-
-
-@dataclass(frozen=True)
-class DebugReport:
-    """Per-tensor quantization error of an int8 model against its float model.
-
-    Attributes:
-      rows: one dict per matched tensor (keys: COLUMNS), in execution order:
-        the input, then per op its weights (kind "weight") and its output
-        (kind "activation"). scale_exp..scale_exp_max is log2 of the scale(s),
-        ints when power_of_two; clipped is the fraction of float values that
-        saturate (see clipped_fraction); zeroed the fraction of nonzero float
-        values held as the zero point; sqnr_db is inf when the int8 tensor equals
-        the float one.
-      images: how many images were run.
-      unmatched: names of int8 tensors with no Keras counterpart (skipped).
-      source: the TFLite model's path.
-    """
-
-    rows: list[dict]
-    images: int
-    unmatched: tuple[str, ...] = ()
-    source: str = ""
-
-    @property
-    def activations(self) -> list[dict]:
-        return [row for row in self.rows if row["kind"] == "activation"]
-
-    @property
-    def weights(self) -> list[dict]:
-        return [row for row in self.rows if row["kind"] == "weight"]
-
-    def worst(self, n: int = 5) -> list[dict]:
-        """The n activations with the lowest SQNR, lowest first."""
-        return sorted(self.activations, key=lambda row: row["sqnr_db"])[:n]
-
-    def worst_weights(self, n: int = 5) -> list[dict]:
-        """The n kernels with the lowest SQNR (their rounding alone), lowest first."""
-        return sorted(self.weights, key=lambda row: row["sqnr_db"])[:n]
-
-    def to_markdown(self) -> str:
-        """Two tables, activations and weights, with a line saying what was matched and skipped."""
-        lines = [
-            f"Quantization error of {self.source or 'the int8 model'} against its float model on {self.images} "
-            f"images: {len(self.activations)} activation and {len(self.weights)} weight tensors matched, "
-            f"{len(self.unmatched)} tensors unmatched (skipped). Activation SQNR includes the error carried "
-            "from earlier layers.",
-        ]
-        for title, rows in (("Activations", self.activations), ("Weights", self.weights)):
-            lines += ["", f"## {title}", "", "| # | layer | op | scale | clipped | zeroed | SQNR (dB) |",
-                      "|---:|---|---|---|---:|---:|---:|"]
-            lines += [
-                f"| {row['op_index']} | {row['layer']} | {row['op']} | {_scale_text(row)} | "
-                f"{100 * row['clipped']:.2f} % | {100 * row['zeroed']:.2f} % | {row['sqnr_db']:.1f} |"
-                for row in rows
-            ]
-        return "\n".join(lines) + "\n"
-
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        """Every row, one line each, columns COLUMNS (an infinite SQNR is written 'inf')."""
-        path = Path(path)
-        with path.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        return path
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        """PNG of activation SQNR along the network (depthwise marked) above weight SQNR per layer."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        width = max(8.0, 0.14 * len(self.activations))
-        fig = Figure(figsize=(width, 8.0), dpi=110, layout="constrained")
-        FigureCanvasAgg(fig)
-        titles = (
-            f"Activation SQNR: int8 tensors against the float layer outputs ({self.images} images)",
-            "Weight SQNR: int8 kernels against the BN-folded float kernels",
-        )
-        for ax, title, rows in zip(fig.subplots(2, 1), titles, (self.activations, self.weights)):
-            _plot_sqnr(ax, rows, title)
-        path = Path(path)
-        fig.savefig(path, format="png")
-        return path
-
-
-def _scale_text(row: dict) -> str:
-    low, high = row["scale_exp"], row["scale_exp_max"]
-    if not row["power_of_two"]:
-        text = f"2^{low:.3f}..2^{high:.3f} (not 2^k)" if low != high else f"2^{low:.3f} (not 2^k)"
-    else:
-        text = f"2^{low}" if low == high else f"2^{low}..2^{high} ({row['channels']} ch)"
-    return text + (f", zero point {row['zero_point']}" if row["zero_point"] else "")
-
-
-def _plot_sqnr(ax, rows: list[dict], title: str) -> None:
-    x = np.arange(len(rows))
-    # An infinite SQNR (an exact tensor) has no height; it is drawn as a gap.
-    sqnr = np.array([row["sqnr_db"] if math.isfinite(row["sqnr_db"]) else np.nan for row in rows])
-    depthwise = np.array([row["op"] == "DEPTHWISE_CONV_2D" for row in rows], bool)
-    ax.plot(x, sqnr, color="#8c8c8c", linewidth=0.8)
-    ax.scatter(x[~depthwise], sqnr[~depthwise], s=14, color="#2f6db3", label="other ops", zorder=3)
-    ax.scatter(x[depthwise], sqnr[depthwise], s=22, marker="v", color="#d1495b", label="depthwise", zorder=3)
-    ax.set_xticks(x, [row["layer"] for row in rows], rotation=90, fontsize=5)
-    ax.set_ylabel("SQNR (dB)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
