@@ -19,6 +19,7 @@ from tfqat.flowers import methods, pipeline
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "flower_photos"
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+QAT = methods.DEFAULT_QAT  # tfqat's QAT method of the default run
 
 needs_shared = pytest.mark.skipif(
     not (DATA.is_dir() and WEIGHTS.is_file()), reason="the shared flower photos and MobileNetV2 weights are not here"
@@ -84,13 +85,13 @@ def test_results_are_consistent(quick_run):
         low, high = result["accuracy_interval"]
         assert low <= result["accuracy"] <= high
     # Every fit logged its epochs (the quick run trains one epoch per fit) and the epoch it kept.
-    fits = {"float": ["head", "fine_tune"], "qat": ["qat"], "tfmot_qat": ["tfmot_qat"]}
+    fits = {"float": ["head", "fine_tune"], QAT: [QAT], "tfmot_qat": ["tfmot_qat"]}
     for stage, names in fits.items():
         assert list(models[stage]["training"]) == names
         for record in models[stage]["training"].values():
             assert [row["epoch"] for row in record["epochs"]] == [1] and record["kept_epoch"] == 1
             assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record["epochs"][0])
-    for name in ("float/head.csv", "float/fine_tune.csv", "qat.csv", "tfmot_qat.csv"):
+    for name in ("float/head.csv", "float/fine_tune.csv", f"{QAT}.csv", "tfmot_qat.csv"):
         assert (out / "history" / name).is_file(), name
     # Every other model against float on the same images: the counts give the accuracies' difference exactly.
     assert set(results["versus_float"]) == set(methods.DEFAULT_METHODS)
@@ -101,14 +102,18 @@ def test_results_are_consistent(quick_run):
         assert paired["difference"] == pytest.approx(gained, abs=1e-12)
         assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
     # The power-of-two exports pass the verifier; the peers' float scales do not.
-    assert models["ptq"]["verify"]["passed"] and models["qat"]["verify"]["passed"]
-    assert models["ptq_equalized"]["verify"]["passed"]
+    assert models["ptq"]["verify"]["passed"] and models[QAT]["verify"]["passed"]
+    assert models["ptq_equalized"]["verify"]["passed"] and models["ptq_tuned"]["verify"]["passed"]
     assert not models["tflite_ptq"]["verify"]["passed"]
     assert not models["tfmot_qat"]["verify"]["passed"]
-    assert 0.0 <= models["qat"]["agreement"]["top1_agreement"] <= 1.0
+    assert 0.0 <= models[QAT]["agreement"]["top1_agreement"] <= 1.0
+    # The PTQ models were debugged against their float models: every tensor's SQNR in the run folder.
+    for stage in ("ptq", "ptq_equalized", "ptq_tuned"):
+        debug = models[stage]["debug"]
+        assert len(debug["worst_weights"]) == 5 and (out / debug["plot"]).is_file() and (out / debug["table"]).is_file()
     # Every model with a Keras side is scored on the whole validation split; the converter's PTQ has none.
     validation = pipeline.QUICK_IMAGES["validation"]
-    for stage in ("float", "ptq", "ptq_equalized", "qat", "tfmot_qat"):
+    for stage in ("float", "ptq", "ptq_equalized", "ptq_tuned", QAT, "tfmot_qat"):
         correct = models[stage]["validation_accuracy"] * validation
         assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
     assert "validation_accuracy" not in models["tflite_ptq"]
@@ -119,7 +124,8 @@ def test_results_are_consistent(quick_run):
     started, written = (time.mktime(time.strptime(results[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("started", "written"))
     assert written - started >= results["stage_seconds"]["float"]
     report = (out / "report.md").read_text()
-    assert f"{models['qat']['accuracy']:.4f}" in report
+    assert f"{models[QAT]['accuracy']:.4f}" in report
+    assert "## Where the PTQ models lose precision (tfqat debug)" in report
     assert "## Against the float model (test split, paired)" in report
 
 
@@ -135,14 +141,14 @@ def test_evaluate_cli_matches_the_run(quick_run, tmp_path, capsys):
     out, _ = quick_run
     # The run's test split as a folder: the CLI must give the run's own accuracy on it.
     results = json.loads((out / "state.json").read_text())
-    model = out / methods.METHODS["qat"].file
+    model = out / methods.METHODS[QAT].file
     json_path = tmp_path / "eval.json"
     assert cli.main(["evaluate", str(model), "--data", str(DATA), "--json", str(json_path)]) == 0
     evaluated = json.loads(json_path.read_text())
     assert evaluated["count"] == 2930
     assert set(evaluated["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
     assert "accuracy" in capsys.readouterr().out
-    assert 0.0 <= results["qat"]["accuracy"] <= 1.0
+    assert 0.0 <= results[QAT]["accuracy"] <= 1.0
 
 
 def test_bad_options_are_clear_errors(tmp_path, capsys):
@@ -204,7 +210,7 @@ def test_a_stage_command_keeps_the_settings_it_has_no_flags_for(quick_run, capsy
     """`tfqat qat` has no --weights: after `tfqat train --weights F` it continues that run instead of refusing it."""
     out, _ = quick_run
     assert cli.main(["qat", "--data", str(DATA), "--out", str(out), "--quick"]) == 0
-    assert "qat: done in an earlier run, kept" in capsys.readouterr().out
+    assert f"{QAT}: done in an earlier run, kept" in capsys.readouterr().out
     assert json.loads((out / "state.json").read_text())["settings"]["weights"] == str(WEIGHTS.resolve())
 
 

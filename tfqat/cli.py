@@ -125,11 +125,18 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--export-dir", default=None, help="also copy the published artifacts here (e.g. export)")
 
 
-def _add_stage(name: str, stages: tuple, help_text: str):
+def _add_stage(name: str, stages, help_text: str):
+    """A stage command; `stages` is a tuple of stage names, or a function giving them (read when parsing)."""
     def add(subparsers) -> None:
         parser = subparsers.add_parser(name, help=help_text, description=help_text + " Results go to --out.")
-        _add_run_options(parser, stages=stages)
+        _add_run_options(parser, stages=stages() if callable(stages) else stages)
     return add
+
+
+def _default_qat() -> tuple:
+    from tfqat.flowers.methods import DEFAULT_QAT
+
+    return (DEFAULT_QAT,)
 
 
 def run_options(args: argparse.Namespace):
@@ -402,7 +409,11 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
         "equalization, and after equalization with AdaRound and bias correction (label-free): fold, (equalize,) "
         "calibrate, (round,) export, verify, evaluate. For your own model use `tfqat quantize`.",
     ),
-    _add_stage("qat", ("qat",), "Power-of-two int8 quantization-aware training: fold, quantize, fit, export, verify, evaluate."),
+    _add_stage(
+        "qat", _default_qat,
+        "Power-of-two int8 quantization-aware training (the default recipe: trained thresholds): fold, quantize, "
+        "calibrate, fit, export, verify, evaluate.",
+    ),
     _add_study,
     _add_quantize,
     _add_debug,

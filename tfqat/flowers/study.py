@@ -30,7 +30,7 @@ class StudyOptions:
     data: Optional[str] = None
     weights: Optional[str] = "imagenet"
     seeds: tuple = SEEDS
-    methods: tuple = ("ptq_equalized", "qat")
+    methods: tuple = ("ptq_tuned", "qat_tqt")
     quick: bool = False
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
     report_only: bool = False  # write the tables from what has finished; train and quantize nothing
