@@ -27,6 +27,9 @@ from tfqat.transforms.folding import fold_batch_norms
 from tfqat.transforms.layerwise import float_twins, run_side_by_side
 
 _CHUNK = 8  # images per moment update: a depthwise layer's patches of 8 images at 112 px take about 100 MB
+# Moments from at most this many input rows per layer (whole images, in order): 21 images of a 112 px layer,
+# every image of a 14 px one. Far more rows than any kernel has inputs; the big early layers cost a tenth.
+MAX_ROWS = 2**18
 
 
 def grouped_kernel(layer, kernel) -> np.ndarray:
@@ -100,10 +103,13 @@ class _MomentSums:
         return sum_q, sum_f, rounding.Moments(qq, qf, ff), self.count
 
 
-def layer_moments(layer, inputs_q, inputs_f, centred: bool = True):
+def layer_moments(layer, inputs_q, inputs_f, centred: bool = True, max_rows: int = MAX_ROWS):
+    """The moments of a layer's input patches over the images, until `max_rows` patches have been seen."""
     sums = _MomentSums()
     for start in range(0, inputs_q.shape[0], _CHUNK):
         sums.add(patches(layer, inputs_q[start : start + _CHUNK]), patches(layer, inputs_f[start : start + _CHUNK]))
+        if sums.count >= max_rows:
+            break
     return sums.moments(centred)
 
 
