@@ -162,13 +162,19 @@ def test_export_explains_weights_only_and_tflite_files(tmp_path, capsys):
     assert not (tmp_path / "out.tflite").exists()
 
 
-def test_quantize_makes_a_verified_int8_model_from_a_float_model_and_unlabelled_images(tmp_path, capsys):
+def _saved_tiny_float_model(path, seed):
+    """A random MobileNetV2 (alpha 0.35, 32 px) classifier of 3 classes, saved whole at `path`."""
     from tfqat import keras
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
     model = keras.Model(base.input, keras.layers.Dense(3)(base.output))
-    model.save(tmp_path / "float.keras")
+    model.save(path)
+    return model
+
+
+def test_quantize_makes_a_verified_int8_model_from_a_float_model_and_unlabelled_images(tmp_path, capsys):
+    _saved_tiny_float_model(tmp_path / "float.keras", 0)
     rng = np.random.default_rng(0)
     for index in range(40):  # nested folders, no labels needed
         folder = tmp_path / "photos" / f"day{index % 3}"
@@ -187,12 +193,8 @@ def test_quantize_makes_a_verified_int8_model_from_a_float_model_and_unlabelled_
 
 def test_debug_prints_the_worst_tensors_and_writes_tables_and_plot(tmp_path, capsys):
     import tfqat
-    from tfqat import keras
 
-    keras.utils.set_random_seed(1)
-    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
-    model = keras.Model(base.input, keras.layers.Dense(3)(base.output))
-    model.save(tmp_path / "float.keras")
+    model = _saved_tiny_float_model(tmp_path / "float.keras", 1)
     rng = np.random.default_rng(1)
     (tmp_path / "photos").mkdir()
     for index in range(8):

@@ -295,16 +295,26 @@ def _add_export(subparsers) -> None:
 def _export(args: argparse.Namespace) -> int:
     from tfqat.api import load_model
     from tfqat.flowers.data import read_labels
-    from tfqat.tflite.export import export_tflite
-    from tfqat.tflite.verify import verify_tflite
 
     if not Path(args.model).exists():
         raise FileNotFoundError(f"model {args.model} does not exist")
     labels = read_labels(args.labels) if args.labels else None
-    path = export_tflite(load_model(args.model), args.output, labels=labels)
-    report = verify_tflite(path)
+    return _export_and_verify(load_model(args.model), args.output, labels)
+
+
+def _export_and_verify(qat_model, output, labels) -> int:
+    """Export a QAT model to `output`, print the verifier's summary and return the exit code it gives."""
+    from tfqat.tflite.export import export_tflite
+    from tfqat.tflite.verify import verify_tflite
+
+    report = verify_tflite(export_tflite(qat_model, output, labels=labels))
     print(report.summary())
     return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def _add_image_folder(parser, *, count: int) -> None:
+    parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
+    parser.add_argument("--count", type=int, default=count, help=f"how many images to use (default {count})")
 
 
 def _add_quantize(subparsers) -> None:
@@ -317,8 +327,7 @@ def _add_quantize(subparsers) -> None:
     )
     parser.add_argument("model", help="the saved float Keras model (.keras or .h5)")
     parser.add_argument("output", help="the .tflite file to write")
-    parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
-    parser.add_argument("--count", type=int, default=512, help="how many images to use (default 512)")
+    _add_image_folder(parser, count=512)
     parser.add_argument("--no-equalize", action="store_true", help="skip cross-layer equalization")
     parser.add_argument("--no-bias-correction", action="store_true", help="skip bias correction")
     parser.add_argument("--no-adaround", action="store_true", help="round to nearest instead of AdaRound")
@@ -334,8 +343,6 @@ def _quantize(args: argparse.Namespace) -> int:
     from tfqat.api import _check_saved_model_file, ptq
     from tfqat.flowers.data import read_labels
     from tfqat.flowers.images import folder_images
-    from tfqat.tflite.export import export_tflite
-    from tfqat.tflite.verify import verify_tflite
 
     _check_saved_model_file(args.model)
     labels = read_labels(args.labels) if args.labels else None
@@ -351,9 +358,7 @@ def _quantize(args: argparse.Namespace) -> int:
     )
     if args.save_model:
         qat.save(args.save_model)
-    report = verify_tflite(export_tflite(qat, args.output, labels=labels))
-    print(report.summary())
-    return EXIT_OK if report.passed else EXIT_FAILED
+    return _export_and_verify(qat, args.output, labels)
 
 
 def _add_debug(subparsers) -> None:
@@ -368,8 +373,7 @@ def _add_debug(subparsers) -> None:
     )
     parser.add_argument("float_model", help="the float Keras model (.keras or .h5) the int8 model was made from")
     parser.add_argument("int8_model", help="the fully int8 .tflite")
-    parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
-    parser.add_argument("--count", type=int, default=64, help="how many images to run (default 64)")
+    _add_image_folder(parser, count=64)
     parser.add_argument("--out", default=None, help="folder for debug.md, debug.csv and debug.png")
     parser.set_defaults(handler=_debug)
 
