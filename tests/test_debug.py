@@ -81,6 +81,14 @@ def test_report_of_an_exact_tensor_says_inf():
     assert "| 0 | add | ADD | 2^-4 | 0.00 % | 0.00 % | inf |" in report.to_markdown()
 
 
+def test_largest_drops_name_where_the_error_enters():
+    base = dict(zip(COLUMNS, ("activation", 0, "CONV_2D", "a", "t", -4, -4, 1, True, 0, 0.0, 0.0, 40.0)))
+    rows = [base, {**base, "layer": "dw", "op": "DEPTHWISE_CONV_2D", "sqnr_db": 12.0},
+            {**base, "layer": "project", "sqnr_db": 9.0}, {**base, "layer": "exact", "sqnr_db": math.inf}]
+    drops = DebugReport(rows=rows, images=1).worst_drops(5)
+    assert [(row["layer"], row["drop_db"]) for row in drops] == [("dw", 28.0), ("project", 3.0)]  # inf is no drop
+
+
 # A tiny tfqat model, exported.
 
 

@@ -389,6 +389,9 @@ def _debug(args: argparse.Namespace) -> int:
     model = keras.models.load_model(args.float_model, compile=False)
     images = folder_images(args.images, args.count, model.input_shape[1])
     report = debug_models(model, args.int8_model, images, max_images=args.count)
+    print("largest SQNR drops (dB lost against the activation before; SQNR after):")
+    for row in report.worst_drops(5):
+        print(f"  {row['drop_db']:6.1f}  {row['layer']} ({row['op']}), {row['sqnr_db']:.1f} dB")
     for title, rows in (("kernels", report.worst_weights(5)), ("activations", report.worst(5))):
         print(f"worst {title} (SQNR, dB):")
         for row in rows:

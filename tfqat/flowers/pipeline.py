@@ -401,6 +401,7 @@ class Run:
             "table": stem.with_suffix(".md").name,
             "worst_activations": [{k: row[k] for k in keep} for row in report.worst(5)],
             "worst_weights": [{k: row[k] for k in keep} for row in report.worst_weights(5)],
+            "largest_drops": [{k: row[k] for k in (*keep, "drop_db")} for row in report.worst_drops(5)],
         }
 
     # ------------------------------------------------------------------- run

@@ -346,18 +346,21 @@ def _debug_section(results: Mapping[str, Any]) -> str:
         "Each int8 tensor of the LiteRT model against the float model's tensor it holds (the model it was made "
         "from: equalized for the equalized methods), on calibration images: SQNR in dB (higher is better), the "
         "fraction of values that clip and of nonzero values held as zero. A kernel's SQNR is its rounding alone; "
-        "an activation's includes the error carried from every layer before it.",
+        "an activation's includes the error carried from every layer before it, so the layer where the error "
+        "enters is the one whose SQNR drops most against the activation before it.",
     ]
     for key, debug in debugged.items():
         lines += ["", f"### {NETWORKS.get(key, key)} ({debug['images']} images; all tensors: [{debug['table']}]({debug['table']}), "
                   f"plot: [{debug['plot']}]({debug['plot']}))", "",
-                  "| Worst kernels | op | SQNR (dB) | zeroed | Worst activations | op | SQNR (dB) | clipped |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for weight, activation in zip(debug["worst_weights"], debug["worst_activations"]):
+                  "| Largest SQNR drops | op | dB lost | Worst kernels | op | SQNR (dB) | zeroed | Worst activations | op | SQNR (dB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        drops = debug.get("largest_drops") or [None] * len(debug["worst_weights"])  # runs before drops were kept
+        for drop, weight, activation in zip(drops, debug["worst_weights"], debug["worst_activations"]):
+            dropped = "| | |" if drop is None else f"{_cell(drop['layer'])} | {drop['op']} | {drop['drop_db']:.1f} |"
             lines.append(
-                f"| {_cell(weight['layer'])} | {weight['op']} | {weight['sqnr_db']:.1f} | {100 * weight['zeroed']:.1f} % | "
-                f"{_cell(activation['layer'])} | {activation['op']} | {activation['sqnr_db']:.1f} | "
-                f"{100 * activation['clipped']:.2f} % |"
+                f"| {dropped} {_cell(weight['layer'])} | {weight['op']} | {weight['sqnr_db']:.1f} | "
+                f"{100 * weight['zeroed']:.1f} % | {_cell(activation['layer'])} | {activation['op']} | "
+                f"{activation['sqnr_db']:.1f} |"
             )
     return "\n".join(lines)
 

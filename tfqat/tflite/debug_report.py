@@ -50,6 +50,18 @@ class DebugReport:
         """The n activations with the lowest SQNR, lowest first."""
         return sorted(self.activations, key=lambda row: row["sqnr_db"])[:n]
 
+    def worst_drops(self, n: int = 5) -> list[dict]:
+        """The n activations that lose the most SQNR against the activation before them in execution order
+        (for MobileNetV2's chain, the layer's input): where the error enters, not where it has piled up.
+        Each row is returned with `drop_db` added."""
+        rows = self.activations
+        drops = [
+            {**row, "drop_db": before["sqnr_db"] - row["sqnr_db"]}
+            for before, row in zip(rows, rows[1:])
+            if math.isfinite(before["sqnr_db"]) and math.isfinite(row["sqnr_db"])
+        ]
+        return sorted(drops, key=lambda row: -row["drop_db"])[:n]
+
     def worst_weights(self, n: int = 5) -> list[dict]:
         """The n kernels with the lowest SQNR (their rounding alone), lowest first."""
         return sorted(self.weights, key=lambda row: row["sqnr_db"])[:n]
