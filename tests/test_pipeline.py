@@ -49,12 +49,14 @@ def test_run_writes_every_artifact(quick_run):
     assert (out / methods.FLOAT_FILE).is_file()
     for stage in methods.DEFAULT_METHODS:
         assert (out / methods.METHODS[stage].file).is_file(), stage
-    for name in ("report.md", "results.json", "labels.txt", "accuracy.png", "confusion_qat.png", "weight_ranges.png",
-                 "training.png"):
+    for name in ("report.md", "results.json", "labels.txt", "accuracy.png", f"confusion_{QAT}.png", "weight_ranges.png",
+                 "training.png", "float.keras"):
         assert (out / name).is_file(), name
     published = sorted(p.name for p in (out / "export").iterdir())
-    assert "flowers_mobilenet_v2_int8_qat.tflite" in published and "report.md" in published
+    assert methods.METHODS[QAT].file in published and "report.md" in published
     assert "flowers_mobilenet_v2_int8_ptq_equalized.tflite" in published
+    assert "flowers_mobilenet_v2_int8_ptq_tuned.tflite" in published
+    assert {"debug_ptq.md", "debug_ptq.png", "debug_ptq_tuned.png"} <= set(published)
     assert "flowers_mobilenet_v2_int8_tflite_ptq.tflite" not in published
 
 
@@ -62,7 +64,7 @@ def test_run_writes_every_artifact(quick_run):
 def test_run_prints_its_own_progress_and_no_tensorflow_logs(quick_run):
     out, _ = quick_run
     stdout, stderr = (out / "run_output.txt").read_text().split("\n--- stderr ---\n")
-    assert "[tfqat] qat: accuracy" in stdout and "report:" in stdout
+    assert f"[tfqat] {QAT}: accuracy" in stdout and "report:" in stdout
     native = re.compile(r"(^[IWEF]\d{4} |absl::InitializeLog|cpu_feature_guard|cudart_stub|flatbuffer_export|fully_quantize)", re.M)
     assert not native.search(stdout) and not native.search(stderr), stderr[:2000]
 
