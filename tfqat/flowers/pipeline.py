@@ -360,7 +360,7 @@ class Run:
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)
-        model.save(str(self.out / "float.keras"), include_optimizer=False)  # whole, for `tfqat debug` and `quantize`
+        model.save(str(self.out / "float.keras"))  # the whole model, for `tfqat debug` and `tfqat quantize`
         self._float_model = model
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
