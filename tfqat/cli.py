@@ -312,6 +312,15 @@ def _export_and_verify(qat_model, output, labels) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _load_float_model(path):
+    """A saved float Keras model, or a clear error for a weights-only, TFLite or unreadable file."""
+    from tfqat._keras import keras
+    from tfqat.api import _check_saved_model_file
+
+    _check_saved_model_file(path)
+    return keras.models.load_model(path, compile=False)
+
+
 def _add_image_folder(parser, *, count: int) -> None:
     parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
     parser.add_argument("--count", type=int, default=count, help=f"how many images to use (default {count})")
@@ -339,14 +348,12 @@ def _add_quantize(subparsers) -> None:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from tfqat._keras import keras
-    from tfqat.api import _check_saved_model_file, ptq
+    from tfqat.api import ptq
     from tfqat.flowers.data import read_labels
     from tfqat.flowers.images import folder_images
 
-    _check_saved_model_file(args.model)
     labels = read_labels(args.labels) if args.labels else None
-    model = keras.models.load_model(args.model, compile=False)
+    model = _load_float_model(args.model)
     shape = model.input_shape
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
         raise ValueError(f"{args.model} takes inputs of shape {shape}; tfqat quantize needs square images [N, S, S, 3]")
@@ -379,14 +386,11 @@ def _add_debug(subparsers) -> None:
 
 
 def _debug(args: argparse.Namespace) -> int:
-    from tfqat._keras import keras
-    from tfqat.api import _check_saved_model_file
     from tfqat.files import write_atomic
     from tfqat.flowers.images import folder_images
     from tfqat.tflite.debug import debug_models
 
-    _check_saved_model_file(args.float_model)
-    model = keras.models.load_model(args.float_model, compile=False)
+    model = _load_float_model(args.float_model)
     images = folder_images(args.images, args.count, model.input_shape[1])
     report = debug_models(model, args.int8_model, images, max_images=args.count)
     print("largest SQNR drops (dB lost against the activation before; SQNR after):")

@@ -483,10 +483,10 @@ class Run:
         """Copy the published artifacts (the float model and the methods marked published, labels, report,
         results, plots) to `export_dir`."""
         export_dir.mkdir(parents=True, exist_ok=True)
-        published = [FLOAT_FILE] + [m.file for m in METHODS.values() if m.published]
-        files = [self.out / name for name in published if (self.out / name).is_file()]
-        files += [self.out / f"debug_{m.name}.{kind}" for m in METHODS.values() if m.published for kind in ("md", "png")]
-        files = [path for path in files if path.is_file()]
+        published = [m for m in METHODS.values() if m.published]
+        debug = [f"debug_{m.name}.{kind}" for m in published for kind in ("md", "png")]
+        names = [FLOAT_FILE, *(m.file for m in published), *debug]
+        files = [self.out / name for name in names if (self.out / name).is_file()]
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:
             write_atomic(export_dir / path.name, path.read_bytes())

@@ -68,9 +68,9 @@ def inverse_rectified_sigmoid(h):
     return -np.log((ZETA - GAMMA) / (np.asarray(h, np.float64) - GAMMA) - 1.0)
 
 
-def nearest(kernel, scale):
-    """Round-to-nearest on the grid, ties up, as the weight quantizer's FakeQuant does."""
-    return np.clip(np.floor(kernel / scale + 0.5), WEIGHT_QMIN, WEIGHT_QMAX) * scale
+def nearest_steps(kernel, scale):
+    """Round-to-nearest on the grid, ties up, as the weight quantizer's FakeQuant does: the integer steps."""
+    return np.clip(np.floor(kernel / scale + 0.5), WEIGHT_QMIN, WEIGHT_QMAX)
 
 
 def output_error(rounded, kernel, moments: Moments) -> float:
@@ -105,16 +105,16 @@ def adaround(kernel, scale, moments: Moments, iterations: int = ITERATIONS, samp
     energy = float_energy(kernel, moments)
     energy = energy if energy > 1e-30 else 1.0  # a constant float output: errors stay absolute
     down = np.floor(kernel / scale)
-    nearest_steps = np.clip(np.floor(kernel / scale + 0.5), WEIGHT_QMIN, WEIGHT_QMAX)
-    nearest_error = output_error(nearest_steps * scale, kernel, moments) / energy
+    nearest = nearest_steps(kernel, scale)
+    nearest_error = output_error(nearest * scale, kernel, moments) / energy
     if samples is not None and samples < MIN_SAMPLES_PER_INPUT * kernel.shape[1]:
-        return Rounded(nearest_steps * scale, nearest_error, nearest_error, False, nearest_error, float("nan"))
-    candidates = {"flips": nearest_steps}
+        return Rounded(nearest * scale, nearest_error, nearest_error, False, nearest_error, float("nan"))
+    candidates = {"flips": nearest}
     if iterations > 0:
         chosen = _relaxed(down, kernel - down * scale, scale, kernel, moments, iterations, nearest_error * energy)
         candidates["relaxed"] = np.clip(down + chosen, WEIGHT_QMIN, WEIGHT_QMAX)
     errors = {"relaxed": float("nan")}
-    best_steps, best_error = nearest_steps, nearest_error
+    best_steps, best_error = nearest, nearest_error
     for name, start in candidates.items():
         steps = flip_descent(start, down, scale, kernel, moments)
         errors[name] = output_error(steps * scale, kernel, moments) / energy

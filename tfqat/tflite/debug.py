@@ -21,16 +21,15 @@ int8 model's weights have moved, and that drift counts as error here too.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from ai_edge_litert.interpreter import Interpreter
 
 from tfqat._keras import keras
 from tfqat.tflite.debug_report import DebugReport
 from tfqat.tflite.litert import (
-    TFLiteModelError, TensorSpec, _checked_images, describe, quantize, read_model_bytes,
+    TFLiteModelError, TensorSpec, _checked_images, describe, load_interpreter, model_label, quantize,
 )
 from tfqat.tflite.quant_error import ACTIVATION_RANGE, WEIGHT_RANGE, Tally, fraction, scale_exponents, sqnr_from_energies
 # Operand position of the weights of the ops that have them, and the float
@@ -161,35 +160,23 @@ def _output_fits(layer, details: dict, tf_op: str) -> bool:
 # Running both models.
 
 
-def _label(model) -> str:
-    return "the model buffer" if isinstance(model, (bytes, bytearray, memoryview)) else os.fspath(model)
-
-
 def _debug_interpreter(model, num_threads: int | None) -> Interpreter:
-    content = read_model_bytes(model)
+    interpreter = load_interpreter(model, num_threads=num_threads, preserve_all_tensors=True)
     try:
-        with warnings.catch_warnings():
-            # LiteRT warns that keeping every tensor costs memory: that is the point here.
-            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-            interpreter = Interpreter(
-                model_content=content, num_threads=num_threads,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                experimental_preserve_all_tensors=True,
-            )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        raise TFLiteModelError(f"LiteRT cannot load {_label(model)}: {str(error).strip().splitlines()[0]}") from None
+        raise TFLiteModelError(f"LiteRT cannot load {model_label(model)}: {str(error).strip().splitlines()[0]}") from None
     return interpreter
 
 
 def _int8_input(interpreter: Interpreter, model) -> TensorSpec:
     io = describe(interpreter)
     if len(io.inputs) != 1:
-        raise ValueError(f"{_label(model)} has {len(io.inputs)} inputs; debug_models needs a single-input model")
+        raise ValueError(f"{model_label(model)} has {len(io.inputs)} inputs; debug_models needs a single-input model")
     spec = io.inputs[0]
     if spec.dtype != "int8" or not spec.quantized:
         raise ValueError(
-            f"{_label(model)} has a {spec.dtype} input, so it is not a fully int8 model; "
+            f"{model_label(model)} has a {spec.dtype} input, so it is not a fully int8 model; "
             "debug_models needs the int8 export of tfqat.export_tflite"
         )
     return spec
@@ -257,13 +244,13 @@ def debug_models(
     activations = [p for p in pairs if p.kind == "activation" and p.op_index >= 0]
     if not activations:
         raise ValueError(
-            f"no tensor of {_label(int8_tflite_path)} matches a layer of float model '{float_model.name}' "
+            f"no tensor of {model_label(int8_tflite_path)} matches a layer of float model '{float_model.name}' "
             f"(e.g. '{unmatched[0] if unmatched else ''}'); pass the float model the int8 model was made from"
         )
     tallies = _activation_tallies(interpreter, input_spec, folded, [p for p in pairs if p.kind == "activation"],
                                   images, batch_size)
     rows = [_row(p, tallies[p] if p in tallies else _weight_tally(p, interpreter, folded)) for p in pairs]
-    return DebugReport(rows=rows, images=len(images), unmatched=tuple(unmatched), source=_label(int8_tflite_path))
+    return DebugReport(rows=rows, images=len(images), unmatched=tuple(unmatched), source=model_label(int8_tflite_path))
 
 
 def _activation_tallies(interpreter, input_spec, folded, pairs: list[_Pair], images, batch_size) -> dict[_Pair, Tally]:

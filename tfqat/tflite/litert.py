@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union, overload
@@ -88,7 +89,8 @@ def read_model_bytes(model: str | os.PathLike | bytes) -> bytes:
 
 
 def load_interpreter(
-    model: ModelSource, *, num_threads: int | None = None, kernels: Kernels = "builtin"
+    model: ModelSource, *, num_threads: int | None = None, kernels: Kernels = "builtin",
+    preserve_all_tensors: bool = False,
 ) -> Interpreter:
     """Loads a TFLite model from a path or bytes into a LiteRT Interpreter.
 
@@ -97,6 +99,7 @@ def load_interpreter(
       num_threads: CPU threads for LiteRT kernels; None lets LiteRT choose.
       kernels: "builtin" (LiteRT CPU kernels, no delegate), "reference"
         (LiteRT reference kernels, slow) or "xnnpack" (LiteRT's default delegate).
+      preserve_all_tensors: keep every intermediate tensor readable after invoke (the debugger's need).
 
     Raises:
       TFLiteModelError: the file is missing or is not a model LiteRT can load.
@@ -109,14 +112,22 @@ def load_interpreter(
         raise ValueError(f"num_threads={num_threads} is not valid; use None or an integer >= 1")
     content = read_model_bytes(model)
     try:
-        return Interpreter(
-            model_content=content,
-            num_threads=num_threads,
-            experimental_op_resolver_type=_RESOLVERS[kernels],
-        )
+        with warnings.catch_warnings():
+            # LiteRT warns that keeping every tensor costs memory: asked for, it is the point.
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            return Interpreter(
+                model_content=content,
+                num_threads=num_threads,
+                experimental_op_resolver_type=_RESOLVERS[kernels],
+                experimental_preserve_all_tensors=preserve_all_tensors,
+            )
     except (ValueError, RuntimeError) as error:
-        label = "the model buffer" if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
-        raise TFLiteModelError(f"LiteRT cannot load {label}: {_first_line(error)}") from None
+        raise TFLiteModelError(f"LiteRT cannot load {model_label(model)}: {_first_line(error)}") from None
+
+
+def model_label(model: ModelSource) -> str:
+    """How messages name a model given as a path or as bytes."""
+    return "the model buffer" if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
 
 
 def _first_line(error: Exception) -> str:

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfqat._keras import keras
 from tfqat.quantization import rounding
+from tfqat.quantization.quantizers import Pow2WeightQuantizer
 from tfqat.transforms.batches import image_batches
 from tfqat.transforms.bias_correction import kernel_layers
 from tfqat.transforms.folding import fold_batch_norms
@@ -148,7 +149,7 @@ def adaround(
         msg = f"model '{qat_model.name}' has no quantized conv/dense layer with a bias; pass a model from quantize_model"
         raise ValueError(msg)
     for name, (_, quantizer, _, _) in layers.items():
-        if type(quantizer).__name__ != "Pow2WeightQuantizer":
+        if type(quantizer) is not Pow2WeightQuantizer:  # a subclass (trained thresholds) sets its own scale
             raise ValueError(f"layer '{name}': AdaRound needs the round-to-nearest kernel quantizer, not trained thresholds")
     images = _sample_images(images, steps)
     folded = fold_batch_norms(float_model)

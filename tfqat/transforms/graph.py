@@ -52,12 +52,9 @@ def call_cloned(layer, args, kwargs):
 def consumers(model) -> dict:
     """Map each tensor id of `model` to the layers that consume it."""
     used_by = {}
-    for depth_nodes in model._nodes_by_depth.values():
-        for node in depth_nodes:
-            if node.is_input:
-                continue
-            for tensor_id in node.flat_input_ids:
-                used_by.setdefault(tensor_id, []).append(node.layer)
+    for node in call_order(model):
+        for tensor_id in node.flat_input_ids:
+            used_by.setdefault(tensor_id, []).append(node.layer)
     return used_by
 
 
@@ -73,28 +70,33 @@ def _is_nested_model(layer) -> bool:
     return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
 
 
+def call_order(model):
+    """The nodes of `model` that call a layer, in an order where every node's inputs come first."""
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if not node.is_input:
+                yield node
+
+
 def replay(model, inputs, hook: Optional[LayerHook] = None):
     """Call every layer of `model` on `inputs` in graph order, inlining nested models.
 
     Returns the new outputs in the structure of `model.outputs`.
     """
     tensors = {str(id(ref)): new for ref, new in zip(model.inputs, tf.nest.flatten(inputs))}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input:
-                continue
-            args, kwargs = node_arguments(node, tensors)
-            layer = node.layer
-            if _is_nested_model(layer):
-                # The nested model's call kwargs (e.g. training=False) are dropped:
-                # the flat graph is called as a whole.
-                outputs = replay(layer, args[0], hook)
-            else:
-                outputs = hook(layer, args, kwargs) if hook else None
-                if outputs is None:
-                    outputs = call_cloned(layer, args, kwargs)
-            for tensor_id, new in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-                tensors[tensor_id] = new
+    for node in call_order(model):
+        args, kwargs = node_arguments(node, tensors)
+        layer = node.layer
+        if _is_nested_model(layer):
+            # The nested model's call kwargs (e.g. training=False) are dropped:
+            # the flat graph is called as a whole.
+            outputs = replay(layer, args[0], hook)
+        else:
+            outputs = hook(layer, args, kwargs) if hook else None
+            if outputs is None:
+                outputs = call_cloned(layer, args, kwargs)
+        for tensor_id, new in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+            tensors[tensor_id] = new
     new_outputs = [tensors[str(id(ref))] for ref in model.outputs]
     return new_outputs[0] if len(new_outputs) == 1 else new_outputs
 

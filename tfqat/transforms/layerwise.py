@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 
 from tfqat._keras import keras
 from tfqat.transforms import graph
@@ -30,7 +31,7 @@ def float_twins(qat_model, folded_float_model) -> Callable:
         try:
             return folded_float_model.get_layer(name)
         except ValueError:
-            if type(layer).__name__ == "QuantizeLayer":  # the input's quantizer: nothing to do in float
+            if isinstance(layer, quantize_layer.QuantizeLayer):  # the input's quantizer: nothing to do in float
                 return None
             msg = f"layer '{layer.name}' of '{qat_model.name}' has no counterpart in float model '{folded_float_model.name}'"
             raise ValueError(msg) from None
@@ -50,24 +51,21 @@ def run_side_by_side(
     remaining = {tensor_id: len(users) for tensor_id, users in graph.consumers(model).items()}
     input_id, output_id = str(id(model.inputs[0])), str(id(model.outputs[0]))
     quantized, floating = {input_id: images}, {input_id: images}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input:
-                continue
-            layer = node.layer
-            args_q, kwargs_q = graph.node_arguments(node, quantized)
-            args_f, kwargs_f = graph.node_arguments(node, floating)
-            if before_layer is not None:
-                before_layer(layer, args_q, args_f)
-            float_layer = twin(layer)
-            out_q = _call_in_batches(layer, args_q, kwargs_q, batch_size)
-            out_f = args_f[0] if float_layer is None else _call_in_batches(float_layer, args_f, kwargs_f, batch_size)
-            for tensor_id in node.flat_input_ids:
-                remaining[tensor_id] -= 1
-                if remaining[tensor_id] == 0 and tensor_id != output_id:
-                    del quantized[tensor_id], floating[tensor_id]
-            (tensor_id,) = node.flat_output_ids
-            quantized[tensor_id], floating[tensor_id] = out_q, out_f
+    for node in graph.call_order(model):
+        layer = node.layer
+        args_q, kwargs_q = graph.node_arguments(node, quantized)
+        args_f, kwargs_f = graph.node_arguments(node, floating)
+        if before_layer is not None:
+            before_layer(layer, args_q, args_f)
+        float_layer = twin(layer)
+        out_q = _call_in_batches(layer, args_q, kwargs_q, batch_size)
+        out_f = args_f[0] if float_layer is None else _call_in_batches(float_layer, args_f, kwargs_f, batch_size)
+        for tensor_id in node.flat_input_ids:
+            remaining[tensor_id] -= 1
+            if remaining[tensor_id] == 0 and tensor_id != output_id:
+                del quantized[tensor_id], floating[tensor_id]
+        (tensor_id,) = node.flat_output_ids
+        quantized[tensor_id], floating[tensor_id] = out_q, out_f
     return quantized[output_id], floating[output_id]
 
 
