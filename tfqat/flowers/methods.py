@@ -183,7 +183,7 @@ METHODS: dict[str, Method] = {
         Method(
             "qat_tqt_per_channel", "int8 via QAT with trained thresholds (TQT; power-of-two, per-channel)",
             "QAT int8, TQT, per-channel", _FILE.format("qat_tqt_per_channel"), _pow2,
-            Recipe(train=True, trained_thresholds=True, per_channel=True), default=False,
+            Recipe(train=True, trained_thresholds=True, per_channel=True), default=False, published=True,
         ),
         Method(
             "tflite_ptq", "int8 via TFLite converter PTQ (per-channel, float scales)", "TFLite PTQ int8 (peer)",
