@@ -157,11 +157,30 @@ def test_bias_correction_matches_the_first_layers_mean_output(rounded_tiny):
     np.testing.assert_allclose(quant_out.mean(axis=(0, 1, 2)), float_out.mean(axis=(0, 1, 2)), atol=5e-5)
 
 
-def test_adaround_refuses_trained_thresholds_and_empty_images():
+def test_adaround_rounds_trained_threshold_models_on_their_thresholds_steps():
+    """A TQT model rounded by AdaRound (the qat_tqt_tuned start) is on the grid its thresholds set, so
+    training starts from exactly the rounded model: the training-mode forward pass equals inference."""
+    model = _tiny_model()
+    images = np.random.default_rng(7).uniform(-1, 1, (24, 32, 32, 3)).astype(np.float32)
+    qat = tfqat.quantize_model(model, trained_thresholds=True)
+    tfqat.calibrate(qat, images)
+    before = qat.predict(images, verbose=0)
+    thresholds = [v.numpy() for v in qat.weights if "log2_threshold" in v.name]
+    adaround(qat, model, images, iterations=50, verbose=False)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(thresholds, [v for v in qat.weights if "log2_threshold" in v.name]))
+    for _, kernel, quantizer, variables, _ in kernel_layers(qat):
+        step = np.exp2(quantizer.kernel_exponent(kernel, variables).numpy())
+        np.testing.assert_array_equal(kernel.numpy() / step, np.round(kernel.numpy() / step))
+        assert np.abs(kernel.numpy() / step).max() <= WEIGHT_QMAX
+        np.testing.assert_array_equal(quantizer(kernel, True, variables).numpy(), kernel.numpy())
+    after = qat.predict(images, verbose=0)
+    reference = model.predict(images, verbose=0)
+    assert np.mean((after - reference) ** 2) < np.mean((before - reference) ** 2)
+
+
+def test_adaround_refuses_empty_images():
     model = _tiny_model()
     images = np.zeros((4, 32, 32, 3), np.float32)
-    with pytest.raises(ValueError, match="trained thresholds"):
-        adaround(tfqat.quantize_model(model, trained_thresholds=True), model, images, verbose=False)
     with pytest.raises(ValueError, match="no images"):
         adaround(tfqat.quantize_model(model), model, images[:0], verbose=False)
     assert tf.executing_eagerly()

@@ -36,7 +36,8 @@ class Recipe:
     trained_thresholds: bool = False  # TQT: trainable log2 thresholds for weights and activations
     unsigned_activations: bool = False  # ReLU outputs on [0, 255] * 2**k (int8 zero point -128)
     bias_correction: bool = False  # after calibration, biases absorb the mean shift of weight rounding
-    adaround: bool = False  # after calibration, kernels rounded layer by layer to fit the float outputs (AdaRound)
+    adaround: bool = False  # after calibration, kernels rounded layer by layer to fit the float outputs (AdaRound);
+    # with train=True QAT starts from that rounded model
     train: bool = False  # QAT (model.fit) after calibration; False: PTQ (calibration only)
     distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
     epochs: Optional[int] = None
@@ -47,8 +48,6 @@ class Recipe:
             raise ValueError(f"Recipe.epochs={self.epochs!r} must be 0 or more")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"Recipe.learning_rate={self.learning_rate!r} must be positive")
-        if self.adaround and (self.train or self.trained_thresholds):
-            raise ValueError("Recipe: adaround is a PTQ step (train=False, no trained thresholds)")
         if not self.train and (self.distillation or self.epochs is not None or self.learning_rate is not None):
             raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
 
@@ -168,6 +167,13 @@ METHODS: dict[str, Method] = {
             "int8 via QAT with trained thresholds from the cross-layer-equalized model (TQT; power-of-two, per-tensor)",
             "QAT int8, TQT, equalized", _FILE.format("qat_tqt_equalized"), _pow2,
             Recipe(train=True, trained_thresholds=True, equalize=True), default=False,
+        ),
+        Method(
+            "qat_tqt_tuned",
+            "int8 via QAT with trained thresholds from the AdaRound PTQ model (TQT; power-of-two, per-tensor)",
+            "QAT int8, TQT, from AdaRound", _FILE.format("qat_tqt_tuned"), _pow2,
+            Recipe(train=True, trained_thresholds=True, equalize=True, bias_correction=True, adaround=True),
+            default=False,
         ),
         Method(
             "qat_tqt_unsigned",

@@ -132,7 +132,8 @@ def adaround(
     """Round every quantized conv/dense kernel of `qat_model` adaptively, in place, on `images` (no labels).
 
     Args:
-      qat_model: a calibrated model from `tfqat.quantize_model(float_model)` (without trained thresholds).
+      qat_model: a calibrated model from `tfqat.quantize_model(float_model)`. With trained thresholds each
+        kernel is rounded on the step its threshold sets (a QAT start that is already AdaRound's model).
       float_model: the float model it was made from (e.g. the equalized one).
       images: sample inputs, in any form `tfqat.calibrate` takes; they are all held in memory
         with two copies of the widest activations (512 images at 224 px: about 6 GB).
@@ -149,8 +150,8 @@ def adaround(
         msg = f"model '{qat_model.name}' has no quantized conv/dense layer with a bias; pass a model from quantize_model"
         raise ValueError(msg)
     for name, (_, quantizer, _, _) in layers.items():
-        if type(quantizer) is not Pow2WeightQuantizer:  # a subclass (trained thresholds) sets its own scale
-            raise ValueError(f"layer '{name}': AdaRound needs the round-to-nearest kernel quantizer, not trained thresholds")
+        if not isinstance(quantizer, Pow2WeightQuantizer):
+            raise ValueError(f"layer '{name}': AdaRound needs tfqat's power-of-two kernel quantizer, not {type(quantizer).__name__}")
     images = _sample_images(images, steps)
     folded = fold_batch_norms(float_model)
     twin = float_twins(qat_model, folded)
