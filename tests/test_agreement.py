@@ -6,6 +6,7 @@ import pytest
 import tflite_models as tm
 from tfqat._keras import keras
 from tfqat.tflite.agreement import keras_outputs, keras_tflite_agreement
+from tfqat.transforms.batches import EAGER_BATCHES
 
 # Step used for the float comparison: the int8 softmax output step, 1/256.
 SOFTMAX_STEP = 2.0**-8
@@ -68,13 +69,19 @@ def test_empty_images_are_refused():
 def test_keras_outputs_refuses_a_two_output_model():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
-    with pytest.raises(ValueError, match="single-output"):
-        keras_outputs(model, np.zeros((2, 4), np.float32))
+    for count in (2, 200):  # eager and traced
+        with pytest.raises(ValueError, match="single-output"):
+            keras_outputs(model, np.zeros((count, 4), np.float32))
+    with pytest.raises(ValueError, match="no images"):
+        keras_outputs(tm.tiny_float_keras_model(), np.zeros((0, *tm.IMAGE_SHAPE), np.float32))
 
 
-def test_keras_outputs_match_eager_calls_and_keep_every_image():
+@pytest.mark.parametrize("batch_size", [16, 8], ids=["eager batches", "traced predict"])
+def test_keras_outputs_match_eager_calls_and_keep_every_image(batch_size):
+    """3 batches run eagerly, 5 (more than EAGER_BATCHES) through Keras' predict: the same outputs."""
     model = tm.tiny_float_keras_model()
     images = tm.random_images(37, seed=2)  # a partial last batch
-    got = keras_outputs(model, images, batch_size=16)
+    assert (37 / batch_size <= EAGER_BATCHES) == (batch_size == 16)
+    got = keras_outputs(model, images, batch_size=batch_size)
     assert got.shape == (37, tm.NUM_CLASSES) and got.dtype == np.float32
     np.testing.assert_allclose(got, model(images, training=False).numpy(), atol=1e-6)

@@ -13,6 +13,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 import tfqat
 from tfqat.quantization import configs, pow2
+from tfqat.transforms import batches as batches_module
+from tfqat.transforms.batches import EAGER_BATCHES
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 layers = keras.layers
@@ -277,14 +279,18 @@ def test_calibrated_outputs_are_on_the_input_grid(run):
     assert steps.min() >= -128 and steps.max() <= 127
 
 
-@pytest.fixture(scope="module")
-def small_qat():
+def _small_float():
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, name="conv")(inputs)
     x = layers.BatchNormalization(name="bn")(x)
     x = layers.ReLU(6.0, name="relu")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    return tfqat.quantize_model(keras.Model(inputs, layers.Dense(3, name="logits")(x)))
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def small_qat():
+    return tfqat.quantize_model(_small_float())
 
 
 def _small_batches():
@@ -308,6 +314,24 @@ def test_calibrate_steps(small_qat, steps, expected_used):
     used = np.concatenate(batches[:expected_used])
     variables = small_qat.layers[1].quantizer_vars
     assert variables["min_var"].numpy() == used.min() and variables["max_var"].numpy() == used.max()
+
+
+def test_calibrate_past_the_eager_batches_sees_every_batch(monkeypatch):
+    """More batches than run eagerly: the traced rest (any batch size) widens the ranges, and eager batches
+    set the same ranges as traced ones (a reference calibrated with every batch traced)."""
+    rng = np.random.default_rng(8)
+    batches = [rng.uniform(-1, 1, (n, 8, 8, 3)).astype(np.float32) for n in [2] * EAGER_BATCHES + [3, 1]]
+    batches[-1][0, 0, 0, 0] = 5.0  # the widest value comes in the last, traced batch
+    model = _small_float()
+    mixed, traced = tfqat.quantize_model(model), tfqat.quantize_model(model)
+    assert tfqat.calibrate(mixed, batches) == EAGER_BATCHES + 2
+    assert mixed.layers[1].quantizer_vars["max_var"].numpy() == 5.0
+    monkeypatch.setattr(batches_module, "EAGER_BATCHES", 0)
+    tfqat.calibrate(traced, batches)
+    ranges = [(a.name, a.numpy(), b.numpy()) for a, b in zip(mixed.non_trainable_weights, traced.non_trainable_weights)]
+    assert sum(name.endswith(("_min:0", "_max:0")) for name, _, _ in ranges) >= 6
+    for name, a, b in ranges:
+        np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
 
 
 def test_calibrate_accepts_labelled_tf_data(small_qat):

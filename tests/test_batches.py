@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat.transforms.batches import BATCH_SIZE, image_batches
+from tfqat.transforms.batches import BATCH_SIZE, EAGER_BATCHES, image_batches, inference_outputs
 
 
 def _images(count):
@@ -40,3 +40,15 @@ def test_labelled_batches_give_their_images_and_steps_limit_them():
 def test_bad_input_is_named(data, steps, message):
     with pytest.raises(ValueError, match=message):
         image_batches(data, steps)
+
+
+def test_inference_outputs_are_the_models_eager_or_traced_whatever_the_batch_sizes():
+    """The first EAGER_BATCHES batches run eagerly, then one traced function takes every later batch size."""
+    inputs = keras.Input((2, 2, 3))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    sizes = [3] * EAGER_BATCHES + [5, 2, 7]
+    batches = [tf.constant(np.random.default_rng(n).normal(size=(n, 2, 2, 3)), tf.float32) for n in sizes]
+    outputs = list(inference_outputs(model, batches))
+    assert [len(o) for o in outputs] == sizes
+    for batch, output in zip(batches, outputs):
+        np.testing.assert_allclose(output.numpy(), model(batch, training=False).numpy(), atol=1e-6)

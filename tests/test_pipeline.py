@@ -162,6 +162,16 @@ def test_bad_options_are_clear_errors(tmp_path, capsys):
         pipeline.RunOptions(batch_size=0)
     with pytest.raises(ValueError, match="unknown stages"):
         pipeline.RunOptions(stages=("float", "distill"))
+    with pytest.raises(ValueError, match="adaround_iterations"):
+        pipeline.RunOptions(adaround_iterations=0)
+
+
+def test_the_default_adaround_iterations_are_adarounds_own():
+    """options.py reads no TensorFlow, so it repeats the number; the default run must use AdaRound's own."""
+    from tfqat.quantization.rounding import ITERATIONS
+
+    assert pipeline.RunOptions().adaround_iterations == ITERATIONS
+    assert pipeline.QUICK["adaround_iterations"] < ITERATIONS
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path, capsys):

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfqat.transforms import graph
-from tfqat.transforms.batches import image_batches
+from tfqat.transforms.batches import image_batches, inference_outputs
 from tfqat.transforms.folding import fold_batch_norms
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
@@ -74,11 +74,16 @@ def quantize_model(
     if not 0.0 <= ema_decay < 1.0:
         msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
         raise ValueError(msg)
+    # Only built-in layers and tfqat's quantizers from here on (_check_supported): none needs AutoGraph.
+    with graph.autograph_off():
+        return _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(
+            per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds,
+            unsigned_activations=unsigned_activations,
+        ))
+
+
+def _quantize_model(model, fold_bn, strategy, scheme):
     flat = fold_batch_norms(model) if fold_bn else graph.flatten(model)
-    scheme = Pow2QuantizeScheme(
-        per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds,
-        unsigned_activations=unsigned_activations,
-    )
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
@@ -115,12 +120,8 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
     for flag in flags:
         flag.assign(0.0)
     with collecting_ranges():
-        # A fresh function, traced while collecting, so Keras' cached predict is untouched.
-        observe = tf.function(lambda x: qat_model(x, training=False))
-        used = 0
-        for batch in batches:
-            observe(batch)
-            used += 1
+        # Eager calls, or a fresh function traced while collecting, so Keras' cached predict is untouched.
+        used = sum(1 for _ in inference_outputs(qat_model, batches))
     if used == 0:
         raise ValueError("calibrate got no batches from the dataset")
     init_thresholds(qat_model, weights=False)

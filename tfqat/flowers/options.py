@@ -28,6 +28,7 @@ class RunOptions:
     restore_best: bool = True  # every fit ends on its epoch with the lowest validation loss, not its last
     equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
     calibration_images: int = 512
+    adaround_iterations: int = 500  # optimizer steps per layer of AdaRound's relaxation (tfqat.adaround)
     per_channel: bool = False
     trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
     unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
@@ -41,7 +42,7 @@ class RunOptions:
     command: str = ""
 
     def __post_init__(self):
-        positive = ("image_size", "batch_size", "calibration_images")
+        positive = ("image_size", "batch_size", "calibration_images", "adaround_iterations")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
@@ -59,7 +60,10 @@ class RunOptions:
 NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
 # What runs recorded before a setting existed did, where that is not the setting's default.
 BEFORE_RECORDED = {"restore_best": False}
-QUICK = dict(image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16)
+QUICK = dict(
+    image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16,
+    adaround_iterations=100,
+)
 QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 
 

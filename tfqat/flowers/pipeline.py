@@ -209,7 +209,10 @@ class Run:
         if key not in self._calibrated:
             calibrate(qat, self._calibration_batches())
             if recipe.adaround:
-                adaround(qat, float_model, self.calibration_images, bias_correction=recipe.bias_correction)
+                adaround(
+                    qat, float_model, self.calibration_images, bias_correction=recipe.bias_correction,
+                    iterations=self.options.adaround_iterations,
+                )
             elif recipe.bias_correction:
                 correct_biases(qat, self._calibration_batches())
             self._calibrated[key] = qat.get_weights()
@@ -220,11 +223,8 @@ class Run:
     def _validation_metrics(self, model) -> dict:
         """Top-1 accuracy and mean cross-entropy of a Keras model on the validation split, the only split
         training choices may look at."""
-        outputs, labels = [], []
-        for images, batch_labels in self.val_ds:
-            outputs.append(keras_outputs(model, images.numpy()))
-            labels.append(batch_labels.numpy())
-        logits, labels = np.concatenate(outputs), np.concatenate(labels)
+        images, labels = zip(*((images.numpy(), labels.numpy()) for images, labels in self.val_ds))
+        logits, labels = keras_outputs(model, np.concatenate(images)), np.concatenate(labels)
         accuracy = evaluate.classification_metrics(labels, logits, self.flowers.classes)["accuracy"]
         loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return {"validation_accuracy": accuracy, "validation_loss": float(np.mean(loss))}
