@@ -172,6 +172,7 @@ def test_the_default_adaround_iterations_are_adarounds_own():
 
     assert pipeline.RunOptions().adaround_iterations == ITERATIONS
     assert pipeline.QUICK["adaround_iterations"] < ITERATIONS
+    assert pipeline.QUICK["run_eagerly"] and not pipeline.RunOptions().run_eagerly  # only the quick run's fits
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path, capsys):

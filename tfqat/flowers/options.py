@@ -29,6 +29,7 @@ class RunOptions:
     equalize: bool = False  # tfqat's QAT starts from the cross-layer-equalized model (tfqat.equalize)
     calibration_images: int = 512
     adaround_iterations: int = 500  # optimizer steps per layer of AdaRound's relaxation (tfqat.adaround)
+    run_eagerly: bool = False  # fits run eagerly: quicker than tracing for a handful of steps, slower for more
     per_channel: bool = False
     trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
     unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
@@ -62,7 +63,7 @@ NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
 BEFORE_RECORDED = {"restore_best": False}
 QUICK = dict(
     image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16,
-    adaround_iterations=100,
+    adaround_iterations=100, run_eagerly=True,
 )
 QUICK_IMAGES = {"train": 96, "validation": 32, "test": 64}
 

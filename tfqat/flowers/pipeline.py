@@ -278,6 +278,7 @@ class Run:
             restore_best=self.options.restore_best,
             history_csv=self._history(stage),
             verbose=_FIT_VERBOSITY,
+            run_eagerly=o.run_eagerly,
         )
 
     def _history(self, stage: str) -> Path:
@@ -356,7 +357,7 @@ class Run:
                 head_epochs=o.head_epochs, fine_tune_epochs=o.fine_tune_epochs,
                 head_learning_rate=o.head_learning_rate, fine_tune_learning_rate=o.fine_tune_learning_rate,
                 backup_dir=self.out / "backup" / "float", restore_best=o.restore_best,
-                history_dir=self._history("float"), verbose=_FIT_VERBOSITY,
+                history_dir=self._history("float"), verbose=_FIT_VERBOSITY, run_eagerly=o.run_eagerly,
             )
         model.save_weights(str(self.out / "float.weights.h5"))
         train.unfreeze(model)

@@ -31,13 +31,20 @@ def cosine_schedule(learning_rate: float, epochs: int, train_ds):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
 
 
-def compile_classifier(model, learning_rate, *, soft_targets: bool = False) -> None:
-    """Adam and cross-entropy on logits; targets are class indices, or class probabilities with `soft_targets`."""
+def compile_classifier(model, learning_rate, *, soft_targets: bool = False, run_eagerly: bool = False) -> None:
+    """Adam and cross-entropy on logits; targets are class indices, or class probabilities with `soft_targets`.
+
+    `run_eagerly` skips tracing the train and test steps: a QAT MobileNetV2 takes 20-30 s to trace, more
+    than a handful of eager steps (the quick run's), far less than a real run's hundreds.
+    """
     if soft_targets:
         loss, accuracy = keras.losses.CategoricalCrossentropy(from_logits=True), keras.metrics.CategoricalAccuracy
     else:
         loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), keras.metrics.SparseCategoricalAccuracy
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[accuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[accuracy(name="accuracy")],
+        run_eagerly=run_eagerly,
+    )
 
 
 def distillation_targets(dataset, teacher):
@@ -77,6 +84,7 @@ def fit(
     history_csv: Optional[Path] = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
+    run_eagerly: bool = False,
 ):
     """`model.fit` with a cosine-decayed Adam, resume-on-restart (BackupAndRestore) and a clear stop on NaN.
 
@@ -102,7 +110,7 @@ def fit(
         train_ds = distillation_targets(train_ds, teacher).prefetch(tf.data.AUTOTUNE)
         if val_ds is not None:
             val_ds = val_ds.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
-    compile_classifier(model, schedule, soft_targets=teacher is not None)
+    compile_classifier(model, schedule, soft_targets=teacher is not None, run_eagerly=run_eagerly)
     last_good = _LastGoodWeights()
     all_callbacks = [last_good, keras.callbacks.TerminateOnNaN(), *callbacks]
     if history_csv is not None:
@@ -282,6 +290,7 @@ def train_float(
     restore_best: bool = False,
     history_dir: Optional[Path] = None,
     verbose: int = 1,
+    run_eagerly: bool = False,
 ):
     """Transfer learning in two phases: the new head alone, then the whole network at a small rate.
 
@@ -303,6 +312,7 @@ def train_float(
             model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
             backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best,
             history_csv=Path(history_dir) / f"{FLOAT_PHASES[0]}.csv" if history_dir else None, verbose=verbose,
+            run_eagerly=run_eagerly,
         )
         if head_weights is not None:
             _save_weights(head_weights, model.get_weights())
@@ -312,6 +322,7 @@ def train_float(
             model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
             backup_dir=backup_dir / "fine_tune" if backup_dir else None, restore_best=restore_best,
             history_csv=Path(history_dir) / f"{FLOAT_PHASES[1]}.csv" if history_dir else None, verbose=verbose,
+            run_eagerly=run_eagerly,
         )
     if head_weights is not None:
         head_weights.unlink(missing_ok=True)  # both phases are over: nothing left to resume
