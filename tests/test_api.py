@@ -404,9 +404,10 @@ def _layer_norm():
     return keras.Model(inputs, layers.LayerNormalization(name="the_norm")(x))
 
 
-def _bn_after_relu():
-    inputs = keras.Input((8, 8, 3))
-    x = layers.ReLU()(layers.Conv2D(4, 3)(inputs))
+def _bn_on_features():
+    """A BN after a Dense: neither folded into a conv nor computed by a 1x1 depthwise conv (no image)."""
+    inputs = keras.Input((8,))
+    x = layers.ReLU()(layers.Dense(4)(inputs))
     return keras.Model(inputs, layers.BatchNormalization(name="late_bn")(x))
 
 
@@ -420,10 +421,10 @@ def _elu_conv():
     [
         (_lstm, r"'the_lstm' \(LSTM\)"),
         (_layer_norm, r"'the_norm' \(LayerNormalization\)"),
-        (_bn_after_relu, r"'late_bn' \(BatchNormalization\): .*cannot be folded"),
+        (_bn_on_features, r"'late_bn' \(BatchNormalization\): .*cannot be folded"),
         (_elu_conv, r"'elu_conv' \(Conv2D\): its activation 'elu'"),
     ],
-    ids=["lstm", "layer_norm", "bn_after_relu", "elu_conv"],
+    ids=["lstm", "layer_norm", "bn_on_features", "elu_conv"],
 )
 def test_unsupported_layer_is_named_with_its_class(build, expected):
     with pytest.raises(ValueError, match=expected):

@@ -263,11 +263,28 @@ def _dense_then_bn():
     ids=["conv_output_has_another_consumer", "conv_has_activation", "bn_after_relu", "bn_not_on_channels", "dense"],
 )
 def test_pairs_that_must_not_fold(build):
+    """The conv keeps its weights; a BN on an image's channels becomes a 1x1 depthwise conv, any other stays."""
     model = randomize_batch_norms(build(), seed=3)
     folded = fold_batch_norms(model)
-    assert kinds(folded) == kinds(model)
-    for name in ("the_conv", "the_bn"):
-        for before, after in zip(model.get_layer(name).get_weights(), folded.get_layer(name).get_weights()):
-            np.testing.assert_array_equal(before, after)
+    for before, after in zip(model.get_layer("the_conv").get_weights(), folded.get_layer("the_conv").get_weights()):
+        np.testing.assert_array_equal(before, after)
+    bn = model.get_layer("the_bn")
+    as_depthwise = bn.axis in ([3], [-1], 3, -1) and bn.input.shape.rank == 4
+    assert type(folded.get_layer("the_bn")) is (layers.DepthwiseConv2D if as_depthwise else layers.BatchNormalization)
+    assert kinds(fold_batch_norms(model, standalone_as_depthwise=False)) == kinds(model)
     x = images((2,) + tuple(model.input.shape[1:]))
-    np.testing.assert_array_equal(folded(x, training=False).numpy(), model(x, training=False).numpy())
+    np.testing.assert_allclose(folded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_standalone_bn_becomes_the_same_affine_map_as_a_1x1_depthwise_conv():
+    inputs = keras.Input((6, 6, 5))
+    x = layers.Concatenate()([inputs, layers.Conv2D(3, 1)(inputs)])
+    x = layers.BatchNormalization(epsilon=1e-3, name="pre_bn")(x)
+    model = randomize_batch_norms(keras.Model(inputs, layers.ReLU()(x)), seed=4)
+    folded = fold_batch_norms(model)
+    depthwise = folded.get_layer("pre_bn")
+    assert isinstance(depthwise, layers.DepthwiseConv2D) and depthwise.depthwise_kernel.shape == (1, 1, 8, 1)
+    gamma, beta, mean, variance = model.get_layer("pre_bn").get_weights()
+    np.testing.assert_allclose(depthwise.depthwise_kernel.numpy().ravel(), gamma / np.sqrt(variance + 1e-3), rtol=1e-6)
+    x = images((3, 6, 6, 5))
+    np.testing.assert_allclose(folded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)

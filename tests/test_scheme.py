@@ -104,7 +104,7 @@ UNSUPPORTED = [
     (lambda: layers.Conv2DTranspose(4, 3, name="bad"), "Conv2DTranspose"),
     (lambda: layers.ReLU(negative_slope=0.1, name="bad"), "ReLU"),
     (lambda: layers.Activation("elu", name="bad"), "Activation"),
-    (lambda: layers.Concatenate(name="bad"), "Concatenate"),
+    (lambda: layers.Subtract(name="bad"), "Subtract"),
 ]
 
 

@@ -21,7 +21,11 @@ LayerPattern = transforms.LayerPattern
 LayerNode = transforms.LayerNode
 
 KERNEL_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
-OUTPUT_LAYERS = (layers.Add, layers.GlobalAveragePooling2D, layers.AveragePooling2D)
+# Concatenate: TFLite's int8 CONCATENATION needs one scale for every input and its output, so the converter
+# requantizes each input whose scale differs to the output's (a shift: every scale is a power of two).
+OUTPUT_LAYERS = (
+    layers.Add, layers.GlobalAveragePooling2D, layers.AveragePooling2D, layers.Multiply, layers.Concatenate,
+)
 PASS_THROUGH_LAYERS = (layers.ZeroPadding2D, layers.MaxPooling2D, layers.Dropout, layers.Reshape, layers.Flatten)
 KERNEL_ACTIVATIONS = configs.FUSED_ACTIVATIONS + tuple(configs.FIXED_OUTPUT_RANGES)
 
@@ -67,7 +71,10 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
                 return f"its activation '{name}' has no int8 TFLite form; supported: {KERNEL_ACTIVATIONS}"
             return None
         if isinstance(layer, layers.BatchNormalization):
-            return "a BatchNormalization that does not directly follow a Conv2D/DepthwiseConv2D cannot be folded"
+            return (
+                "a BatchNormalization that neither follows a Conv2D/DepthwiseConv2D nor normalizes the channels of "
+                "an image tensor (which becomes a 1x1 depthwise conv) cannot be folded"
+            )
         if type(layer) in OUTPUT_LAYERS + PASS_THROUGH_LAYERS or isinstance(layer, layers.InputLayer):
             return None
         if isinstance(layer, layers.ReLU):

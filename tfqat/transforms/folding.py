@@ -3,6 +3,10 @@
 The kernel must be quantized *after* BN is folded into it: quantizing first and
 letting the TFLite converter fold later rescales every channel by gamma/sigma and
 breaks the power-of-two scales. So tfqat folds first and trains the folded conv.
+A BN with no conv of its own to fold into (DenseNet's pre-activation blocks, a
+BN after a concatenation) is the same per-channel affine map as a 1x1
+depthwise convolution, and becomes one: a layer with a power-of-two kernel like
+every other (what Vitis AI does with such BNs too).
 """
 
 import numpy as np
@@ -64,12 +68,30 @@ def _folded_conv(conv, bn):
     return new_conv, folded
 
 
-def fold_batch_norms(model):
+def _depthwise_batch_norm(bn):
+    """A 1x1 DepthwiseConv2D computing `bn` in inference mode (named like it), and its weights."""
+    gamma, beta, mean, variance = _bn_parameters(bn)
+    multiplier = gamma / np.sqrt(variance + bn.epsilon)
+    kernel = multiplier.reshape(1, 1, -1, 1).astype(mean.dtype)
+    bias = (beta - mean * multiplier).astype(mean.dtype)
+    return keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name, dtype=bn.dtype), [kernel, bias]
+
+
+def _standalone(layer, args) -> bool:
+    """A BN on the channels of an image tensor, which a 1x1 depthwise conv can compute."""
+    inputs = args[0] if args else None
+    return isinstance(layer, keras.layers.BatchNormalization) and _is_channel_axis(layer) and getattr(
+        inputs, "shape", None) is not None and inputs.shape.rank == 4
+
+
+def fold_batch_norms(model, standalone_as_depthwise: bool = True):
     """Return a flat copy of `model` with every foldable Conv/DepthwiseConv + BN pair merged.
 
     A pair folds when the conv has no activation of its own, its output goes only
     to the BN, and the BN normalizes the channel axis. Each BN's own epsilon is
-    used. Nested models are inlined. The original model is left untouched.
+    used. With `standalone_as_depthwise`, every other BN on the channels of an
+    image tensor becomes a 1x1 DepthwiseConv2D with the same inference-mode
+    output. Nested models are inlined. The original model is left untouched.
     """
     flat = graph.flatten(model)
     used_by = graph.consumers(flat)
@@ -90,6 +112,11 @@ def fold_batch_norms(model):
             new_conv, (kernel, bias) = _folded_conv(fold_into[layer.name], layer)
             outputs = new_conv(args[0])
             new_conv.set_weights([kernel, bias])
+            return outputs
+        if standalone_as_depthwise and _standalone(layer, args):
+            depthwise, weights = _depthwise_batch_norm(layer)
+            outputs = depthwise(args[0])
+            depthwise.set_weights(weights)
             return outputs
         return None
 
