@@ -14,7 +14,7 @@ from tfqat._keras import keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
 from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer, ScaleGroup
 
 _Wrapper = quantize_wrapper.QuantizeWrapper
 
@@ -43,6 +43,15 @@ def _own_quantizers(wrapper):
         if isinstance(quantizer, Pow2ActivationQuantizer)
     ]
     return pairs
+
+
+def _producers(layer) -> list:
+    """Every layer feeding `layer` (its one call), or [] when it is called more than once."""
+    nodes = layer._inbound_nodes
+    if len(nodes) != 1:
+        return []
+    inbound = nodes[0].inbound_layers
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
 def _output_quantizer(layer):
@@ -83,8 +92,43 @@ def _accumulator_exponent(input_quantizer, kernel, weight_quantizer, weight_vari
     return exponent
 
 
+def share_concatenation_scales(qat_model) -> int:
+    """Give the inputs and the output of every Concatenate one power-of-two scale, the widest of theirs.
+
+    TFLite's int8 CONCATENATION copies bytes, so the converter gives each input tensor the output's scale
+    (a conv feeding it then requantizes its accumulator straight to that scale). Sharing the scale in
+    Keras trains and rounds the model the way LiteRT runs it. Chained concatenations (DenseNet's
+    blocks) join one group. Returns the number of groups.
+    """
+    groups = {}  # id(quantizer) -> the shared list of (quantizer, variables)
+    for layer in qat_model.layers:
+        if not isinstance(layer, _Wrapper) or not isinstance(layer.layer, keras.layers.Concatenate):
+            continue
+        members = [_output_quantizer(layer)] + [_output_quantizer(p) for p in _producers(layer)]
+        if any(m is None for m in members) or len({m[0].unsigned for m in members}) != 1:
+            continue  # an input without a tfqat scale, or signed beside unsigned: left to the converter
+        group = []
+        for quantizer, variables in members:
+            for member in groups.get(id(quantizer), [(quantizer, variables)]):
+                if not any(member[0] is q for q, _ in group):
+                    group.append(member)
+        for quantizer, _ in group:
+            groups[id(quantizer)] = group
+    distinct = {id(g): g for g in groups.values()}.values()
+    for members in distinct:
+        group = ScaleGroup(members)
+        for quantizer, _ in members:
+            quantizer.scale_group = group
+    return len(distinct)
+
+
 def link_accumulators(qat_model) -> int:
-    """Link every conv/dense of a tfqat QAT model to its input's scale; returns how many were linked."""
+    """Link every conv/dense of a tfqat QAT model to its input's scale; returns how many were linked.
+
+    Concatenations' scale groups are linked first (`share_concatenation_scales`), so a conv reads the scale
+    its input really has.
+    """
+    share_concatenation_scales(qat_model)
     consumers = {}
     for layer in qat_model.layers:
         producer = _producer(layer)

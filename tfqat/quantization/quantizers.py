@@ -5,6 +5,7 @@ the math lives in `tfqat.quantization.pow2`.
 """
 
 import contextlib
+import weakref
 from typing import ContextManager, Iterator
 
 from tfqat._keras import keras
@@ -97,6 +98,31 @@ class Pow2WeightQuantizer(ConfigEquality, _Quantizer):
         return {"per_channel": self.per_channel, "kind": self.kind}
 
 
+class ScaleGroup:
+    """Activation quantizers whose tensors share one power-of-two scale: the largest of their own.
+
+    Every member's call needs the group's value. A traced graph computes it once (the first member's
+    call) and the other members reuse that tensor, so a group of n tensors costs O(n) ops, not O(n^2):
+    DenseNet121's largest block joins 49 tensors. Eager calls compute it each time.
+    """
+
+    def __init__(self, members):
+        self.members = list(members)  # (quantizer, its variables)
+        self._graphs = weakref.WeakKeyDictionary()  # graph -> {what: tensor}
+
+    def largest(self, what: str, own):
+        """max over members of own(quantizer, variables), once per graph for each `what`."""
+        if tf.executing_eagerly():
+            return self._compute(own)
+        cache = self._graphs.setdefault(tf.compat.v1.get_default_graph(), {})
+        if what not in cache:
+            cache[what] = self._compute(own)
+        return cache[what]
+
+    def _compute(self, own):
+        return tf.reduce_max(tf.stack([own(quantizer, variables) for quantizer, variables in self.members]))
+
+
 def _global(value, reduce):
     """Reduce a per-replica scalar over all replicas, so a distributed step sees the whole batch's range."""
     context = tf.distribute.get_replica_context()
@@ -135,6 +161,9 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
         # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
         self.accumulator_exponent = None
+        # Set by tfqat.quantization.linking when this tensor meets others in a concatenation: the
+        # ScaleGroup of every tensor that must share one scale (this one's included).
+        self.scale_group = None
 
     def build(self, tensor_shape, name, layer):
         def weight(suffix, value):
@@ -167,6 +196,14 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         )
 
     def exponent(self, weights):
+        """The scale exponent of this tensor: its own, or the largest of its scale group's (TFLite gives a
+        concatenation's inputs and output one scale, the widest range's)."""
+        if self.scale_group is not None:
+            return self.scale_group.largest("exponent", lambda q, v: q.own_exponent(v))
+        return self.own_exponent(weights)
+
+    def own_exponent(self, weights):
+        """The exponent of this tensor's own range."""
         return pow2.activation_exponent(weights["min_var"], weights["max_var"], self.unsigned)
 
     def __call__(self, inputs, training, weights, **kwargs):

@@ -116,12 +116,18 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
         return variables
 
     def log2_threshold(self, variables):
+        """The trained threshold; in a scale group (a concatenation), the group's largest."""
+        if self.scale_group is not None:
+            return self.scale_group.largest("log2_threshold", lambda q, v: q.own_log2_threshold(v))
+        return self.own_log2_threshold(variables)
+
+    def own_log2_threshold(self, variables):
         return variables["log2_threshold"] * self.threshold_gain
 
-    def exponent(self, weights):
+    def own_exponent(self, weights):
         if Pow2ActivationQuantizer._collecting:  # calibration: the range seen so far, as plain PTQ
-            return super().exponent(weights)
-        return tqt.exponent_from_log2_threshold(self.log2_threshold(weights), self.unsigned)
+            return super().own_exponent(weights)
+        return tqt.exponent_from_log2_threshold(self.own_log2_threshold(weights), self.unsigned)
 
     def __call__(self, inputs, training, weights, **kwargs):
         if training and not Pow2ActivationQuantizer._collecting and not Pow2ActivationQuantizer._exporting:
