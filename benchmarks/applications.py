@@ -11,6 +11,7 @@ Keras-LiteRT agreement on 64 images. Writes `applications.md` and `applications.
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -107,6 +108,25 @@ def check(name: str, out_dir: Path) -> dict:
     }
 
 
+def markdown(rows) -> str:
+    """The README's table: one row a network; the unsupported ones list the layer classes refused."""
+    lines = [
+        "| network (input px) | ops that are not shifts | int8 file | export | Keras-LiteRT top-1 agreement (outputs within 2 steps) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if "unsupported" in row:
+            refused = sorted(set(re.findall(r"\((\w+)\): ", row["unsupported"])))
+            lines.append(f"| {row['network']} | not yet supported; refused layers include {', '.join(refused)} | | | |")
+            continue
+        lines.append(
+            f"| {row['network']} ({row['input_size']}) | {', '.join(row['not_shifts']) or 'none'} | "
+            f"{row['int8_bytes'] / 1e6:.2f} MB | {row['export_seconds']:.1f} s | "
+            f"{row['top1_agreement']:.3f} ({row['logits_within_2_steps']:.3f}) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -122,22 +142,9 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "applications.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = [
-        "| network (input px) | ops that are not shifts | int8 file | export | Keras-LiteRT top-1 agreement (outputs within 2 steps) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in rows:
-        if "unsupported" in row:
-            lines.append(f"| {row['network']} | not yet supported: {row['unsupported'][:160]} | | | |")
-            continue
-        lines.append(
-            f"| {row['network']} ({row['input_size']}) | {', '.join(row['not_shifts']) or 'none'} | "
-            f"{row['int8_bytes'] / 1e6:.2f} MB | {row['export_seconds']:.1f} s | "
-            f"{row['top1_agreement']:.3f} ({row['logits_within_2_steps']:.3f}) |"
-        )
-    command = "python benchmarks/applications.py --out " + str(args.out)
-    (args.out / "applications.md").write_text("\n".join(lines) + f"\n\nCommand: `{command}`\n")
-    print("\n".join(lines))
+    table = markdown(rows)
+    (args.out / "applications.md").write_text(f"{table}\n\nCommand: `python benchmarks/applications.py --out {args.out}`\n")
+    print(table)
     return 0
 
 
