@@ -302,3 +302,38 @@ def test_load_model_relinks(gap_qat, tmp_path):
     with tfqat.quantize_scope():
         unlinked = keras.models.load_model(path)
     assert np.any(unlinked(images, training=False).numpy() != qat(images, training=False).numpy())
+
+
+@pytest.mark.parametrize("trained_thresholds", [False, True], ids=["ranges", "trained_thresholds"])
+def test_a_concatenation_and_its_inputs_share_the_widest_scale_and_agree_with_litert(trained_thresholds, tmp_path):
+    """Two convs with ranges 16x apart meet in a Concatenate: all three tensors take the wider conv's
+    scale (as the converter gives them), so Keras and LiteRT agree to the output step."""
+    from tfqat.quantization.linking import share_concatenation_scales
+    from tfqat.tflite.agreement import keras_tflite_agreement
+
+    layers = keras.layers
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3))
+    narrow = layers.Conv2D(4, 1, name="narrow")(inputs)
+    wide = layers.Conv2D(4, 1, name="wide", kernel_initializer=keras.initializers.RandomNormal(stddev=8.0))(inputs)
+    joined = layers.Concatenate(name="joined")([narrow, wide])
+    model = keras.Model(inputs, layers.Flatten()(layers.Conv2D(3, 1, name="after")(joined)))
+    images = np.random.default_rng(6).uniform(-1, 1, (64, 8, 8, 3)).astype(np.float32)
+    qat = tfqat.quantize_model(model, trained_thresholds=trained_thresholds)
+    tfqat.calibrate(qat, images)
+    assert share_concatenation_scales(qat) == 1
+    def output_quantizer(name):
+        layer = wrapped(qat, name)
+        if layer._quantize_activations:
+            return layer._quantize_activations[0].quantizer, layer._quantize_activations[0]._post_activation_vars
+        return layer._output_quantizers[0], layer._output_quantizer_vars
+
+    quantizers = {name: output_quantizer(name) for name in ("narrow", "wide", "joined")}
+    own = {name: float(q.own_exponent(v)) for name, (q, v) in quantizers.items()}
+    shared = {name: float(q.exponent(v)) for name, (q, v) in quantizers.items()}
+    assert own["wide"] - own["narrow"] >= 3  # the ranges really differ
+    assert set(shared.values()) == {max(own.values())}
+    path = tmp_path / "joined.tflite"
+    tfqat.export_tflite(qat, path)
+    report = keras_tflite_agreement(qat, path, images)
+    assert report.top1_agreement == 1.0 and report.max_steps == 0.0

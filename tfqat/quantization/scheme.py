@@ -21,8 +21,8 @@ LayerPattern = transforms.LayerPattern
 LayerNode = transforms.LayerNode
 
 KERNEL_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
-# Concatenate: TFLite's int8 CONCATENATION needs one scale for every input and its output, so the converter
-# requantizes each input whose scale differs to the output's (a shift: every scale is a power of two).
+# Concatenate: TFLite's int8 CONCATENATION needs one scale for every input and its output (the converter gives
+# the inputs the output's); tfqat.quantization.linking makes them share it in the Keras model too.
 OUTPUT_LAYERS = (
     layers.Add, layers.GlobalAveragePooling2D, layers.AveragePooling2D, layers.Multiply, layers.Concatenate,
 )

@@ -79,9 +79,10 @@ def _depthwise_batch_norm(bn):
 
 def _standalone(layer, args) -> bool:
     """A BN on the channels of an image tensor, which a 1x1 depthwise conv can compute."""
-    inputs = args[0] if args else None
-    return isinstance(layer, keras.layers.BatchNormalization) and _is_channel_axis(layer) and getattr(
-        inputs, "shape", None) is not None and inputs.shape.rank == 4
+    if not isinstance(layer, keras.layers.BatchNormalization) or not _is_channel_axis(layer) or not args:
+        return False
+    shape = getattr(args[0], "shape", None)
+    return shape is not None and shape.rank == 4
 
 
 def fold_batch_norms(model, standalone_as_depthwise: bool = True):
