@@ -303,27 +303,26 @@ def train_float(
     base.trainable = False
     backup_dir = Path(backup_dir) if backup_dir else None
     head_weights = backup_dir / "head.npz" if backup_dir else None
+
+    def phase(name, epochs, learning_rate):
+        histories[name] = fit(
+            model, train_ds, val_ds, epochs=epochs, learning_rate=learning_rate,
+            backup_dir=backup_dir / name if backup_dir else None, restore_best=restore_best,
+            history_csv=Path(history_dir) / f"{name}.csv" if history_dir else None, verbose=verbose,
+            run_eagerly=run_eagerly,
+        )
+
     if head_epochs and head_weights is not None and head_weights.is_file():
         model.set_weights(_load_weights(head_weights))  # the head phase finished before an interruption
         if verbose:
             print(f"head phase: finished before the interruption, weights restored from {head_weights}", flush=True)
     elif head_epochs:
-        histories["head"] = fit(
-            model, train_ds, val_ds, epochs=head_epochs, learning_rate=head_learning_rate,
-            backup_dir=backup_dir / "head" if backup_dir else None, restore_best=restore_best,
-            history_csv=Path(history_dir) / f"{FLOAT_PHASES[0]}.csv" if history_dir else None, verbose=verbose,
-            run_eagerly=run_eagerly,
-        )
+        phase(FLOAT_PHASES[0], head_epochs, head_learning_rate)
         if head_weights is not None:
             _save_weights(head_weights, model.get_weights())
     if fine_tune_epochs:
         unfreeze(model)
-        histories["fine_tune"] = fit(
-            model, train_ds, val_ds, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
-            backup_dir=backup_dir / "fine_tune" if backup_dir else None, restore_best=restore_best,
-            history_csv=Path(history_dir) / f"{FLOAT_PHASES[1]}.csv" if history_dir else None, verbose=verbose,
-            run_eagerly=run_eagerly,
-        )
+        phase(FLOAT_PHASES[1], fine_tune_epochs, fine_tune_learning_rate)
     if head_weights is not None:
         head_weights.unlink(missing_ok=True)  # both phases are over: nothing left to resume
     return histories
