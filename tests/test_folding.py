@@ -3,6 +3,7 @@
 from tfqat._keras import keras
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from tfqat.transforms.folding import fold_batch_norms, fold_bn_arrays
@@ -288,3 +289,22 @@ def test_a_standalone_bn_becomes_the_same_affine_map_as_a_1x1_depthwise_conv():
     np.testing.assert_allclose(depthwise.depthwise_kernel.numpy().ravel(), gamma / np.sqrt(variance + 1e-3), rtol=1e-6)
     x = images((3, 6, 6, 5))
     np.testing.assert_allclose(folded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _SignGate(layers.Layer):
+    """A custom layer whose call branches on a tensor in Python: it needs AutoGraph inside a graph."""
+
+    def call(self, inputs):
+        if tf.reduce_mean(inputs) > 0:
+            return inputs
+        return -inputs
+
+
+def test_rebuilding_keeps_autograph_for_custom_layers():
+    """Keras' own layers are rebuilt without AutoGraph (faster); a user's layer is still converted."""
+    inputs = keras.Input((6, 6, 3))
+    x = layers.BatchNormalization()(layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, _SignGate()(x))
+    folded = fold_batch_norms(model)
+    x = images((2, 6, 6, 3))
+    np.testing.assert_allclose(folded(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
