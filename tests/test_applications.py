@@ -28,7 +28,7 @@ def test_network_exports_shift_only_and_agrees_with_litert(name, tmp_path):
     assert row["logits_within_2_steps"] >= 0.99, row
 
 
-def test_densenet_concatenations_share_one_scale_per_block(tmp_path):
+def test_densenet_concatenations_share_one_scale_per_block():
     """DenseNet's chained concatenations join one scale group per dense block (4 blocks), and its
     pre-activation BatchNormalizations became 1x1 depthwise convs."""
     import tfqat
