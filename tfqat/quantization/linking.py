@@ -19,15 +19,19 @@ from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuant
 _Wrapper = quantize_wrapper.QuantizeWrapper
 
 
-def _producer(layer):
-    """The single layer feeding `layer`, or None."""
+def _producers(layer) -> list:
+    """Every layer feeding `layer` (its one call), or [] when it is called more than once."""
     nodes = layer._inbound_nodes
     if len(nodes) != 1:
-        return None
+        return []
     inbound = nodes[0].inbound_layers
-    if isinstance(inbound, (list, tuple)):
-        return inbound[0] if len(inbound) == 1 else None
-    return inbound
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def _producer(layer):
+    """The single layer feeding `layer`, or None."""
+    producers = _producers(layer)
+    return producers[0] if len(producers) == 1 else None
 
 
 def _own_quantizers(wrapper):
@@ -43,15 +47,6 @@ def _own_quantizers(wrapper):
         if isinstance(quantizer, Pow2ActivationQuantizer)
     ]
     return pairs
-
-
-def _producers(layer) -> list:
-    """Every layer feeding `layer` (its one call), or [] when it is called more than once."""
-    nodes = layer._inbound_nodes
-    if len(nodes) != 1:
-        return []
-    inbound = nodes[0].inbound_layers
-    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
 def _output_quantizer(layer):

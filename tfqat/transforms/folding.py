@@ -69,12 +69,12 @@ def _folded_conv(conv, bn):
 
 
 def _depthwise_batch_norm(bn):
-    """A 1x1 DepthwiseConv2D computing `bn` in inference mode (named like it), and its weights."""
+    """A 1x1 DepthwiseConv2D computing `bn` in inference mode (named like it), and its (kernel, bias):
+    `bn` folded into an identity depthwise conv."""
     gamma, beta, mean, variance = _bn_parameters(bn)
-    multiplier = gamma / np.sqrt(variance + bn.epsilon)
-    kernel = multiplier.reshape(1, 1, -1, 1).astype(mean.dtype)
-    bias = (beta - mean * multiplier).astype(mean.dtype)
-    return keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name, dtype=bn.dtype), [kernel, bias]
+    identity = np.ones((1, 1, mean.shape[0], 1), mean.dtype)
+    folded = fold_bn_arrays(identity, np.zeros_like(mean), gamma, beta, mean, variance, bn.epsilon, depthwise=True)
+    return keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name, dtype=bn.dtype), folded
 
 
 def _standalone(layer, args) -> bool:
@@ -110,15 +110,13 @@ def fold_batch_norms(model, standalone_as_depthwise: bool = True):
         if layer.name in folded_names:
             return args[0]  # placeholder: the conv is applied when its BN is reached
         if layer.name in fold_into:
-            new_conv, (kernel, bias) = _folded_conv(fold_into[layer.name], layer)
-            outputs = new_conv(args[0])
-            new_conv.set_weights([kernel, bias])
-            return outputs
-        if standalone_as_depthwise and _standalone(layer, args):
-            depthwise, weights = _depthwise_batch_norm(layer)
-            outputs = depthwise(args[0])
-            depthwise.set_weights(weights)
-            return outputs
-        return None
+            new_layer, weights = _folded_conv(fold_into[layer.name], layer)
+        elif standalone_as_depthwise and _standalone(layer, args):
+            new_layer, weights = _depthwise_batch_norm(layer)
+        else:
+            return None
+        outputs = new_layer(args[0])
+        new_layer.set_weights(list(weights))
+        return outputs
 
     return graph.rebuild(flat, hook)
