@@ -11,7 +11,7 @@ import tensorflow_model_optimization as tfmot
 
 from tfqat.transforms import graph
 from tfqat.transforms.batches import image_batches, inference_outputs
-from tfqat.transforms.folding import fold_batch_norms
+from tfqat.transforms.canonical import canonical_model
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
 from tfqat.quantization.saving import LOADING_OBJECTS
@@ -83,7 +83,7 @@ def quantize_model(
 
 
 def _quantize_model(model, fold_bn, strategy, scheme):
-    flat = fold_batch_norms(model) if fold_bn else graph.flatten(model)
+    flat = canonical_model(model, fold_bn)
     _check_supported(flat, scheme.get_quantize_registry())
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():

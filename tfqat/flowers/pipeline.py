@@ -32,7 +32,7 @@ from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.transforms.adaround import adaround
 from tfqat.transforms.bias_correction import correct_biases
 from tfqat.transforms.equalize import equalize
-from tfqat.transforms.folding import fold_batch_norms
+from tfqat.transforms.canonical import canonical_model
 
 
 # What a run flag adds to a method's title when the method does not have it by itself.
@@ -474,7 +474,7 @@ class Run:
         from tfqat.flowers import report
 
         results = self.results()
-        results["weight_ranges"] = ranges.weight_ranges(fold_batch_norms(self.float_model()))
+        results["weight_ranges"] = ranges.weight_ranges(canonical_model(self.float_model()))
         paths = report.write_report(results, self.out)
         if self.options.export_dir is not None:
             self.publish(Path(self.options.export_dir), paths)

@@ -29,7 +29,7 @@ FIXED_OUTPUT_RANGES = {
 FUSED_ACTIVATIONS = ("linear", "relu")
 
 
-def _activation_name(activation) -> str:
+def activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
@@ -128,7 +128,7 @@ class KernelQuantizeConfig(_Pow2Config):
         # softmax/sigmoid/tanh (whose outputs get fixed ranges below).
         if not self.quantize_output:
             return []
-        unsigned = self.unsigned_activations and _activation_name(layer.activation) == "relu"
+        unsigned = self.unsigned_activations and activation_name(layer.activation) == "relu"
         return [(layer.activation, activation_quantizer(self.ema_decay, self.trained_thresholds, unsigned))]
 
     def set_quantize_weights(self, layer, quantize_weights):
@@ -141,7 +141,7 @@ class KernelQuantizeConfig(_Pow2Config):
             layer.activation = quantize_activations[0]
 
     def get_output_quantizers(self, layer):
-        name = _activation_name(layer.activation)
+        name = activation_name(layer.activation)
         if self.quantize_output and name in FIXED_OUTPUT_RANGES:
             return [fixed_output_quantizer(name)]
         return []
@@ -161,6 +161,35 @@ class OutputQuantizeConfig(_Pow2Config):
 
     def get_output_quantizers(self, layer):
         return [activation_quantizer(self.ema_decay, self.trained_thresholds, self.unsigned)]
+
+
+@_register
+class ScalarOpQuantizeConfig(_Pow2Config):
+    """tfqat's ScalarOp (x + c, x * c): the constant as a power-of-two int8 tensor; the output quantized as
+    an Add's, unless a ReLU that TFLite fuses follows (`quantize_output=False`)."""
+
+    def __init__(
+        self, quantize_output: bool = True, ema_decay: float = 0.99, trained_thresholds: bool = False,
+    ):
+        self.quantize_output = bool(quantize_output)
+        self.ema_decay = float(ema_decay)
+        self.trained_thresholds = bool(trained_thresholds)
+
+    def get_config(self):
+        return {
+            "quantize_output": self.quantize_output, "ema_decay": self.ema_decay,
+            "trained_thresholds": self.trained_thresholds,
+        }
+
+    def get_weights_and_quantizers(self, layer):
+        # One number: a per-tensor scale from its magnitude (a trained threshold has nothing to learn).
+        return [(layer.constant, Pow2WeightQuantizer(kind="dense"))]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.constant = quantize_weights[0]
+
+    def get_output_quantizers(self, layer):
+        return [activation_quantizer(self.ema_decay, self.trained_thresholds)] if self.quantize_output else []
 
 
 @_register

@@ -15,6 +15,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 from tfqat.quantization import configs
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer
 from tfqat.quantization.thresholds import TQTActivationQuantizer
+from tfqat.quantization.layers import ScalarOp, Sigmoid
 
 layers = keras.layers
 LayerPattern = transforms.LayerPattern
@@ -33,7 +34,7 @@ KERNEL_ACTIVATIONS = configs.FUSED_ACTIVATIONS + tuple(configs.FIXED_OUTPUT_RANG
 def _is_fusable_relu(layer) -> bool:
     """ReLU or ReLU6 that TFLite fuses into the op before it."""
     if isinstance(layer, layers.Activation):
-        return configs._activation_name(layer.activation) == "relu"
+        return configs.activation_name(layer.activation) == "relu"
     if not isinstance(layer, layers.ReLU):
         return False
     max_value = None if layer.max_value is None else float(layer.max_value)
@@ -43,7 +44,7 @@ def _is_fusable_relu(layer) -> bool:
 def _is_non_negative(layer) -> bool:
     """A ReLU (or ReLU6) layer, whose output is never negative."""
     if isinstance(layer, layers.Activation):
-        return configs._activation_name(layer.activation) == "relu"
+        return configs.activation_name(layer.activation) == "relu"
     return isinstance(layer, layers.ReLU) and float(layer.negative_slope) == 0.0 and float(layer.threshold) >= 0.0
 
 
@@ -66,7 +67,7 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
     def unsupported_reason(self, layer) -> Optional[str]:
         """None when the layer is supported, else why not (one sentence)."""
         if type(layer) in KERNEL_LAYERS:
-            name = configs._activation_name(layer.activation)
+            name = configs.activation_name(layer.activation)
             if name not in KERNEL_ACTIVATIONS:
                 return f"its activation '{name}' has no int8 TFLite form; supported: {KERNEL_ACTIVATIONS}"
             return None
@@ -75,14 +76,21 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
                 "a BatchNormalization that neither follows a Conv2D/DepthwiseConv2D nor normalizes the channels of "
                 "an image tensor (which becomes a 1x1 depthwise conv) cannot be folded"
             )
-        if type(layer) in OUTPUT_LAYERS + PASS_THROUGH_LAYERS or isinstance(layer, layers.InputLayer):
+        if type(layer) in OUTPUT_LAYERS + PASS_THROUGH_LAYERS or isinstance(layer, (layers.InputLayer, ScalarOp)):
             return None
+        if type(layer).__name__ == "TFOpLambda":
+            return (
+                f"'{layer.symbol}' is not one of the TensorFlow ops the scheme quantizes: adding, subtracting, "
+                "multiplying or dividing by a number"
+            )
+        if isinstance(layer, (layers.Rescaling, layers.Normalization)):
+            return "only a Rescaling or Normalization of the channels of an image tensor (a 1x1 depthwise conv) is supported"
         if isinstance(layer, layers.ReLU):
             return None if _is_fusable_relu(layer) or layer.negative_slope == 0 else "leaky ReLU is not supported"
-        if isinstance(layer, layers.Softmax):
+        if isinstance(layer, (layers.Softmax, Sigmoid)):
             return None
         if isinstance(layer, layers.Activation):
-            name = configs._activation_name(layer.activation)
+            name = configs.activation_name(layer.activation)
             if name in ("relu", "linear") or name in configs.FIXED_OUTPUT_RANGES:
                 return None
             return f"activation '{name}' is not supported"
@@ -102,14 +110,18 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
             )
         if isinstance(layer, layers.Softmax):
             return configs.FixedOutputQuantizeConfig("softmax")
+        if isinstance(layer, Sigmoid):
+            return configs.FixedOutputQuantizeConfig("sigmoid")
         if isinstance(layer, layers.Activation):
-            name = configs._activation_name(layer.activation)
+            name = configs.activation_name(layer.activation)
             if name in configs.FIXED_OUTPUT_RANGES:
                 return configs.FixedOutputQuantizeConfig(name)
             if name == "linear":
                 return configs.PassThroughQuantizeConfig()
         if type(layer) in PASS_THROUGH_LAYERS:
             return configs.PassThroughQuantizeConfig()
+        if isinstance(layer, ScalarOp):
+            return configs.ScalarOpQuantizeConfig(True, self.ema_decay, self.trained_thresholds)
         unsigned = self.unsigned_activations and _is_non_negative(layer)
         return configs.OutputQuantizeConfig(self.ema_decay, self.trained_thresholds, unsigned)
 
@@ -139,7 +151,7 @@ class InputQuantize(transforms.Transform):
 
 
 class FuseReLU(transforms.Transform):
-    """Conv/Dense/Add -> ReLU(6): no quantizer between them, as TFLite fuses the ReLU."""
+    """Conv/Dense/Add/ScalarOp -> ReLU(6): no quantizer between them, as TFLite fuses the ReLU."""
 
     def __init__(self, per_channel: bool, ema_decay: float, trained_thresholds: bool = False):
         self.per_channel = per_channel
@@ -147,7 +159,7 @@ class FuseReLU(transforms.Transform):
         self.trained_thresholds = trained_thresholds
 
     def pattern(self):
-        return LayerPattern("ReLU|Activation", inputs=[LayerPattern("Conv2D|DepthwiseConv2D|Dense|Add")])
+        return LayerPattern("ReLU|Activation", inputs=[LayerPattern("Conv2D|DepthwiseConv2D|Dense|Add|tfqat>ScalarOp")])
 
     def replacement(self, match_layer):
         relu = keras.layers.deserialize(match_layer.layer)
@@ -157,11 +169,29 @@ class FuseReLU(transforms.Transform):
             return match_layer
         if producer.layer["class_name"] == "Add":
             producer.metadata["quantize_config"] = configs.PassThroughQuantizeConfig()
+        elif producer.layer["class_name"] == "tfqat>ScalarOp":
+            producer.metadata["quantize_config"] = configs.ScalarOpQuantizeConfig(
+                quantize_output=False, ema_decay=self.ema_decay, trained_thresholds=self.trained_thresholds,
+            )
         else:
             producer.metadata["quantize_config"] = configs.KernelQuantizeConfig(
                 self.per_channel, quantize_output=False, ema_decay=self.ema_decay,
                 trained_thresholds=self.trained_thresholds,
             )
+        return match_layer
+
+    def custom_objects(self):
+        return {}
+
+
+class LiteRTSigmoid(transforms.Transform):
+    """tfqat Sigmoid => the same with `litert_table`: a QAT model's sigmoid rounds as LiteRT's LOGISTIC."""
+
+    def pattern(self):
+        return LayerPattern("tfqat>Sigmoid")
+
+    def replacement(self, match_layer):
+        match_layer.layer["config"]["litert_table"] = True
         return match_layer
 
     def custom_objects(self):
@@ -178,6 +208,7 @@ class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
         steps = [
             InputQuantize(self.ema_decay, self.trained_thresholds),
             FuseReLU(self.per_channel, self.ema_decay, self.trained_thresholds),
+            LiteRTSigmoid(),
         ]
         return model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map.keys()), layer_quantize_map

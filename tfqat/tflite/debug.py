@@ -229,7 +229,7 @@ def debug_models(
       ValueError: a float or missing TFLite model, images that do not fit it,
         or a float model none of whose layers match the TFLite tensors.
     """
-    from tfqat.transforms.folding import fold_batch_norms
+    from tfqat.transforms.canonical import canonical_model
 
     if max_images < 1 or batch_size < 1:
         raise ValueError(f"max_images={max_images} and batch_size={batch_size} must be integers >= 1")
@@ -239,7 +239,7 @@ def debug_models(
     if len(images) == 0:
         raise ValueError("images is empty; debug_models needs at least one image")
     _check_float_model(float_model, input_spec)
-    folded = fold_batch_norms(float_model)
+    folded = canonical_model(float_model)
     pairs, unmatched = _pairs(interpreter, folded)
     activations = [p for p in pairs if p.kind == "activation" and p.op_index >= 0]
     if not activations:

@@ -24,7 +24,7 @@ from tfqat.quantization import rounding
 from tfqat.quantization.quantizers import Pow2WeightQuantizer
 from tfqat.transforms.batches import image_batches
 from tfqat.transforms.bias_correction import kernel_layers
-from tfqat.transforms.folding import fold_batch_norms
+from tfqat.transforms.canonical import canonical_model
 from tfqat.transforms.layerwise import float_twins, run_side_by_side
 
 _CHUNK = 8  # images per moment update: a depthwise layer's patches of 8 images at 112 px take about 100 MB
@@ -153,7 +153,7 @@ def adaround(
         if not isinstance(quantizer, Pow2WeightQuantizer):
             raise ValueError(f"layer '{name}': AdaRound needs tfqat's power-of-two kernel quantizer, not {type(quantizer).__name__}")
     images = _sample_images(images, steps)
-    folded = fold_batch_norms(float_model)
+    folded = canonical_model(float_model)
     twin = float_twins(qat_model, folded)
     report, started = {}, time.perf_counter()
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tfqat._keras import keras
 from tfqat.transforms import graph
 from tfqat.transforms.batches import image_batches
-from tfqat.transforms.folding import fold_batch_norms
+from tfqat.transforms.canonical import canonical_model
 
 # Layers that commute with a positive per-channel scale, so a pair may reach across them.
 _PASS_THROUGH = (keras.layers.ZeroPadding2D,)
@@ -172,7 +172,7 @@ def equalize(
         raise ValueError(f"equalize needs at least one round, got rounds={rounds}")
     if not 0.0 <= max_clipped <= 1.0:
         raise ValueError(f"max_clipped is a fraction of positions in [0, 1], got {max_clipped}")
-    folded = fold_batch_norms(model)
+    folded = canonical_model(model)
     pairs = find_pairs(folded)
     clipped = clipped_fractions(folded, pairs, images, steps) if images is not None else {}
     held = {name: fractions > max_clipped for name, fractions in clipped.items()}

@@ -12,7 +12,7 @@ every other (what Vitis AI does with such BNs too).
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat.transforms import graph
+from tfqat.transforms import affine, graph
 
 FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -23,28 +23,15 @@ def fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise
     y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta
       = conv_with(kernel * m)(x) + (b - mean) * m + beta,  m = gamma / sqrt(var + eps)
     """
-    multiplier = gamma / np.sqrt(variance + epsilon)
+    multiplier, offset = affine.bn_affine(gamma, beta, mean, variance, epsilon)
     if depthwise:
         # Depthwise kernels are (h, w, in, depth_multiplier); channel = in * dm + m.
         multiplier_kernel = multiplier.reshape(kernel.shape[2], kernel.shape[3])
     else:
         multiplier_kernel = multiplier
     folded_kernel = kernel * multiplier_kernel
-    folded_bias = (bias - mean) * multiplier + beta
+    folded_bias = bias * multiplier + offset
     return folded_kernel.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
-
-
-def _bn_parameters(bn):
-    """(gamma, beta, mean, variance) of a BatchNormalization layer, with defaults for off flags."""
-    weights = list(bn.get_weights())
-    gamma = weights.pop(0) if bn.scale else None
-    beta = weights.pop(0) if bn.center else None
-    mean, variance = weights
-    if gamma is None:
-        gamma = np.ones_like(mean)
-    if beta is None:
-        beta = np.zeros_like(mean)
-    return gamma, beta, mean, variance
 
 
 def _is_channel_axis(bn) -> bool:
@@ -59,7 +46,7 @@ def _folded_conv(conv, bn):
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[-1]
     bias = weights[1] if conv.use_bias else np.zeros(channels, kernel.dtype)
-    gamma, beta, mean, variance = _bn_parameters(bn)
+    gamma, beta, mean, variance = affine.bn_parameters(bn)
     folded = fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, bn.epsilon, depthwise)
     config = conv.get_config()
     config["use_bias"] = True
@@ -68,35 +55,14 @@ def _folded_conv(conv, bn):
     return new_conv, folded
 
 
-def _depthwise_batch_norm(bn):
-    """A 1x1 DepthwiseConv2D computing `bn` in inference mode (named like it), and its (kernel, bias):
-    `bn` folded into an identity depthwise conv."""
-    gamma, beta, mean, variance = _bn_parameters(bn)
-    identity = np.ones((1, 1, mean.shape[0], 1), mean.dtype)
-    folded = fold_bn_arrays(identity, np.zeros_like(mean), gamma, beta, mean, variance, bn.epsilon, depthwise=True)
-    return keras.layers.DepthwiseConv2D(1, use_bias=True, name=bn.name, dtype=bn.dtype), folded
-
-
-def _standalone(layer, args) -> bool:
-    """A BN on the channels of an image tensor, which a 1x1 depthwise conv can compute."""
-    if not isinstance(layer, keras.layers.BatchNormalization) or not _is_channel_axis(layer) or not args:
-        return False
-    shape = getattr(args[0], "shape", None)
-    return shape is not None and shape.rank == 4
-
-
-def fold_batch_norms(model, standalone_as_depthwise: bool = True):
-    """Return a flat copy of `model` with every foldable Conv/DepthwiseConv + BN pair merged.
+def conv_folds(flat) -> dict:
+    """BN layer name -> the conv of `flat` it folds into.
 
     A pair folds when the conv has no activation of its own, its output goes only
-    to the BN, and the BN normalizes the channel axis. Each BN's own epsilon is
-    used. With `standalone_as_depthwise`, every other BN on the channels of an
-    image tensor becomes a 1x1 DepthwiseConv2D with the same inference-mode
-    output. Nested models are inlined. The original model is left untouched.
+    to the BN, and the BN normalizes the channel axis.
     """
-    flat = graph.flatten(model)
     used_by = graph.consumers(flat)
-    fold_into = {}  # BN layer name -> conv layer that feeds it
+    fold_into = {}
     for layer in flat.layers:
         if not isinstance(layer, FOLDABLE_CONVS) or layer.activation is not keras.activations.linear:
             continue
@@ -104,19 +70,38 @@ def fold_batch_norms(model, standalone_as_depthwise: bool = True):
         if len(users) == 1 and isinstance(users[0], keras.layers.BatchNormalization):
             if _is_channel_axis(users[0]):
                 fold_into[users[0].name] = layer
+    return fold_into
+
+
+def conv_fold_hook(fold_into: dict) -> graph.LayerHook:
+    """A rebuild hook applying the folds of `conv_folds`: each conv is called where its BN was."""
     folded_names = {conv.name for conv in fold_into.values()}
 
     def hook(layer, args, kwargs):
         if layer.name in folded_names:
             return args[0]  # placeholder: the conv is applied when its BN is reached
-        if layer.name in fold_into:
-            new_layer, weights = _folded_conv(fold_into[layer.name], layer)
-        elif standalone_as_depthwise and _standalone(layer, args):
-            new_layer, weights = _depthwise_batch_norm(layer)
-        else:
+        if layer.name not in fold_into:
             return None
+        new_layer, weights = _folded_conv(fold_into[layer.name], layer)
         outputs = new_layer(args[0])
         new_layer.set_weights(list(weights))
         return outputs
 
-    return graph.rebuild(flat, hook)
+    return hook
+
+
+def fold_batch_norms(model, standalone_as_depthwise: bool = True):
+    """Return a flat copy of `model` with every foldable Conv/DepthwiseConv + BN pair merged.
+
+    See `conv_folds` for which pairs fold. Each BN's own epsilon is used. With
+    `standalone_as_depthwise`, every other BN on the channels of an image tensor
+    becomes a 1x1 DepthwiseConv2D with the same inference-mode output
+    (`tfqat.transforms.affine`). Nested models are inlined. The original model
+    is left untouched.
+    """
+    flat = graph.flatten(model)
+    fold_into = conv_folds(flat)
+    hooks = [conv_fold_hook(fold_into)]
+    if standalone_as_depthwise:
+        hooks.append(affine.depthwise_hook(flat, (keras.layers.BatchNormalization,), skip=set(fold_into)))
+    return graph.rebuild(flat, graph.first_of(*hooks))

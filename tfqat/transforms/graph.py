@@ -137,3 +137,16 @@ def rebuild(model, hook: Optional[LayerHook] = None, name: Optional[str] = None)
 def flatten(model):
     """Inline every nested functional model so that all layers sit at the top level."""
     return rebuild(model)
+
+
+def first_of(*hooks: LayerHook) -> LayerHook:
+    """A hook that asks each of `hooks` in turn and returns the first answer that is not None."""
+
+    def hook(layer, args, kwargs):
+        for each in hooks:
+            outputs = each(layer, args, kwargs)
+            if outputs is not None:
+                return outputs
+        return None
+
+    return hook

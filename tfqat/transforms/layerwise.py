@@ -23,7 +23,7 @@ BeforeLayer = Callable[[keras.layers.Layer, tuple, tuple], None]
 def float_twins(qat_model, folded_float_model) -> Callable:
     """Map each layer of a QAT model to the layer of the folded float model it quantizes (None: identity).
 
-    `folded_float_model` is `tfqat.fold_batch_norms` of the model the QAT model was made from.
+    `folded_float_model` is `tfqat.transforms.canonical.canonical_model` of the model the QAT model was made from.
     """
 
     def twin(layer):

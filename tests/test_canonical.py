@@ -1,0 +1,129 @@
+"""Tests for tfqat.transforms.canonical: the rewrites into layers the scheme quantizes compute the same function.
+
+Swish as x * sigmoid(x), TFOpLambda arithmetic with a number as ScalarOp, Rescaling/Normalization (and
+chains of them) as one 1x1 depthwise conv; each checked against the float model, and each refusal of
+what is still unsupported names the layer and its class.
+"""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqat
+from tfqat.transforms.canonical import canonical_model
+from tfqat.quantization.layers import ScalarOp, Sigmoid
+
+layers = keras.layers
+
+
+def images(shape, low=-1.0, high=1.0, seed=1):
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
+
+
+def kinds(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_swish_becomes_x_times_sigmoid_on_activations_and_convs():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, activation="swish", name="conv")(inputs)
+    x = layers.Activation("swish", name="act")(layers.Conv2D(4, 1)(x))
+    x = layers.Dense(3, activation="sigmoid", name="gate")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, x)
+    rewritten = canonical_model(model)
+    assert rewritten.get_layer("conv").activation is keras.activations.linear
+    assert isinstance(rewritten.get_layer("conv_sigmoid"), Sigmoid)
+    assert isinstance(rewritten.get_layer("conv_swish"), layers.Multiply)
+    assert isinstance(rewritten.get_layer("act"), layers.Multiply) and isinstance(rewritten.get_layer("act_sigmoid"), Sigmoid)
+    assert isinstance(rewritten.get_layer("gate_sigmoid"), Sigmoid)
+    assert not rewritten.get_layer("gate_sigmoid").litert_table  # a float model: a float sigmoid
+    x = images((4, 8, 8, 3))
+    np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    # Its QAT model rounds each sigmoid as LiteRT's LOGISTIC table does.
+    qat = tfqat.quantize_model(model)
+    assert all(layer.layer.litert_table for layer in qat.layers if isinstance(getattr(layer, "layer", None), Sigmoid))
+
+
+@pytest.mark.parametrize(
+    "build, op, value",
+    [
+        (lambda x: x + 3.0, "add", 3.0),
+        (lambda x: 3.0 + x, "add", 3.0),
+        (lambda x: x - 1.5, "add", -1.5),
+        (lambda x: x * (1.0 / 6.0), "multiply", 1.0 / 6.0),
+        (lambda x: x / 4.0, "multiply", 0.25),
+    ],
+    ids=["add", "radd", "subtract", "multiply", "divide"],
+)
+def test_arithmetic_with_a_number_becomes_a_scalar_op(build, op, value):
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, layers.ReLU(6.0)(build(layers.Conv2D(2, 1)(inputs))))
+    rewritten = canonical_model(model)
+    [scalar] = [layer for layer in rewritten.layers if isinstance(layer, ScalarOp)]
+    assert (scalar.op, scalar.value) == (op, pytest.approx(value))
+    assert "TFOpLambda" not in kinds(rewritten)
+    x = images((2, 4, 4, 2))
+    np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert ScalarOp.from_config(scalar.get_config()).get_config() == scalar.get_config()
+
+
+def test_a_tensorflow_op_that_is_not_arithmetic_with_a_number_is_refused_by_name():
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, tf.math.square(layers.Conv2D(2, 1)(inputs)))
+    with pytest.raises(ValueError, match=r"cannot quantize layer 'tf.math.square[_0-9]*' \(TFOpLambda\): 'math.square' is not"):
+        tfqat.quantize_model(model)
+
+
+def test_rescaling_and_normalization_become_one_depthwise_conv():
+    """EfficientNet's input: Rescaling(1/255) -> Normalization(mean, variance) -> one 1x1 depthwise conv
+    named after the last layer, with the composed per-channel map."""
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.052, 0.050, 0.051], name="normalize")(x)
+    model = keras.Model(inputs, layers.Conv2D(4, 3, padding="same")(x))
+    rewritten = canonical_model(model)
+    depthwise = rewritten.get_layer("normalize")
+    assert isinstance(depthwise, layers.DepthwiseConv2D) and depthwise.depthwise_kernel.shape == (1, 1, 3, 1)
+    assert "Rescaling" not in kinds(rewritten) and "Normalization" not in kinds(rewritten)
+    std = np.sqrt([0.052, 0.050, 0.051])
+    np.testing.assert_allclose(depthwise.depthwise_kernel.numpy().ravel(), 1.0 / (255.0 * std), rtol=1e-6)
+    np.testing.assert_allclose(depthwise.bias.numpy(), -np.array([0.485, 0.456, 0.406]) / std, rtol=1e-6)
+    x = images((2, 6, 6, 3), 0.0, 255.0)
+    np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.Rescaling([0.5, 2.0, -1.0], offset=[1.0, 0.0, -0.5]),
+        layers.Rescaling(1.0 / 127.5, offset=-1.0),
+        layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 0.25, 1.0], invert=True),
+        layers.Normalization(axis=None, mean=2.0, variance=9.0),
+    ],
+    ids=["rescaling_per_channel", "rescaling_mobilenet_v3", "normalization_inverted", "normalization_scalar"],
+)
+def test_each_affine_layer_is_the_same_map_as_its_depthwise_conv(layer):
+    inputs = keras.Input((5, 5, 3))
+    model = keras.Model(inputs, layer(inputs))
+    rewritten = canonical_model(model)
+    assert kinds(rewritten) == ["InputLayer", "DepthwiseConv2D"]
+    x = images((2, 5, 5, 3), -3.0, 3.0)
+    np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_normalization_over_another_axis_is_refused_by_name():
+    inputs = keras.Input((5, 5, 3))
+    model = keras.Model(inputs, layers.Normalization(axis=1, mean=np.arange(5.0), variance=np.ones(5))(inputs))
+    with pytest.raises(ValueError, match=r"'normalization[_0-9]*' \(Normalization\): only a Rescaling or Normalization of the channels"):
+        tfqat.quantize_model(model)
+
+
+def test_without_folding_batch_norms_stay():
+    inputs = keras.Input((5, 5, 3))
+    x = layers.Rescaling(0.5)(inputs)
+    model = keras.Model(inputs, layers.BatchNormalization()(layers.Conv2D(3, 1)(x)))
+    assert kinds(canonical_model(model, fold_bn=False)) == ["InputLayer", "DepthwiseConv2D", "Conv2D", "BatchNormalization"]
+    assert kinds(canonical_model(model)) == ["InputLayer", "DepthwiseConv2D", "Conv2D"]

@@ -1,0 +1,86 @@
+"""Keras layers tfqat puts into a model so that every part of it has a power-of-two int8 form.
+
+`ScalarOp`: arithmetic with a constant, as TFOpLambda layers record `x + 3.0` or `x * (1.0 / 6.0)`
+(MobileNetV3 builds its hard-sigmoid so: relu6(x + 3) * (1 / 6)). TFMOT cannot give a TFOpLambda a
+config, and the converter would quantize its constant at a scale of its own choosing (c / 127, not a
+power of two). `ScalarOp` holds the constant as a weight, which the scheme quantizes like a kernel: a
+power-of-two int8 constant, so TFLite's ADD and MUL with it are shifts. 3 is exactly 96 * 2**-5; 1/6
+becomes 85 * 2**-9 (0.4 % low), and the QAT model computes with that value, as the int8 model does.
+
+`Sigmoid`: the logistic sigmoid rounded as LiteRT's int8 LOGISTIC rounds its lookup table. LiteRT fills LOGISTIC's 256-entry table with 1 / (1 + exp(-x)) and rounds each value to the output
+grid (1/256). TensorFlow's float32 sigmoid lands x = 2**-7 (an input step at scales up to 2**-7) on
+128.5 steps exactly, which the output's FakeQuant rounds up to 129, where LiteRT gives 128; through
+EfficientNet's 49 sigmoids such one-step differences grow to many steps of its output. So a QAT
+model's inference outside export rounds the sigmoid to the output grid in float64 (`litert_logistic`);
+training, float models and the graph traced for the converter use `tf.sigmoid`, which the converter
+turns into LOGISTIC.
+"""
+
+from tfqat._keras import keras
+
+import tensorflow as tf
+from tf_keras.src.utils import control_flow_util
+
+from tfqat.quantization.quantizers import exporting
+
+OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
+_register = keras.utils.register_keras_serializable(package="tfqat")
+
+
+@_register
+class ScalarOp(keras.layers.Layer):
+    """`x + c` (op='add') or `x * c` (op='multiply') with a constant number c, kept as a weight."""
+
+    OPS = ("add", "multiply")
+
+    def __init__(self, op: str, value: float, **kwargs):
+        super().__init__(**kwargs)
+        if op not in self.OPS:
+            msg = f"ScalarOp op={op!r} is not one of {self.OPS}"
+            raise ValueError(msg)
+        self.op = op
+        self.value = float(value)
+
+    def build(self, input_shape):
+        self.constant = self.add_weight(
+            name="constant", shape=(), initializer=keras.initializers.Constant(self.value), trainable=False
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + self.constant if self.op == "add" else inputs * self.constant
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "value": self.value}
+
+
+@_register
+class Sigmoid(keras.layers.Layer):
+    """`Activation('sigmoid')`; with `litert_table` (set in QAT models by the scheme's layout), its
+    inference outside export gives the values of LiteRT's LOGISTIC table."""
+
+    def __init__(self, litert_table: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.litert_table = bool(litert_table)
+
+    def call(self, inputs, training=None):
+        if not self.litert_table or exporting():
+            return tf.sigmoid(inputs)
+        if training is None:
+            training = keras.backend.learning_phase()
+        # Training keeps tf.sigmoid, whose gradient stays finite where exp(-x) overflows.
+        return control_flow_util.smart_cond(training, lambda: tf.sigmoid(inputs), lambda: litert_logistic(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "litert_table": self.litert_table}
+
+
+def litert_logistic(values):
+    """sigmoid(x) rounded to LOGISTIC's int8 output grid (1/256) in float64, as LiteRT rounds its table.
+
+    Rounded in float64: a float32 sigmoid puts x = 2**-7 exactly on 128.5 steps (then 129), where
+    LiteRT's table and the exact value give 128.
+    """
+    x = tf.cast(values, tf.float64)
+    steps = tf.floor(OUTPUT_STEPS / (1.0 + tf.exp(-x)) + 0.5)
+    return tf.cast(steps / OUTPUT_STEPS, values.dtype)

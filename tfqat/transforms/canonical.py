@@ -1,0 +1,58 @@
+"""A float model rewritten into the layers the power-of-two scheme quantizes, computing the same function.
+
+One pass over the graph (nested models inlined):
+- Conv/DepthwiseConv + BatchNormalization pairs fold into one conv (`folding`);
+- Rescaling, Normalization and BNs with no conv to fold into become 1x1 depthwise convs (`affine`);
+- sigmoid becomes tfqat's `Sigmoid` layer (whose inference rounds as LiteRT's LOGISTIC), and swish
+  (SiLU) x * Sigmoid(x), as TFLite computes it (LOGISTIC then MUL); a conv or dense layer with either
+  activation becomes the linear layer followed by them;
+- TFOpLambda arithmetic with a number becomes a ScalarOp (`scalar_ops`).
+`tfqat.quantize_model` quantizes this model; AdaRound, equalization and the debugger compare
+against it layer by layer, so every one of them uses this function.
+"""
+
+from tfqat._keras import keras
+from tfqat.transforms import affine, folding, graph, scalar_ops
+from tfqat.quantization.configs import activation_name
+from tfqat.quantization.layers import Sigmoid
+
+SWISH_NAMES = ("swish", "silu")
+_SPLIT = SWISH_NAMES + ("sigmoid",)
+_KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def _activation_hook(layer, args, kwargs):
+    """Sigmoid as tfqat's `Sigmoid` layer, swish as x * Sigmoid(x), on an Activation or a conv/dense layer."""
+    name = activation_name(getattr(layer, "activation", None))
+    if name not in _SPLIT or not isinstance(layer, (keras.layers.Activation,) + _KERNEL_LAYERS):
+        return None
+    with graph.autograph_off():
+        if isinstance(layer, keras.layers.Activation):
+            x, product_name = args[0], layer.name
+            sigmoid_name = layer.name if name == "sigmoid" else f"{layer.name}_sigmoid"
+        else:
+            linear = type(layer).from_config({**layer.get_config(), "activation": "linear"})
+            x = linear(*args, **kwargs)
+            linear.set_weights(layer.get_weights())
+            sigmoid_name, product_name = f"{layer.name}_sigmoid", f"{layer.name}_swish"
+        gate = Sigmoid(name=sigmoid_name)(x)
+        return gate if name == "sigmoid" else keras.layers.Multiply(name=product_name)([x, gate])
+
+
+def canonical_model(model, fold_bn: bool = True):
+    """A flat copy of `model` in the layers `tfqat.quantize_model` quantizes (see the module's docstring).
+
+    With `fold_bn=False`, BatchNormalization layers stay as they are (and the scheme refuses them).
+    The original model is left untouched.
+    """
+    flat = graph.flatten(model)
+    hooks = [_activation_hook, scalar_ops.tf_op_hook]
+    kinds = affine.AFFINE_LAYERS
+    fold_into = {}
+    if fold_bn:
+        fold_into = folding.conv_folds(flat)
+        hooks.insert(0, folding.conv_fold_hook(fold_into))
+    else:
+        kinds = tuple(k for k in kinds if k is not keras.layers.BatchNormalization)
+    hooks.insert(1, affine.depthwise_hook(flat, kinds, skip=set(fold_into)))
+    return graph.rebuild(flat, graph.first_of(*hooks))
