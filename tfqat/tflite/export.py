@@ -20,6 +20,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfqat.transforms import graph
 from tfqat.files import write_atomic
 from tfqat.quantization.quantizers import tracing_for_export
+from tfqat.tflite.constants import requantize_shared_constants
 
 LABELS_METADATA = "tfqat_labels"
 
@@ -60,7 +61,9 @@ def convert_int8(qat_model) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return _convert(converter, f"QAT model '{qat_model.name}'")
+    tflite = _convert(converter, f"QAT model '{qat_model.name}'")
+    # Equal constants (MobileNetV3's hard-sigmoid 3.0 and 1/6) are merged and lose their FakeQuant range.
+    return requantize_shared_constants(tflite)[0]
 
 
 def convert_float(model) -> bytes:
