@@ -3,8 +3,9 @@
 A MobileNetV2-like block (conv+BN+ReLU6, pad, depthwise+BN+ReLU6, linear
 projection, residual add) under two heads: global average pooling + dropout +
 dense for the links themselves, and flatten + dense for bit-exact agreement
-with the TFLite export (LiteRT's MEAN is not emulated, so a model compared bit
-for bit must not pool by mean).
+with the TFLite export. The pool's MEAN over 8x8 = 64 values is linked too (its
+sum is requantized like an accumulator); tests/test_applications.py checks
+MEAN, MUL and LOGISTIC bit for bit.
 """
 
 from tfqat._keras import keras
@@ -179,7 +180,7 @@ def test_every_conv_and_dense_is_linked(gap_qat):
     kernel_layers = [l.layer.name for l in qat.layers if isinstance(l, QuantizeWrapperV2)
                      and isinstance(l.layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense))]
     assert kernel_layers == list(INPUT_OF)
-    assert link_accumulators(qat) == 4  # again: linking is idempotent
+    assert link_accumulators(qat) == 5  # again: linking is idempotent (4 kernels and the pool's MEAN)
     for name in INPUT_OF:
         assert callable(bias_quantizer(qat, name).accumulator_exponent), name
         assert callable(rounding_quantizer(qat, name).accumulator_exponent), name
@@ -187,14 +188,14 @@ def test_every_conv_and_dense_is_linked(gap_qat):
         assert rounding_quantizer(qat, name).accumulator_exponent is bias_quantizer(qat, name).accumulator_exponent
 
 
-def test_only_quantizers_of_conv_and_dense_outputs_are_linked(gap_qat):
+def test_only_quantizers_of_conv_dense_and_mean_outputs_are_linked(gap_qat):
     _, qat = gap_qat
     found = all_activation_quantizers(qat)
     assert sorted(found) == sorted(["input", "expand_relu", "depthwise_relu", "project", "add", "gap", "logits"])
     for name, quantizers in found.items():
         [quantizer] = quantizers
         assert isinstance(quantizer, Pow2ActivationQuantizer)
-        linked = name in ROUNDED_BY.values()
+        linked = name in ROUNDED_BY.values() or name == "gap"  # MEAN over 64 values: a sum at s_input / 64
         assert (quantizer.accumulator_exponent is not None) == linked, name
     # The fused convs have no output quantizer of their own; their ReLU6 rounds.
     assert "expand" not in found and "depthwise" not in found
@@ -294,8 +295,9 @@ def test_load_model_relinks(gap_qat, tmp_path):
                 restored.accumulator_exponent().numpy(), original.accumulator_exponent().numpy()
             )
     assert all(q.accumulator_exponent is None for n, [q] in all_activation_quantizers(loaded).items()
-               if n not in ROUNDED_BY.values())
-    assert link_accumulators(loaded) == 4
+               if n not in ROUNDED_BY.values() and n != "gap")
+    assert [q.kernel for q in all_activation_quantizers(loaded)["gap"]] == ["mean"]
+    assert link_accumulators(loaded) == 5
     images = np.concatenate([grid_images(8, seed=6), float_images(8, seed=7)])
     np.testing.assert_array_equal(loaded(images, training=False).numpy(), qat(images, training=False).numpy())
     # Without the link the same weights round otherwise: the link is what load_model restores.
@@ -337,3 +339,30 @@ def test_a_concatenation_and_its_inputs_share_the_widest_scale_and_agree_with_li
     tfqat.export_tflite(qat, path)
     report = keras_tflite_agreement(qat, path, images)
     assert report.top1_agreement == 1.0 and report.max_steps == 0.0
+
+
+# ---------------------------------------------------------------- MUL and MEAN
+
+
+def test_mul_and_mean_agree_with_litert_bit_for_bit(tmp_path):
+    """x * sigmoid(gate) (MUL) and its global average over 4x4 (MEAN) with 24 channels: LiteRT's MEAN
+    rounds its first 16 channels (vector loop) half up twice, the other 8 (scalar loop) as MUL does, and
+    the Keras model follows both; no output step differs."""
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((4, 4, 3))
+    x = layers.Conv2D(24, 3, padding="same", name="features")(inputs)
+    gate = layers.Conv2D(24, 1, activation="sigmoid", name="gate")(x)
+    product = layers.Multiply(name="product")([x, gate])
+    model = keras.Model(inputs, layers.GlobalAveragePooling2D(name="pool")(product))
+    qat = tfqat.quantize_model(model)
+    images = np.random.default_rng(7).uniform(-1, 1, (64, 4, 4, 3)).astype(np.float32)
+    tfqat.calibrate(qat, images)
+    assert [q.kernel for q in all_activation_quantizers(qat)["product"]] == ["mul"]
+    assert [q.kernel for q in all_activation_quantizers(qat)["pool"]] == ["mean"]
+    for end in ("product", "pool"):
+        sub = keras.Model(qat.input, wrapped(qat, end).output)
+        path = tfqat.export_tflite(sub, tmp_path / f"{end}.tflite")
+        [output] = litert.describe(path).outputs
+        _, raw = litert.predict(path, images, return_raw=True)
+        steps = sub(images, training=False).numpy() / output.scale
+        np.testing.assert_array_equal(steps, raw.astype(np.float64), err_msg=end)

@@ -334,11 +334,12 @@ def test_mobilenet_every_conv_quantizes_its_kernel(mobilenet_qat):
 
 
 def test_mobilenet_every_conv_and_dense_output_is_linked(mobilenet_qat):
-    """quantize_model links all 52 convs and the dense; only quantizers of their outputs round accumulators."""
+    """quantize_model links all 52 convs, the dense and the pool (a MEAN over 1x1 at 32 px: its sum is an
+    accumulator too); only quantizers of their outputs round accumulators."""
     _, qat = mobilenet_qat
-    assert link_accumulators(qat) == 52 + 1
+    assert link_accumulators(qat) == 52 + 1 + 1
     for layer in qat.layers[1:]:
         kind = type(inner(layer)).__name__
         for quantizer in output_quantizers(layer):
-            consumes_accumulator = kind in ("ReLU", "Conv2D", "DepthwiseConv2D", "Dense")
+            consumes_accumulator = kind in ("ReLU", "Conv2D", "DepthwiseConv2D", "Dense", "GlobalAveragePooling2D")
             assert (quantizer.accumulator_exponent is not None) == consumes_accumulator, layer.name

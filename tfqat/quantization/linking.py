@@ -5,15 +5,23 @@ to the output scale with its own rounding, and stores the bias on that grid.
 To reproduce this exactly, the Keras model must know s_input, which lives in
 another layer's quantizer. `link_accumulators` finds it by walking the graph
 and hands each conv's output and bias quantizers a function of the variables
-that give s_input and s_weight. The link is Python state: `quantize_model`
-and `load_model` make it, and an unlinked model only rounds less exactly.
+that give s_input and s_weight. An int8 MUL rounds its int32 product, at scale
+s_1 * s_2, the same way, so a Multiply (and a ScalarOp multiplying by its
+constant) is linked to its two factors' scales too, and a MEAN its sum of
+H*W inputs, at s_input / (H*W). The link is Python state:
+`quantize_model` and `load_model` make it, and an unlinked model only rounds
+less exactly.
 """
+
+import math
 
 from tfqat._keras import keras
 
+import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
+from tensorflow_model_optimization.python.core.quantization.keras.quantizers import FixedQuantizer
 
-from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
+from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig, ScalarOpQuantizeConfig
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer, ScaleGroup
 
 _Wrapper = quantize_wrapper.QuantizeWrapper
@@ -67,8 +75,77 @@ def _output_quantizer(layer):
     return None
 
 
+def _fixed_exponent(layer):
+    """The exponent of a fixed output scale (a sigmoid's 2**-8, a tanh's 2**-7), or None."""
+    for quantizer in getattr(layer, "_output_quantizers", None) or []:
+        if isinstance(quantizer, FixedQuantizer):
+            exponent = math.log2((quantizer.init_max - quantizer.init_min) / 255.0)
+            return exponent if exponent == round(exponent) else None
+    return None
+
+
+def _scale_exponent(layer):
+    """A function giving the scale exponent of `layer`'s int8 output, or None when it is not known."""
+    found = _output_quantizer(layer)
+    if found is not None:
+        quantizer, variables = found
+        return lambda: quantizer.exponent(variables)
+    while isinstance(layer, _Wrapper) and isinstance(layer.quantize_config, PassThroughQuantizeConfig):
+        layer = _producer(layer)  # a reshape of a sigmoid's output keeps its fixed scale
+    fixed = _fixed_exponent(layer) if isinstance(layer, _Wrapper) else None
+    return None if fixed is None else (lambda: tf.constant(fixed, tf.float32))
+
+
+def _link_product(wrapper) -> bool:
+    """Hand a Multiply's (or a multiplying ScalarOp's) output quantizer the exponent of its int32 product."""
+    if isinstance(wrapper.layer, keras.layers.Multiply):
+        factors = [_scale_exponent(p) for p in _producers(wrapper)]
+    elif isinstance(wrapper.quantize_config, ScalarOpQuantizeConfig) and wrapper.layer.op == "multiply":
+        (constant, constant_quantizer, variables), = wrapper._weight_vars
+        factors = [_scale_exponent(_producer(wrapper)), lambda: constant_quantizer.kernel_exponent(constant, variables)]
+    else:
+        return False
+    outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
+    if len(factors) != 2 or any(f is None for f in factors) or not outputs:
+        return False
+    first, second = factors
+    for quantizer in outputs:
+        quantizer.accumulator_exponent = lambda: first() + second()
+        quantizer.kernel = "mul"
+    return True
+
+
+def _link_mean(wrapper) -> bool:
+    """Hand a global average pool's output quantizer the exponent of LiteRT's MEAN accumulator.
+
+    MEAN sums its H*W inputs in int32 and requantizes the sum, at scale s_input / (H*W), as a conv
+    does its accumulator (its last channels as a MUL does: `pow2.litert_requantize`); only a
+    power-of-two H*W keeps that a shift.
+    """
+    if not isinstance(wrapper.layer, keras.layers.GlobalAveragePooling2D):
+        return False
+    shape = wrapper.input_shape  # the wrapper is what the model calls (a loaded model never calls the inner layer)
+    count = shape[1] * shape[2] if None not in shape[1:3] else 0
+    source = _scale_exponent(_producer(wrapper))
+    outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
+    if count < 1 or count & (count - 1) or source is None or not outputs:
+        return False
+    for quantizer in outputs:
+        quantizer.accumulator_exponent = lambda: source() - math.log2(count)
+        quantizer.kernel = "mean"
+    return True
+
+
 def _output_quantizers(wrapper, consumers):
-    """The power-of-two quantizer that rounds this kernel layer's accumulator: its own, or a fused ReLU's."""
+    """The power-of-two quantizer that rounds this kernel layer's accumulator: the one before its own sigmoid,
+    tanh or softmax (which TFLite runs as a separate op on the conv's int8 output), its own, or a fused ReLU's."""
+    before = [
+        activation.quantizer
+        for activation in getattr(wrapper, "_quantize_activations", [])
+        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_pre_activation_vars")
+    ]
+    if before:
+        return before
     own = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
     if own:
         return own
@@ -131,6 +208,9 @@ def link_accumulators(qat_model) -> int:
             consumers.setdefault(id(producer), []).append(layer)
     linked = 0
     for layer in qat_model.layers:
+        if isinstance(layer, _Wrapper) and (_link_product(layer) or _link_mean(layer)):
+            linked += 1
+            continue
         if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):
             continue
         input_quantizer = _output_quantizer(_producer(layer))

@@ -105,7 +105,8 @@ def round_half_away_from_zero(values):
 
 
 def fake_quant_activations(
-    values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False
+    values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False,
+    kernel: str = "conv",
 ):
     """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned).
 
@@ -113,8 +114,9 @@ def fake_quant_activations(
     zero, as LiteRT's ADD (and QUANTIZE) requantization does, so a tie such as
     -2.5 steps gives -3 as on the device, not FakeQuant's -2; FakeQuant then
     only clamps.
-    With an `accumulator_exponent` too, the values are a conv/dense output and
-    are requantized as `litert_requantize` does. Gradients stay straight-through.
+    With an `accumulator_exponent` too, the values are the int32 accumulator of
+    a conv/dense, MUL or MEAN (`kernel`) and are requantized as `litert_requantize`
+    does. Gradients stay straight-through.
     The graph handed to the TFLite converter must not carry these extra ops (it
     reads the ranges off FakeQuant alone).
     """
@@ -123,27 +125,47 @@ def fake_quant_activations(
         if accumulator_exponent is None:
             rounded = round_half_away_from_zero(values / scale) * scale
         else:
-            rounded = litert_requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent))
+            rounded = litert_requantize(
+                values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), kernel
+            )
         values = values + tf.stop_gradient(rounded - values)
     qmin, qmax = activation_steps(unsigned)
     return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=False)
 
 
-def litert_requantize(values, accumulator_exponent, exponent):
-    """Round conv/dense outputs to the grid 2**exponent exactly as LiteRT's int8 kernels do.
+# Kernels whose int32 accumulator LiteRT requantizes by a power of two, and how it rounds (litert_requantize).
+REQUANTIZING_KERNELS = ("conv", "mul", "mean")
+MEAN_LANES = 16  # channels LiteRT's int8 MEAN averages per vector step; the rest take its scalar loop
 
-    `values` are int32 accumulators times 2**accumulator_exponent (input scale x
-    weight scale, per channel along the last axis). LiteRT multiplies by
-    2**-n, n = exponent - accumulator_exponent, as a Q31 multiplier of 0.5 and
-    a shift: it rounds acc/2 half up, then divides by 2**(n-1), again rounding
-    half up (measured bit-exact on ai-edge-litert 2.3's CONV_2D,
-    DEPTHWISE_CONV_2D and FULLY_CONNECTED). That double rounding differs from a
-    single rounding on about one value in 2**n, which for small n is often.
+
+def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "conv"):
+    """Round int32 accumulators to the grid 2**exponent exactly as LiteRT's int8 kernels do.
+
+    `values` are int32 accumulators times 2**accumulator_exponent: a conv/dense's (input scale x
+    weight scale, per channel along the last axis), a MUL's product (its two input scales) or a
+    MEAN's sum (input scale / count). LiteRT multiplies by 2**-n, n = exponent - accumulator_exponent,
+    as a Q31 multiplier of 0.5 and a shift: it rounds acc/2 half up, then divides by 2**(n-1),
+    rounding half up again on CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and MEAN's vector loop
+    (the first channels, in groups of 16), half away from zero on MUL and MEAN's scalar loop (the
+    remaining channels) (each measured bit-exact on ai-edge-litert 2.3). That double rounding
+    differs from a single rounding on about one value in 2**n, which for small n is often.
     """
+    if kernel not in REQUANTIZING_KERNELS:
+        msg = f"litert_requantize kernel={kernel!r} is not one of {REQUANTIZING_KERNELS}"
+        raise ValueError(msg)
     accumulator = values * tf.pow(2.0, -accumulator_exponent)
     n = exponent - accumulator_exponent
     halved = tf.floor(accumulator * 0.5 + 0.5)
-    shifted = tf.floor(halved * tf.pow(2.0, 1.0 - tf.maximum(n, 1.0)) + 0.5)
+    divided = halved * tf.pow(2.0, 1.0 - tf.maximum(n, 1.0))
+    half_up, half_away = tf.floor(divided + 0.5), round_half_away_from_zero(divided)
+    if kernel == "conv":
+        shifted = half_up
+    elif kernel == "mul":
+        shifted = half_away
+    else:
+        channels = values.shape[-1]
+        vector = tf.range(channels) < (channels // MEAN_LANES) * MEAN_LANES
+        shifted = tf.where(vector, half_up, half_away)
     steps = tf.where(n >= 1.0, shifted, accumulator * tf.pow(2.0, -n))
     return steps * tf.pow(2.0, exponent)
 

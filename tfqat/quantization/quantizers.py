@@ -161,6 +161,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
         # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
         self.accumulator_exponent = None
+        self.kernel = "conv"  # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_KERNELS)
         # Set by tfqat.quantization.linking when this tensor meets others in a concatenation: the
         # ScaleGroup of every tensor that must share one scale (this one's included).
         self.scale_group = None
@@ -219,7 +220,8 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         litert_rounding = not training and not Pow2ActivationQuantizer._exporting
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
-            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator, unsigned=self.unsigned
+            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator, unsigned=self.unsigned,
+            kernel=self.kernel,
         )
 
     def get_config(self):
@@ -253,6 +255,11 @@ class Pow2BiasQuantizer(ConfigEquality, _Quantizer):
 def collecting_ranges() -> ContextManager[None]:
     """Within this block, graphs traced in inference mode widen activation ranges to the data seen."""
     return _class_flag("_collecting")
+
+
+def exporting() -> bool:
+    """True while a graph is traced for the TFLite converter (see `tracing_for_export`)."""
+    return Pow2ActivationQuantizer._exporting
 
 
 def tracing_for_export() -> ContextManager[None]:

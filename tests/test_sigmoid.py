@@ -1,0 +1,30 @@
+"""Tests for tfqat.quantization.layers.Sigmoid: the QAT model's sigmoid rounds as LiteRT's int8 LOGISTIC table does."""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+
+import tfqat
+from tfqat.tflite import litert
+
+layers = keras.layers
+
+
+@pytest.mark.parametrize("exponent", [-12, -10, -7, -3, 0, 2])
+def test_every_one_of_the_256_inputs_gives_litert_logistic_output(exponent, tmp_path):
+    """An identity conv puts each of the 256 int8 steps at input scale 2**exponent into a sigmoid: Keras
+    and LiteRT agree on every output step. (TF's own sigmoid gives 129 instead of 128 at x = 2**-7.)"""
+    inputs = keras.Input((1, 1, 256))
+    conv = layers.Conv2D(256, 1)
+    model = keras.Model(inputs, layers.Activation("sigmoid")(conv(inputs)))
+    conv.set_weights([np.eye(256, dtype=np.float32).reshape(1, 1, 256, 256), np.zeros(256, np.float32)])
+    qat = tfqat.quantize_model(model)
+    steps = np.arange(-128, 128, dtype=np.float32).reshape(1, 1, 1, 256) * 2.0**exponent
+    tfqat.calibrate(qat, steps)
+    path = tfqat.export_tflite(qat, tmp_path / "sigmoid.tflite")
+    [output] = litert.describe(path).outputs
+    assert (output.scale, output.zero_point) == (1.0 / 256.0, -128)
+    _, raw = litert.predict(path, steps, return_raw=True)
+    keras_steps = qat.predict(steps, verbose=0) * 256.0 - 128.0
+    np.testing.assert_array_equal(keras_steps.ravel(), raw.ravel().astype(np.float64))
