@@ -366,3 +366,20 @@ def test_mul_and_mean_agree_with_litert_bit_for_bit(tmp_path):
         _, raw = litert.predict(path, images, return_raw=True)
         steps = sub(images, training=False).numpy() / output.scale
         np.testing.assert_array_equal(steps, raw.astype(np.float64), err_msg=end)
+
+
+@pytest.mark.parametrize("channels", [3, 12, 24])
+def test_depthwise_rounds_its_leftover_channels_as_litert_does(channels, tmp_path):
+    """LiteRT's DEPTHWISE_CONV_2D rounds whole groups of 8 channels half up twice and the channels left
+    over half away from zero (a 1x1 depthwise on 3 channels is what a Rescaling becomes): bit for bit."""
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((8, 8, channels))
+    model = keras.Model(inputs, layers.DepthwiseConv2D(1, name="depthwise")(inputs))
+    qat = tfqat.quantize_model(model)
+    images = np.random.default_rng(9).uniform(-1, 1, (32, 8, 8, channels)).astype(np.float32)
+    tfqat.calibrate(qat, images)
+    assert [q.kernel for q in all_activation_quantizers(qat)["depthwise"]] == ["depthwise"]
+    path = tfqat.export_tflite(qat, tmp_path / "depthwise.tflite")
+    [output] = litert.describe(path).outputs
+    _, raw = litert.predict(path, images, return_raw=True)
+    np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))

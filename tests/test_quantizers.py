@@ -529,3 +529,43 @@ def test_quantizer_equality_tells_options_apart():
     assert Pow2ActivationQuantizer(0.9) != Pow2WeightQuantizer()
     assert Pow2BiasQuantizer() == Pow2BiasQuantizer() and not (Pow2BiasQuantizer() != Pow2BiasQuantizer())
     assert Pow2BiasQuantizer() != Pow2WeightQuantizer() and Pow2BiasQuantizer() != Pow2ActivationQuantizer()
+
+
+# ---------------------------------------------------------------- the model input
+
+
+def _pixel_model():
+    """MobileNetV3's input: raw pixels, rescaled to [-1, 1] inside the model, then a conv."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(x))
+
+
+@pytest.mark.parametrize("low, high, scale, zero_point", [(0, 255, 1.0, -128), (-1, 1, 2.0**-6, 0)],
+                         ids=["raw_pixels_unsigned", "signed_images"])
+def test_the_input_is_unsigned_when_calibrated_on_non_negative_values(low, high, scale, zero_point, tmp_path):
+    """Pixels in [0, 255] take the unsigned grid at scale 1 (int8 = pixel - 128, nothing lost), as TFLite's own
+    converter gives a uint8 image; [-1, 1] images stay signed (2**-6: their max is above 127 / 128). Keras rounds
+    the input as LiteRT quantizes it."""
+    import tfqat
+    from tfqat.quantization.quantizers import Pow2InputQuantizer
+    from tfqat.tflite import litert
+
+    qat = tfqat.quantize_model(_pixel_model())
+    quantizer = qat.layers[1].quantizer
+    assert isinstance(quantizer, Pow2InputQuantizer)
+    assert not bool(quantizer.grid_unsigned(qat.layers[1].quantizer_vars))  # before calibration: signed
+    rng = np.random.default_rng(5)
+    images = rng.integers(low, high + 1, (32, 8, 8, 3)).astype(np.float32) if high > 1 else \
+        rng.uniform(low, high, (32, 8, 8, 3)).astype(np.float32)
+    tfqat.calibrate(qat, images)
+    path = tfqat.export_tflite(qat, tmp_path / "input.tflite")
+    [model_input] = litert.describe(path).inputs
+    assert (model_input.scale, model_input.zero_point) == (scale, zero_point)
+    if high > 1:  # every pixel is exact: the int8 input is pixel - 128
+        keras_input = keras.Model(qat.input, qat.layers[1].output)(images, training=False).numpy()
+        np.testing.assert_array_equal(keras_input, images)
+    [output] = litert.describe(path).outputs
+    _, raw = litert.predict(path, images, return_raw=True)
+    np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))

@@ -16,7 +16,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 import tfqat
 from tfqat.quantization import configs
 from tfqat.quantization.linking import link_accumulators
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.quantizers import (
+    Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer,
+)
 from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
 
 layers = keras.layers
@@ -224,7 +226,7 @@ def test_small_graph_layout(small_qat):
     quantize_input = small_qat.layers[1]
     assert isinstance(quantize_input, QuantizeLayer)
     assert quantize_input._inbound_nodes[0].inbound_layers is small_qat.layers[0]
-    assert quantize_input.quantizer == Pow2ActivationQuantizer()
+    assert quantize_input.quantizer == Pow2InputQuantizer()  # unsigned if calibrated on non-negative inputs
     got = {inner(layer).name: bool(output_quantizers(layer)) for layer in small_qat.layers[2:]}
     assert got == EXPECTED_SMALL
     for layer in small_qat.layers[2:]:
@@ -264,7 +266,9 @@ def test_options_reach_every_quantizer(per_channel):
     assert len(weight_quantizers) == 3 and len(activation_quantizers) == 5
     assert [q.per_channel for q in weight_quantizers] == [per_channel, per_channel, False]  # Dense: per tensor
     assert [q.kind for q in weight_quantizers] == ["conv", "depthwise", "dense"]
-    assert all(q == Pow2ActivationQuantizer(0.75) for q in activation_quantizers)
+    # The input's quantizer first (it may take the unsigned grid), then every other one.
+    assert activation_quantizers[0] == Pow2InputQuantizer(0.75)
+    assert all(q == Pow2ActivationQuantizer(0.75) for q in activation_quantizers[1:])
 
 
 # ---------------------------------------------------------------- MobileNetV2

@@ -22,7 +22,9 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.quantizers import FixedQuantizer
 
 from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig, ScalarOpQuantizeConfig
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer, ScaleGroup
+from tfqat.quantization.quantizers import (
+    Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer, ScaleGroup,
+)
 
 _Wrapper = quantize_wrapper.QuantizeWrapper
 
@@ -177,8 +179,8 @@ def share_concatenation_scales(qat_model) -> int:
         if not isinstance(layer, _Wrapper) or not isinstance(layer.layer, keras.layers.Concatenate):
             continue
         members = [_output_quantizer(layer)] + [_output_quantizer(p) for p in _producers(layer)]
-        if any(m is None for m in members) or len({m[0].unsigned for m in members}) != 1:
-            continue  # an input without a tfqat scale, or signed beside unsigned: left to the converter
+        if any(m is None or isinstance(m[0], Pow2InputQuantizer) for m in members) or len({m[0].unsigned for m in members}) != 1:
+            continue  # an input without a tfqat scale, signed beside unsigned, or the model input: left to the converter
         group = []
         for quantizer, variables in members:
             for member in groups.get(id(quantizer), [(quantizer, variables)]):
@@ -222,7 +224,9 @@ def link_accumulators(qat_model) -> int:
         for _, quantizer in weights:
             if isinstance(quantizer, Pow2BiasQuantizer):
                 quantizer.accumulator_exponent = exponent
+        depthwise = isinstance(layer.layer, keras.layers.DepthwiseConv2D)
         for quantizer in _output_quantizers(layer, consumers):
             quantizer.accumulator_exponent = exponent
+            quantizer.kernel = "depthwise" if depthwise else "conv"
         linked += 1
     return linked

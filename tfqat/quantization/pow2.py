@@ -108,7 +108,8 @@ def fake_quant_activations(
     values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False,
     kernel: str = "conv",
 ):
-    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned).
+    """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned;
+    `unsigned` may be a boolean tensor).
 
     With `litert_rounding`, values are first rounded to the grid half away from
     zero, as LiteRT's ADD (and QUANTIZE) requantization does, so a tie such as
@@ -129,13 +130,17 @@ def fake_quant_activations(
                 values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), kernel
             )
         values = values + tf.stop_gradient(rounded - values)
-    qmin, qmax = activation_steps(unsigned)
+    if isinstance(unsigned, bool):
+        qmin, qmax = activation_steps(unsigned)
+    else:  # a boolean tensor: the grid is chosen from data (the model input's quantizer)
+        qmin, qmax = tf.where(unsigned, 0.0, ACTIVATION_QMIN), tf.where(unsigned, float(UNSIGNED_QMAX), ACTIVATION_QMAX)
     return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=False)
 
 
-# Kernels whose int32 accumulator LiteRT requantizes by a power of two, and how it rounds (litert_requantize).
-REQUANTIZING_KERNELS = ("conv", "mul", "mean")
-MEAN_LANES = 16  # channels LiteRT's int8 MEAN averages per vector step; the rest take its scalar loop
+# Kernels whose int32 accumulator LiteRT requantizes by a power of two (litert_requantize), and for those
+# that round their last channels their own way, how many channels their vector loop takes at a time.
+REQUANTIZING_KERNELS = ("conv", "depthwise", "mul", "mean")
+VECTOR_LANES = {"depthwise": 8, "mean": 16}
 
 
 def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "conv"):
@@ -145,10 +150,10 @@ def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "con
     weight scale, per channel along the last axis), a MUL's product (its two input scales) or a
     MEAN's sum (input scale / count). LiteRT multiplies by 2**-n, n = exponent - accumulator_exponent,
     as a Q31 multiplier of 0.5 and a shift: it rounds acc/2 half up, then divides by 2**(n-1),
-    rounding half up again on CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and MEAN's vector loop
-    (the first channels, in groups of 16), half away from zero on MUL and MEAN's scalar loop (the
-    remaining channels) (each measured bit-exact on ai-edge-litert 2.3). That double rounding
-    differs from a single rounding on about one value in 2**n, which for small n is often.
+    rounding half up again on CONV_2D and FULLY_CONNECTED, half away from zero on MUL; DEPTHWISE_CONV_2D
+    and MEAN round half up on the channels their vector loop takes (whole groups of 8 and 16) and half
+    away from zero on the channels left over (each measured bit-exact on ai-edge-litert 2.3). That
+    double rounding differs from a single rounding on about one value in 2**n, often for small n.
     """
     if kernel not in REQUANTIZING_KERNELS:
         msg = f"litert_requantize kernel={kernel!r} is not one of {REQUANTIZING_KERNELS}"
@@ -163,8 +168,8 @@ def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "con
     elif kernel == "mul":
         shifted = half_away
     else:
-        channels = values.shape[-1]
-        vector = tf.range(channels) < (channels // MEAN_LANES) * MEAN_LANES
+        channels, lanes = values.shape[-1], VECTOR_LANES[kernel]
+        vector = tf.range(channels) < (channels // lanes) * lanes
         shifted = tf.where(vector, half_up, half_away)
     steps = tf.where(n >= 1.0, shifted, accumulator * tf.pow(2.0, -n))
     return steps * tf.pow(2.0, exponent)

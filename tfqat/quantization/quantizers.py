@@ -205,7 +205,11 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
 
     def own_exponent(self, weights):
         """The exponent of this tensor's own range."""
-        return pow2.activation_exponent(weights["min_var"], weights["max_var"], self.unsigned)
+        return pow2.activation_exponent(weights["min_var"], weights["max_var"], self.grid_unsigned(weights))
+
+    def grid_unsigned(self, weights):
+        """Whether the tensor is on the unsigned grid [0, 255] * 2**k: fixed at construction here."""
+        return self.unsigned
 
     def __call__(self, inputs, training, weights, **kwargs):
         if training or Pow2ActivationQuantizer._collecting:
@@ -220,13 +224,43 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         litert_rounding = not training and not Pow2ActivationQuantizer._exporting
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
-            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator, unsigned=self.unsigned,
+            inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator,
+            unsigned=self.grid_unsigned(weights),
             kernel=self.kernel,
         )
 
     def get_config(self):
         # Unsigned only when set, so configs saved before the option existed still compare equal.
         return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {})}
+
+
+@_register
+class Pow2InputQuantizer(Pow2ActivationQuantizer):
+    """The model input's quantizer: unsigned when the range it has seen holds no negative value.
+
+    A model that rescales raw pixels itself (MobileNetV3, EfficientNet) takes [0, 255]: on the unsigned
+    grid that is scale 1 with int8 zero point -128, so the int8 input is pixel - 128, what TFLite's own
+    converter gives a uint8 image, and no bit is lost (the signed grid would need scale 2). An input
+    with negative values ([-1, 1] images) stays signed like every activation. Before calibration the
+    range is ReLU6's placeholder [-6, 6]: signed.
+    """
+
+    def __init__(self, ema_decay: float = 0.99):
+        super().__init__(ema_decay, unsigned=False)
+
+    def grid_unsigned(self, weights):
+        return weights["min_var"] >= 0.0
+
+    def own_exponent(self, weights):
+        low, high = weights["min_var"], weights["max_var"]
+        return tf.where(
+            self.grid_unsigned(weights),
+            pow2.activation_exponent(low, high, unsigned=True),
+            pow2.activation_exponent(low, high, unsigned=False),
+        )
+
+    def get_config(self):
+        return {"ema_decay": self.ema_decay}
 
 
 @_register

@@ -13,7 +13,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 )
 
 from tfqat.quantization import configs
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2InputQuantizer
 from tfqat.quantization.thresholds import TQTActivationQuantizer
 from tfqat.quantization.layers import ScalarOp, Sigmoid
 
@@ -127,7 +127,7 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
 
 
 class InputQuantize(transforms.Transform):
-    """InputLayer => InputLayer -> QuantizeLayer(power-of-two): the int8 model input."""
+    """InputLayer => InputLayer -> QuantizeLayer(power-of-two): the int8 model input (unsigned for raw pixels)."""
 
     def __init__(self, ema_decay: float, trained_thresholds: bool = False):
         self.ema_decay = ema_decay
@@ -137,7 +137,11 @@ class InputQuantize(transforms.Transform):
         return LayerPattern("InputLayer")
 
     def replacement(self, match_layer):
-        quant = quantize_layer.QuantizeLayer(configs.activation_quantizer(self.ema_decay, self.trained_thresholds))
+        if self.trained_thresholds:
+            quantizer = configs.activation_quantizer(self.ema_decay, self.trained_thresholds)
+        else:  # unsigned when calibrated on non-negative inputs (raw pixels)
+            quantizer = Pow2InputQuantizer(self.ema_decay)
+        quant = quantize_layer.QuantizeLayer(quantizer)
         config = tfmot_utils.serialize_layer(quant, use_legacy_format=True)
         config["name"] = quant.name
         return LayerNode(config, input_layers=[match_layer])
@@ -146,6 +150,7 @@ class InputQuantize(transforms.Transform):
         return {
             "QuantizeLayer": quantize_layer.QuantizeLayer,
             "Pow2ActivationQuantizer": Pow2ActivationQuantizer,
+            "Pow2InputQuantizer": Pow2InputQuantizer,
             "TQTActivationQuantizer": TQTActivationQuantizer,
         }
 
