@@ -23,6 +23,7 @@ import numpy as np
 
 import tfqat
 from tfqat._keras import keras
+from tfqat.tflite import litert
 from tfqat.tflite.agreement import keras_tflite_agreement
 
 CLASSES = 5
@@ -93,6 +94,7 @@ def check(name: str, out_dir: Path) -> dict:
     tfqat.export_tflite(qat, path)
     export_seconds = time.perf_counter() - start
     report = tfqat.verify_tflite(path)
+    [model_input] = litert.describe(path).inputs
     agreement = keras_tflite_agreement(qat, path, images)
     within_two = (agreement.histogram["0"] + agreement.histogram["1"] + agreement.histogram["2"]) / sum(
         agreement.histogram.values()
@@ -104,6 +106,8 @@ def check(name: str, out_dir: Path) -> dict:
         "verified": report.passed,
         "not_shifts": sorted({line.split(" ")[2] for line in report.exceptions}),
         "int8_bytes": path.stat().st_size,
+        "input_scale": model_input.scale,
+        "input_zero_point": model_input.zero_point,
         "quantize_calibrate_train_seconds": prepared,
         "export_seconds": export_seconds,
         "top1_agreement": agreement.top1_agreement,
@@ -112,19 +116,25 @@ def check(name: str, out_dir: Path) -> dict:
     }
 
 
+def _range(name: str) -> str:
+    low, high = NETWORKS[name][2]
+    return f"[{low:g}, {high:g}]"
+
+
 def markdown(rows) -> str:
     """The README's table: one row a network; the unsupported ones list the layer classes refused."""
     lines = [
-        "| network (input px) | ops that are not shifts | int8 file | export | Keras-LiteRT top-1 agreement (outputs within 2 steps; most steps apart) |",
-        "| --- | --- | --- | --- | --- |",
+        "| network (input px, range) | int8 input (scale, zero point) | ops that are not shifts | int8 file | export | Keras-LiteRT top-1 agreement (outputs within 2 steps; most steps apart) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if "unsupported" in row:
             refused = sorted(set(re.findall(r"\((\w+)\): ", row["unsupported"])))
-            lines.append(f"| {row['network']} | not yet supported; refused layers include {', '.join(refused)} | | | |")
+            lines.append(f"| {row['network']} | | not yet supported; refused layers include {', '.join(refused)} | | | |")
             continue
         lines.append(
-            f"| {row['network']} ({row['input_size']}) | {', '.join(row['not_shifts']) or 'none'} | "
+            f"| {row['network']} ({row['input_size']}, {_range(row['network'])}) | "
+            f"{row['input_scale']:g}, {row['input_zero_point']} | {', '.join(row['not_shifts']) or 'none'} | "
             f"{row['int8_bytes'] / 1e6:.2f} MB | {row['export_seconds']:.1f} s | "
             f"{row['top1_agreement']:.3f} ({row['logits_within_2_steps']:.3f}; {row['max_steps']:.0f}) |"
         )

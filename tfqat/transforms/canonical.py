@@ -3,9 +3,9 @@
 One pass over the graph (nested models inlined):
 - Conv/DepthwiseConv + BatchNormalization pairs fold into one conv (`folding`);
 - Rescaling, Normalization and BNs with no conv to fold into become 1x1 depthwise convs (`affine`);
-- sigmoid becomes tfqat's `Sigmoid` layer (whose inference rounds as LiteRT's LOGISTIC), and swish
-  (SiLU) x * Sigmoid(x), as TFLite computes it (LOGISTIC then MUL); a conv or dense layer with either
-  activation becomes the linear layer followed by them;
+- sigmoid becomes tfqat's `Sigmoid` layer (in the QAT model its inference rounds as LiteRT's
+  LOGISTIC table), and swish (SiLU) x * Sigmoid(x), as TFLite computes it (LOGISTIC then MUL); a conv
+  or dense layer with either activation becomes the linear layer followed by them;
 - TFOpLambda arithmetic with a number becomes a ScalarOp (`scalar_ops`).
 `tfqat.quantize_model` quantizes this model; AdaRound, equalization and the debugger compare
 against it layer by layer, so every one of them uses this function.
