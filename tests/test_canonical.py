@@ -34,17 +34,19 @@ def test_swish_becomes_x_times_sigmoid_on_activations_and_convs():
     x = layers.Dense(3, activation="sigmoid", name="gate")(layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, x)
     rewritten = canonical_model(model)
-    assert rewritten.get_layer("conv").activation is keras.activations.linear
+    # The layer giving each original output keeps its name; the linear part is `<name>_linear`.
+    assert rewritten.get_layer("conv_linear").activation is keras.activations.linear
     assert isinstance(rewritten.get_layer("conv_sigmoid"), Sigmoid)
-    assert isinstance(rewritten.get_layer("conv_swish"), layers.Multiply)
+    assert isinstance(rewritten.get_layer("conv"), layers.Multiply)
     assert isinstance(rewritten.get_layer("act"), layers.Multiply) and isinstance(rewritten.get_layer("act_sigmoid"), Sigmoid)
-    assert isinstance(rewritten.get_layer("gate_sigmoid"), Sigmoid)
-    assert not rewritten.get_layer("gate_sigmoid").litert_table  # a float model: a float sigmoid
+    assert isinstance(rewritten.get_layer("gate"), Sigmoid) and rewritten.output_names == model.output_names == ["gate"]
+    assert not rewritten.get_layer("gate").litert_table  # a float model: a float sigmoid
     x = images((4, 8, 8, 3))
     np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
-    # Its QAT model rounds each sigmoid as LiteRT's LOGISTIC table does.
+    # Its QAT model rounds each of its three sigmoids as LiteRT's LOGISTIC table does.
     qat = tfqat.quantize_model(model)
-    assert all(layer.layer.litert_table for layer in qat.layers if isinstance(getattr(layer, "layer", None), Sigmoid))
+    sigmoids = [layer.layer for layer in qat.layers if isinstance(getattr(layer, "layer", None), Sigmoid)]
+    assert len(sigmoids) == 3 and all(sigmoid.litert_table for sigmoid in sigmoids)
 
 
 @pytest.mark.parametrize(
@@ -65,9 +67,36 @@ def test_arithmetic_with_a_number_becomes_a_scalar_op(build, op, value):
     [scalar] = [layer for layer in rewritten.layers if isinstance(layer, ScalarOp)]
     assert (scalar.op, scalar.value) == (op, pytest.approx(value))
     assert "TFOpLambda" not in kinds(rewritten)
+    assert not scalar.pow2_constant  # a float model computes with the number itself
     x = images((2, 4, 4, 2))
     np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
     assert ScalarOp.from_config(scalar.get_config()).get_config() == scalar.get_config()
+    # The QAT model computes with the power-of-two int8 constant, and has no weight for it.
+    qat = tfqat.quantize_model(model)
+    [wrapper] = [layer for layer in qat.layers if isinstance(getattr(layer, "layer", None), ScalarOp)]
+    assert wrapper.layer.pow2_constant and not wrapper.trainable_weights
+    exponent = float(wrapper.layer.constant_exponent().numpy())
+    assert abs(value) <= 127 * 2.0**exponent and abs(value) > 127 * 2.0 ** (exponent - 1)
+    constant = wrapper.layer(np.ones((1, 1, 1, 1), np.float32)).numpy().item() - (1.0 if op == "add" else 0.0)
+    assert constant == np.round(value / 2.0**exponent) * 2.0**exponent
+
+
+@pytest.mark.parametrize("build", [lambda x: 3.0 - x, lambda x: 2.0 / x, lambda x: x * x], ids=["rsub", "rdiv", "square"])
+def test_arithmetic_that_is_not_tensor_op_number_stays_and_is_refused(build):
+    """3 - x is not x - 3, 2 / x not x / 2: the operand order matters, and these are refused by name."""
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, build(layers.Conv2D(2, 1)(inputs)))
+    assert "ScalarOp" not in kinds(canonical_model(model))
+    with pytest.raises(ValueError, match=r"\(TFOpLambda\): '.*' is not one of the TensorFlow ops the scheme quantizes"):
+        tfqat.quantize_model(model)
+
+
+def test_integer_tensors_are_left_alone():
+    """A uint8 image and integer arithmetic have no int8 form here: refused by name, not a crash."""
+    inputs = keras.Input((6, 6, 3), dtype="uint8")
+    model = keras.Model(inputs, layers.Conv2D(2, 1)(layers.Rescaling(1.0 / 255.0)(inputs)))
+    with pytest.raises(ValueError, match=r"\(Rescaling\): only a Rescaling or Normalization of the channels of a float"):
+        tfqat.quantize_model(model)
 
 
 def test_a_tensorflow_op_that_is_not_arithmetic_with_a_number_is_refused_by_name():
@@ -127,3 +156,21 @@ def test_without_folding_batch_norms_stay():
     model = keras.Model(inputs, layers.BatchNormalization()(layers.Conv2D(3, 1)(x)))
     assert kinds(canonical_model(model, fold_bn=False)) == ["InputLayer", "DepthwiseConv2D", "Conv2D", "BatchNormalization"]
     assert kinds(canonical_model(model)) == ["InputLayer", "DepthwiseConv2D", "Conv2D"]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_qat_model_with_the_new_layers_saves_and_loads(suffix, tmp_path):
+    """ScalarOp, Sigmoid and the input quantizer round-trip through both formats; the loaded model is relinked
+    and gives the same outputs."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = layers.Conv2D(4, 3, padding="same", activation="swish")(x)
+    x = layers.Multiply()([x, layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    qat = tfqat.quantize_model(keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x))))
+    pixels = images((16, 8, 8, 3), 0.0, 255.0)
+    tfqat.calibrate(qat, pixels)
+    path = str(tmp_path / f"qat{suffix}")
+    qat.save(path)
+    loaded = tfqat.load_model(path)
+    np.testing.assert_array_equal(loaded(pixels, training=False).numpy(), qat(pixels, training=False).numpy())

@@ -383,3 +383,19 @@ def test_depthwise_rounds_its_leftover_channels_as_litert_does(channels, tmp_pat
     [output] = litert.describe(path).outputs
     _, raw = litert.predict(path, images, return_raw=True)
     np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))
+
+
+def test_a_multiplying_scalar_op_with_a_fused_relu_rounds_as_mul(tmp_path):
+    """ReLU(x * 0.75): TFLite fuses the ReLU into the MUL, so the ReLU's quantizer rounds the MUL's product."""
+    keras.utils.set_random_seed(10)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="features")(inputs)
+    model = keras.Model(inputs, layers.ReLU(name="relu")(x * 0.75))
+    qat = tfqat.quantize_model(model)
+    images = np.random.default_rng(11).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
+    tfqat.calibrate(qat, images)
+    assert [q.kernel for q in all_activation_quantizers(qat)["relu"]] == ["mul"]
+    path = tfqat.export_tflite(qat, tmp_path / "mul_relu.tflite")
+    [output] = litert.describe(path).outputs
+    _, raw = litert.predict(path, images, return_raw=True)
+    np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))

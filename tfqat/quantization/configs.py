@@ -164,35 +164,6 @@ class OutputQuantizeConfig(_Pow2Config):
 
 
 @_register
-class ScalarOpQuantizeConfig(_Pow2Config):
-    """tfqat's ScalarOp (x + c, x * c): the constant as a power-of-two int8 tensor; the output quantized as
-    an Add's, unless a ReLU that TFLite fuses follows (`quantize_output=False`)."""
-
-    def __init__(
-        self, quantize_output: bool = True, ema_decay: float = 0.99, trained_thresholds: bool = False,
-    ):
-        self.quantize_output = bool(quantize_output)
-        self.ema_decay = float(ema_decay)
-        self.trained_thresholds = bool(trained_thresholds)
-
-    def get_config(self):
-        return {
-            "quantize_output": self.quantize_output, "ema_decay": self.ema_decay,
-            "trained_thresholds": self.trained_thresholds,
-        }
-
-    def get_weights_and_quantizers(self, layer):
-        # One number: a per-tensor scale from its magnitude (a trained threshold has nothing to learn).
-        return [(layer.constant, Pow2WeightQuantizer(kind="dense"))]
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        layer.constant = quantize_weights[0]
-
-    def get_output_quantizers(self, layer):
-        return [activation_quantizer(self.ema_decay, self.trained_thresholds)] if self.quantize_output else []
-
-
-@_register
 class FixedOutputQuantizeConfig(_Pow2Config):
     """Softmax/sigmoid/tanh as layers: the fixed output range of TFLite's int8 kernel."""
 

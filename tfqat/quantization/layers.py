@@ -2,9 +2,9 @@
 
 `ScalarOp`: arithmetic with a constant, as TFOpLambda layers record `x + 3.0` or `x * (1.0 / 6.0)`
 (MobileNetV3 builds its hard-sigmoid so: relu6(x + 3) * (1 / 6)). TFMOT cannot give a TFOpLambda a
-config, and the converter would quantize its constant at a scale of its own choosing (c / 127, not a
-power of two). `ScalarOp` holds the constant as a weight, which the scheme quantizes like a kernel: a
-power-of-two int8 constant, so TFLite's ADD and MUL with it are shifts. 3 is exactly 96 * 2**-5; 1/6
+config, and the converter would quantize its constant by the constant's own range (3.0 at scale
+3/255, zero point -128), not at a power of two. In a QAT model `ScalarOp` quantizes its constant as a
+kernel is quantized: a power-of-two int8 constant, so TFLite's ADD and MUL with it are shifts. 3 is exactly 96 * 2**-5; 1/6
 becomes 85 * 2**-9 (0.4 % low), and the QAT model computes with that value, as the int8 model does.
 
 `Sigmoid`: the logistic sigmoid rounded as LiteRT's int8 LOGISTIC rounds its lookup table. LiteRT fills LOGISTIC's 256-entry table with 1 / (1 + exp(-x)) and rounds each value to the output
@@ -21,6 +21,7 @@ from tfqat._keras import keras
 import tensorflow as tf
 from tf_keras.src.utils import control_flow_util
 
+from tfqat.quantization import pow2
 from tfqat.quantization.quantizers import exporting
 
 OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
@@ -29,29 +30,36 @@ _register = keras.utils.register_keras_serializable(package="tfqat")
 
 @_register
 class ScalarOp(keras.layers.Layer):
-    """`x + c` (op='add') or `x * c` (op='multiply') with a constant number c, kept as a weight."""
+    """`x + c` (op='add') or `x * c` (op='multiply') with a constant number c.
+
+    With `pow2_constant` (set in QAT models by the scheme's layout), c is the power-of-two int8 number
+    the int8 model holds, a FakeQuant of the constant at `constant_exponent`, which the converter
+    stores at that scale; a float model computes with c itself.
+    """
 
     OPS = ("add", "multiply")
 
-    def __init__(self, op: str, value: float, **kwargs):
+    def __init__(self, op: str, value: float, pow2_constant: bool = False, **kwargs):
         super().__init__(**kwargs)
         if op not in self.OPS:
             msg = f"ScalarOp op={op!r} is not one of {self.OPS}"
             raise ValueError(msg)
         self.op = op
         self.value = float(value)
+        self.pow2_constant = bool(pow2_constant)
 
-    def build(self, input_shape):
-        self.constant = self.add_weight(
-            name="constant", shape=(), initializer=keras.initializers.Constant(self.value), trainable=False
-        )
-        super().build(input_shape)
+    def constant_exponent(self):
+        """The exponent k of the constant's int8 scale 2**k: the weights' rule (|c| <= 127 * 2**k)."""
+        return pow2.weight_exponent(abs(self.value))
 
     def call(self, inputs):
-        return inputs + self.constant if self.op == "add" else inputs * self.constant
+        constant = tf.constant(self.value, inputs.dtype)
+        if self.pow2_constant:
+            constant = pow2.fake_quant_weights(constant, self.constant_exponent())
+        return inputs + constant if self.op == "add" else inputs * constant
 
     def get_config(self):
-        return {**super().get_config(), "op": self.op, "value": self.value}
+        return {**super().get_config(), "op": self.op, "value": self.value, "pow2_constant": self.pow2_constant}
 
 
 @_register

@@ -21,10 +21,9 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras.quantizers import FixedQuantizer
 
-from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig, ScalarOpQuantizeConfig
-from tfqat.quantization.quantizers import (
-    Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer, ScaleGroup,
-)
+from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
+from tfqat.quantization.layers import ScalarOp
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer, ScaleGroup
 
 _Wrapper = quantize_wrapper.QuantizeWrapper
 
@@ -98,16 +97,19 @@ def _scale_exponent(layer):
     return None if fixed is None else (lambda: tf.constant(fixed, tf.float32))
 
 
-def _link_product(wrapper) -> bool:
-    """Hand a Multiply's (or a multiplying ScalarOp's) output quantizer the exponent of its int32 product."""
+def _link_product(wrapper, consumers) -> bool:
+    """Hand a Multiply's (or a multiplying ScalarOp's) output quantizer, or that of the ReLU fused into
+    it, the exponent of its int32 product."""
     if isinstance(wrapper.layer, keras.layers.Multiply):
         factors = [_scale_exponent(p) for p in _producers(wrapper)]
-    elif isinstance(wrapper.quantize_config, ScalarOpQuantizeConfig) and wrapper.layer.op == "multiply":
-        (constant, constant_quantizer, variables), = wrapper._weight_vars
-        factors = [_scale_exponent(_producer(wrapper)), lambda: constant_quantizer.kernel_exponent(constant, variables)]
+    elif isinstance(wrapper.layer, ScalarOp) and wrapper.layer.op == "multiply":
+        factors = [_scale_exponent(_producer(wrapper)), wrapper.layer.constant_exponent]
     else:
         return False
     outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
+    users = consumers.get(id(wrapper), [])
+    if not outputs and isinstance(wrapper.quantize_config, PassThroughQuantizeConfig) and len(users) == 1:
+        outputs = [quantizer for quantizer, _ in _own_quantizers(users[0])]  # a ReLU TFLite fuses into the MUL
     if len(factors) != 2 or any(f is None for f in factors) or not outputs:
         return False
     first, second = factors
@@ -179,8 +181,8 @@ def share_concatenation_scales(qat_model) -> int:
         if not isinstance(layer, _Wrapper) or not isinstance(layer.layer, keras.layers.Concatenate):
             continue
         members = [_output_quantizer(layer)] + [_output_quantizer(p) for p in _producers(layer)]
-        if any(m is None or isinstance(m[0], Pow2InputQuantizer) for m in members) or len({m[0].unsigned for m in members}) != 1:
-            continue  # an input without a tfqat scale, signed beside unsigned, or the model input: left to the converter
+        if any(m is None for m in members) or len({m[0].unsigned for m in members}) != 1:
+            continue  # an input without a tfqat scale, or signed beside unsigned: left to the converter
         group = []
         for quantizer, variables in members:
             for member in groups.get(id(quantizer), [(quantizer, variables)]):
@@ -210,7 +212,7 @@ def link_accumulators(qat_model) -> int:
             consumers.setdefault(id(producer), []).append(layer)
     linked = 0
     for layer in qat_model.layers:
-        if isinstance(layer, _Wrapper) and (_link_product(layer) or _link_mean(layer)):
+        if isinstance(layer, _Wrapper) and (_link_product(layer, consumers) or _link_mean(layer)):
             linked += 1
             continue
         if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):

@@ -14,6 +14,8 @@ by TFMOT loads with them, and a loaded model computes and trains as saved.
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
+from tfqat.quantization.layers import ScalarOp, Sigmoid
+
 
 class QuantizeLayer(quantize_layer.QuantizeLayer):
     def build(self, input_shape):
@@ -39,5 +41,9 @@ class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
         self.layer.load_own_variables = load_own_variables
 
 
-LOADING_OBJECTS = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+LOADING_OBJECTS = {
+    "QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2,
+    # tfqat's own layers are registered with Keras, but an `.h5` file records a wrapped layer by its bare class name.
+    "ScalarOp": ScalarOp, "Sigmoid": Sigmoid,
+}
 """Custom objects that replace TFMOT's classes of the same name while a model is loaded."""

@@ -81,10 +81,14 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
         if type(layer).__name__ == "TFOpLambda":
             return (
                 f"'{layer.symbol}' is not one of the TensorFlow ops the scheme quantizes: adding, subtracting, "
-                "multiplying or dividing by a number"
+                "multiplying or dividing a float tensor by a number (the number second in a subtraction or "
+                "division; a product or sum of two tensors is a layers.Multiply or layers.Add)"
             )
         if isinstance(layer, (layers.Rescaling, layers.Normalization)):
-            return "only a Rescaling or Normalization of the channels of an image tensor (a 1x1 depthwise conv) is supported"
+            return (
+                "only a Rescaling or Normalization of the channels of a float image tensor (a 1x1 depthwise conv) "
+                "is supported; give the model a float32 input (the int8 model quantizes it)"
+            )
         if isinstance(layer, layers.ReLU):
             return None if _is_fusable_relu(layer) or layer.negative_slope == 0 else "leaky ReLU is not supported"
         if isinstance(layer, (layers.Softmax, Sigmoid)):
@@ -120,8 +124,6 @@ class Pow2QuantizeRegistry(_SchemeOptions, tfmot.quantization.keras.QuantizeRegi
                 return configs.PassThroughQuantizeConfig()
         if type(layer) in PASS_THROUGH_LAYERS:
             return configs.PassThroughQuantizeConfig()
-        if isinstance(layer, ScalarOp):
-            return configs.ScalarOpQuantizeConfig(True, self.ema_decay, self.trained_thresholds)
         unsigned = self.unsigned_activations and _is_non_negative(layer)
         return configs.OutputQuantizeConfig(self.ema_decay, self.trained_thresholds, unsigned)
 
@@ -172,12 +174,8 @@ class FuseReLU(transforms.Transform):
         activation = producer.layer["config"].get("activation", "linear")
         if not _is_fusable_relu(relu) or activation not in ("linear", None):
             return match_layer
-        if producer.layer["class_name"] == "Add":
+        if producer.layer["class_name"] in ("Add", "tfqat>ScalarOp"):
             producer.metadata["quantize_config"] = configs.PassThroughQuantizeConfig()
-        elif producer.layer["class_name"] == "tfqat>ScalarOp":
-            producer.metadata["quantize_config"] = configs.ScalarOpQuantizeConfig(
-                quantize_output=False, ema_decay=self.ema_decay, trained_thresholds=self.trained_thresholds,
-            )
         else:
             producer.metadata["quantize_config"] = configs.KernelQuantizeConfig(
                 self.per_channel, quantize_output=False, ema_decay=self.ema_decay,
@@ -189,14 +187,19 @@ class FuseReLU(transforms.Transform):
         return {}
 
 
-class LiteRTSigmoid(transforms.Transform):
-    """tfqat Sigmoid => the same with `litert_table`: a QAT model's sigmoid rounds as LiteRT's LOGISTIC."""
+class QuantizedForm(transforms.Transform):
+    """A tfqat layer => the same with its int8 behaviour switched on (a flag in its config): a QAT model's
+    Sigmoid rounds as LiteRT's LOGISTIC table, its ScalarOp computes with the power-of-two constant."""
+
+    def __init__(self, class_name: str, flag: str):
+        self.class_name = class_name
+        self.flag = flag
 
     def pattern(self):
-        return LayerPattern("tfqat>Sigmoid")
+        return LayerPattern(self.class_name)
 
     def replacement(self, match_layer):
-        match_layer.layer["config"]["litert_table"] = True
+        match_layer.layer["config"][self.flag] = True
         return match_layer
 
     def custom_objects(self):
@@ -213,7 +216,8 @@ class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
         steps = [
             InputQuantize(self.ema_decay, self.trained_thresholds),
             FuseReLU(self.per_channel, self.ema_decay, self.trained_thresholds),
-            LiteRTSigmoid(),
+            QuantizedForm("tfqat>Sigmoid", "litert_table"),
+            QuantizedForm("tfqat>ScalarOp", "pow2_constant"),
         ]
         return model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map.keys()), layer_quantize_map

@@ -102,10 +102,13 @@ def depthwise_layer(affine: Affine, name: str, dtype):
 
 
 def _input_shape(layer):
+    """The shape of `layer`'s one float input, or None (shared by several nodes, or not float: a uint8
+    image that Rescaling casts has no int8 form; the int8 model quantizes a float32 input)."""
     try:
-        return tuple(layer.input.shape)
-    except (AttributeError, ValueError):  # shared by several nodes: not an affine map of one tensor
+        tensor = layer.input
+    except (AttributeError, ValueError):
         return None
+    return tuple(tensor.shape) if getattr(tensor, "dtype", None) is not None and tensor.dtype.is_floating else None
 
 
 def depthwise_hook(flat, kinds=AFFINE_LAYERS, skip=frozenset()) -> graph.LayerHook:

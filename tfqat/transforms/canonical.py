@@ -5,7 +5,8 @@ One pass over the graph (nested models inlined):
 - Rescaling, Normalization and BNs with no conv to fold into become 1x1 depthwise convs (`affine`);
 - sigmoid becomes tfqat's `Sigmoid` layer (in the QAT model its inference rounds as LiteRT's
   LOGISTIC table), and swish (SiLU) x * Sigmoid(x), as TFLite computes it (LOGISTIC then MUL); a conv
-  or dense layer with either activation becomes the linear layer followed by them;
+  or dense layer with either activation becomes the linear layer (`<name>_linear`) followed by them,
+  the last of which keeps the layer's name;
 - TFOpLambda arithmetic with a number becomes a ScalarOp (`scalar_ops`).
 `tfqat.quantize_model` quantizes this model; AdaRound, equalization and the debugger compare
 against it layer by layer, so every one of them uses this function.
@@ -26,17 +27,18 @@ def _activation_hook(layer, args, kwargs):
     name = activation_name(getattr(layer, "activation", None))
     if name not in _SPLIT or not isinstance(layer, (keras.layers.Activation,) + _KERNEL_LAYERS):
         return None
+    # The layer giving the original output keeps the original name (outputs keep their names).
+    sigmoid_name = layer.name if name == "sigmoid" else f"{layer.name}_sigmoid"
     with graph.autograph_off():
         if isinstance(layer, keras.layers.Activation):
-            x, product_name = args[0], layer.name
-            sigmoid_name = layer.name if name == "sigmoid" else f"{layer.name}_sigmoid"
+            x = args[0]
         else:
-            linear = type(layer).from_config({**layer.get_config(), "activation": "linear"})
+            config = {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"}
+            linear = type(layer).from_config(config)
             x = linear(*args, **kwargs)
             linear.set_weights(layer.get_weights())
-            sigmoid_name, product_name = f"{layer.name}_sigmoid", f"{layer.name}_swish"
         gate = Sigmoid(name=sigmoid_name)(x)
-        return gate if name == "sigmoid" else keras.layers.Multiply(name=product_name)([x, gate])
+        return gate if name == "sigmoid" else keras.layers.Multiply(name=layer.name)([x, gate])
 
 
 def canonical_model(model, fold_bn: bool = True):

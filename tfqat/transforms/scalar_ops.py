@@ -48,6 +48,8 @@ def scalar_operands(layer, args, kwargs):
     constant = _number(second)
     if constant is None or _number(first) is not None or (constant == 0 and layer.symbol in ("math.truediv", "math.divide")):
         return None
+    if not getattr(getattr(first, "dtype", None), "is_floating", False):
+        return None  # integer arithmetic (shapes, indices) has no int8 form
     op, value = _SYMBOLS[layer.symbol]
     return first, op, value(constant)
 
