@@ -344,6 +344,14 @@ def test_a_concatenation_and_its_inputs_share_the_widest_scale_and_agree_with_li
 # ---------------------------------------------------------------- MUL and MEAN
 
 
+def assert_bit_exact(model, images, path):
+    """Export `model` to `path` and check that Keras and LiteRT give the same int8 output step everywhere."""
+    tfqat.export_tflite(model, path)
+    [output] = litert.describe(path).outputs
+    _, raw = litert.predict(path, images, return_raw=True)
+    np.testing.assert_array_equal(model(images, training=False).numpy() / output.scale, raw.astype(np.float64))
+
+
 def test_mul_and_mean_agree_with_litert_bit_for_bit(tmp_path):
     """x * sigmoid(gate) (MUL) and its global average over 4x4 (MEAN) with 24 channels: LiteRT's MEAN
     rounds its first 16 channels (vector loop) half up twice, the other 8 (scalar loop) as MUL does, and
@@ -360,12 +368,7 @@ def test_mul_and_mean_agree_with_litert_bit_for_bit(tmp_path):
     assert [q.kernel for q in all_activation_quantizers(qat)["product"]] == ["mul"]
     assert [q.kernel for q in all_activation_quantizers(qat)["pool"]] == ["mean"]
     for end in ("product", "pool"):
-        sub = keras.Model(qat.input, wrapped(qat, end).output)
-        path = tfqat.export_tflite(sub, tmp_path / f"{end}.tflite")
-        [output] = litert.describe(path).outputs
-        _, raw = litert.predict(path, images, return_raw=True)
-        steps = sub(images, training=False).numpy() / output.scale
-        np.testing.assert_array_equal(steps, raw.astype(np.float64), err_msg=end)
+        assert_bit_exact(keras.Model(qat.input, wrapped(qat, end).output), images, tmp_path / f"{end}.tflite")
 
 
 @pytest.mark.parametrize("channels", [3, 12, 24])
@@ -379,10 +382,7 @@ def test_depthwise_rounds_its_leftover_channels_as_litert_does(channels, tmp_pat
     images = np.random.default_rng(9).uniform(-1, 1, (32, 8, 8, channels)).astype(np.float32)
     tfqat.calibrate(qat, images)
     assert [q.kernel for q in all_activation_quantizers(qat)["depthwise"]] == ["depthwise"]
-    path = tfqat.export_tflite(qat, tmp_path / "depthwise.tflite")
-    [output] = litert.describe(path).outputs
-    _, raw = litert.predict(path, images, return_raw=True)
-    np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))
+    assert_bit_exact(qat, images, tmp_path / "depthwise.tflite")
 
 
 def test_a_multiplying_scalar_op_with_a_fused_relu_rounds_as_mul(tmp_path):
@@ -395,7 +395,4 @@ def test_a_multiplying_scalar_op_with_a_fused_relu_rounds_as_mul(tmp_path):
     images = np.random.default_rng(11).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
     tfqat.calibrate(qat, images)
     assert [q.kernel for q in all_activation_quantizers(qat)["relu"]] == ["mul"]
-    path = tfqat.export_tflite(qat, tmp_path / "mul_relu.tflite")
-    [output] = litert.describe(path).outputs
-    _, raw = litert.predict(path, images, return_raw=True)
-    np.testing.assert_array_equal(qat(images, training=False).numpy() / output.scale, raw.astype(np.float64))
+    assert_bit_exact(qat, images, tmp_path / "mul_relu.tflite")
