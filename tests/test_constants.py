@@ -7,6 +7,7 @@ import pytest
 from tensorflow.lite.tools import flatbuffer_utils
 
 import tfqat
+from tfqat.quantization import pow2
 from tfqat.tflite import constants
 from tfqat.tflite.agreement import keras_tflite_agreement
 from tfqat.tflite import export
@@ -17,7 +18,8 @@ layers = keras.layers
 
 @pytest.mark.parametrize("value, exponent", [(3.0, -5), (1.0 / 6.0, -9), (127.0, 0), (127.5, 1), (0.0, -24), (2.0**-30, -24)])
 def test_weight_exponent_is_the_smallest_that_holds_the_value(value, exponent):
-    assert constants.weight_exponent(value) == exponent
+    """The rule a constant is put back on the grid with: the weights' (tfqat.quantization.pow2)."""
+    assert pow2.weight_exponent(value).numpy() == exponent
 
 
 def test_values_on_a_power_of_two_grid_are_found_and_others_are_not():

@@ -58,22 +58,21 @@ def _own_quantizers(wrapper):
     return pairs
 
 
+def _scale_source(layer):
+    """The layer whose quantizer sets `layer`'s output scale: itself, or the first before it that is not a
+    pass-through (padding, reshape, dropout keep their input's scale); None when that is ambiguous."""
+    while isinstance(layer, _Wrapper) and isinstance(layer.quantize_config, PassThroughQuantizeConfig):
+        layer = _producer(layer)
+    return layer
+
+
 def _output_quantizer(layer):
     """(quantizer, its variables) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
-    while layer is not None:
-        if isinstance(layer, quantize_layer.QuantizeLayer):
-            if isinstance(layer.quantizer, Pow2ActivationQuantizer):
-                return layer.quantizer, layer.quantizer_vars
-            return None
-        if not isinstance(layer, _Wrapper):
-            return None
-        own = _own_quantizers(layer)
-        if own:
-            return own[0]
-        if not isinstance(layer.quantize_config, PassThroughQuantizeConfig):
-            return None
-        layer = _producer(layer)
-    return None
+    layer = _scale_source(layer)
+    if isinstance(layer, quantize_layer.QuantizeLayer):
+        return (layer.quantizer, layer.quantizer_vars) if isinstance(layer.quantizer, Pow2ActivationQuantizer) else None
+    own = _own_quantizers(layer) if isinstance(layer, _Wrapper) else []
+    return own[0] if own else None
 
 
 def _fixed_exponent(layer):
@@ -91,9 +90,7 @@ def _scale_exponent(layer):
     if found is not None:
         quantizer, variables = found
         return lambda: quantizer.exponent(variables)
-    while isinstance(layer, _Wrapper) and isinstance(layer.quantize_config, PassThroughQuantizeConfig):
-        layer = _producer(layer)  # a reshape of a sigmoid's output keeps its fixed scale
-    fixed = _fixed_exponent(layer) if isinstance(layer, _Wrapper) else None
+    fixed = _fixed_exponent(_scale_source(layer))  # a sigmoid's, or a reshape of it
     return None if fixed is None else (lambda: tf.constant(fixed, tf.float32))
 
 

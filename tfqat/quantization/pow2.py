@@ -47,7 +47,12 @@ def activation_exponent(range_min, range_max, unsigned: bool = False):
     """Exponent k of the activation scale 2**k so that [min, max] fits [-128, 127] * 2**k.
 
     Unsigned: [0, max] fits [0, 255] * 2**k (a negative min is clipped to 0 by the quantizer).
+    `unsigned` may be a boolean tensor: the grid chosen from data (the model input's quantizer).
     """
+    if not isinstance(unsigned, bool):
+        return tf.where(
+            unsigned, activation_exponent(range_min, range_max, True), activation_exponent(range_min, range_max, False)
+        )
     range_min = tf.convert_to_tensor(range_min, tf.float32)
     range_max = tf.convert_to_tensor(range_max, tf.float32)
     if unsigned:
@@ -57,7 +62,10 @@ def activation_exponent(range_min, range_max, unsigned: bool = False):
 
 
 def activation_steps(unsigned: bool = False) -> tuple:
-    """(qmin, qmax) of an activation's integer steps: [-128, 127], or [0, 255] when unsigned."""
+    """(qmin, qmax) of an activation's integer steps: [-128, 127], or [0, 255] when unsigned (tensors when
+    `unsigned` is a boolean tensor)."""
+    if not isinstance(unsigned, bool):
+        return tf.where(unsigned, 0.0, float(ACTIVATION_QMIN)), tf.where(unsigned, float(UNSIGNED_QMAX), float(ACTIVATION_QMAX))
     return (0, UNSIGNED_QMAX) if unsigned else (ACTIVATION_QMIN, ACTIVATION_QMAX)
 
 
@@ -130,10 +138,7 @@ def fake_quant_activations(
                 values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), kernel
             )
         values = values + tf.stop_gradient(rounded - values)
-    if isinstance(unsigned, bool):
-        qmin, qmax = activation_steps(unsigned)
-    else:  # a boolean tensor: the grid is chosen from data (the model input's quantizer)
-        qmin, qmax = tf.where(unsigned, 0.0, ACTIVATION_QMIN), tf.where(unsigned, float(UNSIGNED_QMAX), ACTIVATION_QMAX)
+    qmin, qmax = activation_steps(unsigned)
     return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=False)
 
 

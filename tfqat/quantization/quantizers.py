@@ -251,14 +251,6 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
     def grid_unsigned(self, weights):
         return weights["min_var"] >= 0.0
 
-    def own_exponent(self, weights):
-        low, high = weights["min_var"], weights["max_var"]
-        return tf.where(
-            self.grid_unsigned(weights),
-            pow2.activation_exponent(low, high, unsigned=True),
-            pow2.activation_exponent(low, high, unsigned=False),
-        )
-
     def get_config(self):
         return {"ema_decay": self.ema_decay}
 

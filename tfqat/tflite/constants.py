@@ -8,27 +8,13 @@ with the weights' rule (the smallest 2**k with max|c| <= 127 * 2**k, zero point 
 int8 constant every one of its users had in training.
 """
 
-import math
-
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfqat.quantization.pow2 import MIN_EXPONENT, WEIGHT_QMAX
+from tfqat.quantization import pow2
 
 _ELEMENTWISE = {schema_fb.BuiltinOperator.ADD, schema_fb.BuiltinOperator.SUB, schema_fb.BuiltinOperator.MUL}
-
-
-def weight_exponent(max_abs: float) -> int:
-    """The smallest k >= MIN_EXPONENT with max_abs <= 127 * 2**k (Pow2WeightQuantizer's rule, in float64)."""
-    k = int(MIN_EXPONENT)
-    if max_abs > WEIGHT_QMAX * 2.0**k:
-        k = math.ceil(math.log2(max_abs / WEIGHT_QMAX))
-        while max_abs > WEIGHT_QMAX * 2.0**k:
-            k += 1
-        while k > MIN_EXPONENT and max_abs <= WEIGHT_QMAX * 2.0 ** (k - 1):
-            k -= 1
-    return k
 
 
 def pow2_steps(values: np.ndarray, old_scale: float):
@@ -37,7 +23,7 @@ def pow2_steps(values: np.ndarray, old_scale: float):
     `values` were dequantized from a grid of step `old_scale` (float32), so a point within a
     millionth of that step of the new grid is taken as on it.
     """
-    exponent = weight_exponent(float(np.max(np.abs(values), initial=0.0)))
+    exponent = int(pow2.weight_exponent(float(np.max(np.abs(values), initial=0.0))).numpy())
     steps = np.round(values / 2.0**exponent)
     if np.max(np.abs(steps * 2.0**exponent - values), initial=0.0) > 1e-6 * old_scale * 255:
         return None
@@ -65,7 +51,7 @@ def requantize_shared_constants(tflite_bytes: bytes):
             if q.scale is None or len(q.scale) != 1:
                 continue
             scale, zero_point = float(q.scale[0]), int(q.zeroPoint[0])
-            if zero_point == 0 and math.frexp(scale)[0] == 0.5:
+            if zero_point == 0 and pow2.is_power_of_two(scale):
                 continue  # already a power of two
             values = (np.asarray(data, np.uint8).view(np.int8).astype(np.float64) - zero_point) * scale
             found = pow2_steps(values, scale)

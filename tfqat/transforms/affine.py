@@ -19,7 +19,8 @@ AFFINE_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization, keras.layer
 Affine = Tuple[np.ndarray, np.ndarray]  # (scale, offset), each (channels,) float64
 
 
-def _on_channels(axis, rank: int) -> bool:
+def on_channels(axis, rank: int) -> bool:
+    """True when `axis` (an int or a list) is only the last axis of a tensor of this rank."""
     axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
     return [a % rank for a in axes] == [rank - 1]
 
@@ -79,10 +80,10 @@ def channel_affine(layer, input_shape) -> Optional[Affine]:
         return None if scale is None or offset is None else (scale, offset)
     if isinstance(layer, keras.layers.Normalization):
         axis = layer.axis if layer.axis else ()
-        if axis and not _on_channels(axis, 4):
+        if axis and not on_channels(axis, 4):
             return None
         return _normalization_affine(layer, channels)
-    if not _on_channels(layer.axis, 4):
+    if not on_channels(layer.axis, 4):
         return None
     return _batch_norm_affine(layer)
 
@@ -126,13 +127,13 @@ def depthwise_hook(flat, kinds=AFFINE_LAYERS, skip=frozenset()) -> graph.LayerHo
     }
     used_by = graph.consumers(flat)
     outputs = {str(id(t)) for t in flat.outputs}
-    absorbed = {}  # layer name -> the affine layer that composes it
+    absorbed = set()  # layers composed into the one affine layer their output feeds
     for layer in flat.layers:
         if layer.name not in affines or str(id(layer.output)) in outputs:
             continue
         users = used_by.get(str(id(layer.output)), [])
         if len(users) == 1 and users[0].name in affines:
-            absorbed[layer.name] = users[0].name
+            absorbed.add(layer.name)
     chains = {}  # composing layer -> affine maps in call order
     for layer in flat.layers:
         if layer.name in affines and layer.name not in absorbed:

@@ -34,11 +34,6 @@ def fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise
     return folded_kernel.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
 
 
-def _is_channel_axis(bn) -> bool:
-    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
-    return list(axis) in ([3], [-1])
-
-
 def _folded_conv(conv, bn):
     """A conv layer with bias holding `conv` and `bn` folded together, named like `conv`."""
     weights = conv.get_weights()
@@ -68,7 +63,7 @@ def conv_folds(flat) -> dict:
             continue
         users = used_by.get(str(id(layer.output)), [])
         if len(users) == 1 and isinstance(users[0], keras.layers.BatchNormalization):
-            if _is_channel_axis(users[0]):
+            if affine.on_channels(users[0].axis, 4):  # a conv's output: an image tensor
                 fold_into[users[0].name] = layer
     return fold_into
 
