@@ -28,6 +28,7 @@ import tensorflow as tf
 
 import tfqat
 from tfqat.tflite import export, litert
+from tfqat.flowers import baselines
 
 TARGETS = {
     "train_step_tfqat_vs_float": ("<=", 1.3),
@@ -103,13 +104,13 @@ PEAK_MEMORY_SCRIPT = textwrap.dedent(
     import numpy as np
     import run as bench
     import tfqat
-    from tfqat.tflite import export
+    from tfqat.flowers import baselines
     kind = sys.argv[1]
     model = bench.classifier()
     if kind == "tfqat":
         model = tfqat.quantize_model(model)
     elif kind == "tfmot":
-        model = export.tfmot_default_qat(model)
+        model = baselines.tfmot_default_qat(model)
     bench.compiled(model)
     images = np.random.default_rng(0).uniform(-1, 1, (32, 224, 224, 3)).astype("float32")
     labels = np.arange(32) % 5
@@ -152,7 +153,7 @@ def main(argv=None):
     tfqat.calibrate(tfqat_model, [images])
     tqt_model = tfqat.quantize_model(float_model, trained_thresholds=True)
     tfqat.calibrate(tqt_model, [images])
-    tfmot_model = export.tfmot_default_qat(float_model)
+    tfmot_model = baselines.tfmot_default_qat(float_model)
     compiled(tfqat_model), compiled(tqt_model), compiled(tfmot_model)
     models = {"float": float_model, "tfqat": tfqat_model, "tfqat_tqt": tqt_model, "tfmot": tfmot_model}
     step = time_train_steps(models, images, labels, args.steps, args.repeats)
@@ -165,7 +166,7 @@ def main(argv=None):
     tfqat_tflite = export.convert_int8(tfqat_model)
     conversion["tfqat_int8"] = time.perf_counter() - start
     start = time.perf_counter()
-    ptq_tflite = export.convert_tflite_ptq(float_model, images[:16])
+    ptq_tflite = baselines.convert_tflite_ptq(float_model, images[:16])
     conversion["tflite_ptq_int8"] = time.perf_counter() - start
     tflite = {"float": float_tflite, "tfqat_int8": tfqat_tflite, "tflite_ptq_int8": ptq_tflite}
     latency = {

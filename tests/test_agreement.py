@@ -6,7 +6,7 @@ import pytest
 import tflite_models as tm
 from tfqat._keras import keras
 from tfqat.tflite.agreement import keras_outputs, keras_tflite_agreement
-from tfqat.transforms.batches import EAGER_BATCHES
+from tfqat.data.batches import EAGER_BATCHES
 
 # Step used for the float comparison: the int8 softmax output step, 1/256.
 SOFTMAX_STEP = 2.0**-8

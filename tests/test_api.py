@@ -13,8 +13,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 import tfqat
 from tfqat.quantization import configs, pow2
-from tfqat.transforms import batches as batches_module
-from tfqat.transforms.batches import EAGER_BATCHES
+from tfqat.data import batches as batches_module
+from tfqat.data.batches import EAGER_BATCHES
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 layers = keras.layers

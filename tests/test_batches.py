@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat.transforms.batches import BATCH_SIZE, EAGER_BATCHES, image_batches, inference_outputs
+from tfqat.data.batches import BATCH_SIZE, EAGER_BATCHES, image_batches, inference_outputs
 
 
 def _images(count):

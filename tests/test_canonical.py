@@ -1,4 +1,4 @@
-"""Tests for tfqat.transforms.canonical: the rewrites into layers the scheme quantizes compute the same function.
+"""Tests for tfqat.graph.canonical: the rewrites into layers the scheme quantizes compute the same function.
 
 Swish as x * sigmoid(x), TFOpLambda arithmetic with a number as ScalarOp, Rescaling/Normalization (and
 chains of them) as one 1x1 depthwise conv; each checked against the float model, and each refusal of
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.transforms.canonical import canonical_model
+from tfqat.graph.canonical import canonical_model
 from tfqat.quantization.layers import ScalarOp, Sigmoid
 
 layers = keras.layers

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.transforms import graph
-from tfqat.transforms.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
+from tfqat.graph import functional
+from tfqat.ptq.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
 
 
 def _spread_batch_norms(model, seed=0):
@@ -184,7 +184,7 @@ def _relu_for_relu6(model):
             return keras.layers.ReLU(name=layer.name)(*args, **kwargs)
         return None
 
-    return graph.rebuild(model, hook)
+    return functional.rebuild(model, hook)
 
 
 def test_power_of_two_quantization_of_the_equalized_model_is_closer_to_its_float(mobilenet):

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import tfqat
 from tfqat.tflite import export, litert, verify
+from tfqat.flowers import baselines
 from tfqat import files
 from tfqat.tflite.agreement import keras_tflite_agreement
 
@@ -150,14 +151,14 @@ def test_write_interrupted_midway_keeps_previous_file(tmp_path, monkeypatch):
 
 def test_tflite_ptq_peer_fails_the_verifier(exported):
     float_model, _, _, _ = exported
-    report = verify.verify_tflite(export.convert_tflite_ptq(float_model, _images(8)))
+    report = verify.verify_tflite(baselines.convert_tflite_ptq(float_model, _images(8)))
     assert not report.passed
     assert any("power of two" in line for line in report.failures)
 
 
 def test_tfmot_default_qat_peer_is_not_power_of_two(exported):
     float_model, _, _, _ = exported
-    peer = export.tfmot_default_qat(float_model)
+    peer = baselines.tfmot_default_qat(float_model)
     peer(_images(4), training=True)  # set its moving-average ranges from data
     report = verify.verify_tflite(export.convert_int8(peer))
     assert not report.passed
@@ -172,7 +173,7 @@ def test_export_rejects_a_non_keras_model(tmp_path):
 def test_export_refuses_a_model_that_is_not_shift_only(exported, tmp_path):
     """TFMOT's default QAT model converts fine but its scales are not powers of two: nothing is written."""
     float_model, _, _, _ = exported
-    peer = export.tfmot_default_qat(float_model)
+    peer = baselines.tfmot_default_qat(float_model)
     peer(_images(4), training=True)
     with pytest.raises(export.ExportError, match="not shift-only"):
         tfqat.export_tflite(peer, tmp_path / "peer.tflite")

@@ -1,4 +1,4 @@
-"""Tests for tfqat.transforms.folding: BatchNormalization folded into the conv before it."""
+"""Tests for tfqat.graph.folding: BatchNormalization folded into the conv before it."""
 
 from tfqat._keras import keras
 
@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from tfqat.transforms.folding import fold_batch_norms, fold_bn_arrays
+from tfqat.graph.folding import fold_batch_norms, fold_bn_arrays
 
 layers = keras.layers
 

@@ -10,8 +10,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tfqat"
 # What each library sub-package may import from tfqat, besides itself and the top-level helpers.
 LIBRARY = {
     "quantization": set(),
-    "transforms": {"quantization"},  # bias correction reads the scheme's quantizers
-    "tflite": {"quantization", "transforms"},
+    "data": set(),
+    "graph": {"quantization"},  # the rewrite makes tfqat's Sigmoid and ScalarOp layers
+    "ptq": {"quantization", "graph", "data"},
+    "tflite": {"quantization", "graph", "data"},
 }
 HELPERS = {"tfqat", "tfqat._keras", "tfqat.files"}
 

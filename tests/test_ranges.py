@@ -1,11 +1,11 @@
-"""Tests for tfqat.transforms.ranges: per-channel weight ranges of a model and their per-tensor power-of-two statistics."""
+"""Tests for tfqat.flowers.ranges: per-channel weight ranges of a model and their per-tensor power-of-two statistics."""
 
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 import numpy as np
 
-from tfqat.transforms import ranges
-from tfqat.transforms.ranges import layer_range_stats, weight_ranges
+from tfqat.flowers import ranges
+from tfqat.flowers.ranges import layer_range_stats, weight_ranges
 
 from example_results import example_results
 

@@ -7,6 +7,7 @@ import pytest
 
 import tfqat
 from tfqat.tflite import export
+from tfqat.flowers import baselines
 
 from test_thresholds import block_model, images
 
@@ -14,7 +15,7 @@ SCHEMES = {
     "pow2_per_tensor": lambda m: tfqat.quantize_model(m),
     "pow2_per_channel": lambda m: tfqat.quantize_model(m, per_channel=True),
     "pow2_tqt_unsigned": lambda m: tfqat.quantize_model(m, trained_thresholds=True, unsigned_activations=True),
-    "tfmot_default": export.tfmot_default_qat,
+    "tfmot_default": baselines.tfmot_default_qat,
 }
 
 

@@ -16,16 +16,16 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
-    "adaround": "tfqat.transforms.adaround",
+    "adaround": "tfqat.ptq.adaround",
     "calibrate": "tfqat.api",
-    "correct_biases": "tfqat.transforms.bias_correction",
+    "correct_biases": "tfqat.ptq.bias_correction",
     "load_model": "tfqat.api",
     "ptq": "tfqat.api",
     "quantize_model": "tfqat.api",
     "quantize_scope": "tfqat.api",
-    "equalize": "tfqat.transforms.equalize",
+    "equalize": "tfqat.ptq.equalize",
     "export_tflite": "tfqat.tflite.export",
-    "fold_batch_norms": "tfqat.transforms.folding",
+    "fold_batch_norms": "tfqat.graph.folding",
     "Pow2QuantizeScheme": "tfqat.quantization.scheme",
     "verify_tflite": "tfqat.tflite.verify",
     "keras": "tfqat._keras",

@@ -9,9 +9,9 @@ from tfqat._keras import keras
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfqat.transforms import graph
-from tfqat.transforms.batches import image_batches, inference_outputs
-from tfqat.transforms.canonical import canonical_model
+from tfqat.graph import functional
+from tfqat.data.batches import image_batches, inference_outputs
+from tfqat.graph.canonical import canonical_model
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
 from tfqat.quantization.saving import LOADING_OBJECTS
@@ -70,12 +70,12 @@ def quantize_model(
         variables (default: the current strategy); compile and fit it in the
         same scope.
     """
-    graph.check_functional(model)
+    functional.check_functional(model)
     if not 0.0 <= ema_decay < 1.0:
         msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
         raise ValueError(msg)
     # Only built-in layers and tfqat's quantizers from here on (_check_supported): none needs AutoGraph.
-    with graph.autograph_off():
+    with functional.autograph_off():
         return _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(
             per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds,
             unsigned_activations=unsigned_activations,
@@ -185,9 +185,9 @@ def ptq(
     if iter(images) is images:
         msg = "ptq reads the images more than once; pass an array or a tf.data.Dataset, not a one-pass iterator"
         raise ValueError(msg)
-    from tfqat.transforms.adaround import adaround as adaround_model
-    from tfqat.transforms.bias_correction import correct_biases
-    from tfqat.transforms.equalize import equalize as equalize_model
+    from tfqat.ptq.adaround import adaround as adaround_model
+    from tfqat.ptq.bias_correction import correct_biases
+    from tfqat.ptq.equalize import equalize as equalize_model
 
     float_model = equalize_model(model, images, steps=steps) if equalize else model
     qat = quantize_model(float_model, per_channel=per_channel, unsigned_activations=unsigned_activations)

@@ -98,15 +98,16 @@ def _pow2(run, method: Method) -> QuantizedModel:
 
 
 def _tflite_ptq(run, method: Method) -> QuantizedModel:
-    from tfqat.tflite import export
+    from tfqat.flowers import baselines
 
-    return QuantizedModel(export.convert_tflite_ptq(run.float_model(), run.calibration_images))
+    return QuantizedModel(baselines.convert_tflite_ptq(run.float_model(), run.calibration_images))
 
 
 def _tfmot_qat(run, method: Method) -> QuantizedModel:
+    from tfqat.flowers import baselines
     from tfqat.tflite import export
 
-    model = export.tfmot_default_qat(run.float_model())
+    model = baselines.tfmot_default_qat(run.float_model())
     run.fit(model, method.name, Recipe(train=True, distillation=run.options.qat_distillation))
     return QuantizedModel(export.convert_int8(model), model)
 

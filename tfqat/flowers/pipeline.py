@@ -29,10 +29,10 @@ from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IM
 from tfqat.flowers.stats import paired_difference
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
-from tfqat.transforms.adaround import adaround
-from tfqat.transforms.bias_correction import correct_biases
-from tfqat.transforms.equalize import equalize
-from tfqat.transforms.canonical import canonical_model
+from tfqat.ptq.adaround import adaround
+from tfqat.ptq.bias_correction import correct_biases
+from tfqat.ptq.equalize import equalize
+from tfqat.graph.canonical import canonical_model
 
 
 # What a run flag adds to a method's title when the method does not have it by itself.
@@ -470,7 +470,7 @@ class Run:
         }
 
     def write_report(self) -> dict:
-        from tfqat.transforms import ranges
+        from tfqat.flowers import ranges
         from tfqat.flowers import report
 
         results = self.results()

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from tfqat.flowers.methods import FLOAT, METHODS
-from tfqat.transforms.ranges import layer_range_stats
+from tfqat.flowers.ranges import layer_range_stats
 
 # Short names of the networks, in the order of the pipeline's stages (tfqat.flowers.methods).
 NETWORKS = {FLOAT: "float", **{name: method.label for name, method in METHODS.items()}}

@@ -2,7 +2,7 @@
 
 Everything here is a pure function of the results dict the pipeline saves as
 results.json (see `write_report`); its per-channel weight ranges come from
-`tfqat.transforms.ranges.weight_ranges`. No number in the report is made up: each is read
+`tfqat.flowers.ranges.weight_ranges`. No number in the report is made up: each is read
 from the dict or computed from its numbers (totals, ratios, shares, per-tensor
 power-of-two steps), and sections whose data is missing are left out.
 """
@@ -28,7 +28,7 @@ from tfqat.flowers.plots import (
     plot_weight_ranges,
     training_fits,
 )
-from tfqat.transforms.ranges import DEAD_EXPONENT, layer_range_stats
+from tfqat.flowers.ranges import DEAD_EXPONENT, layer_range_stats
 
 _FAILURES_SHOWN = 20
 _WORST_LAYERS = 8

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat.transforms.batches import EAGER_BATCHES
+from tfqat.data.batches import EAGER_BATCHES
 from tfqat.tflite.litert import Kernels, describe, load_interpreter, predict
 
 _BINS = ("0", "1", "2", ">2")

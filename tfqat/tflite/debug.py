@@ -229,7 +229,7 @@ def debug_models(
       ValueError: a float or missing TFLite model, images that do not fit it,
         or a float model none of whose layers match the TFLite tensors.
     """
-    from tfqat.transforms.canonical import canonical_model
+    from tfqat.graph.canonical import canonical_model
 
     if max_images < 1 or batch_size < 1:
         raise ValueError(f"max_images={max_images} and batch_size={batch_size} must be integers >= 1")

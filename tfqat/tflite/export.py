@@ -1,4 +1,4 @@
-"""Conversion to TFLite: tfqat's power-of-two int8 export, float export, and the peers.
+"""Conversion to TFLite: tfqat's power-of-two int8 export and the float export.
 
 The int8 export takes every range from the QAT model's FakeQuant ops, so the
 file holds exactly the power-of-two scales the model trained with. Files are
@@ -13,11 +13,10 @@ from tfqat._keras import keras
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfqat.transforms import graph
+from tfqat.graph import functional
 from tfqat.files import write_atomic
 from tfqat.quantization.quantizers import tracing_for_export
 from tfqat.tflite.constants import requantize_shared_constants
@@ -29,7 +28,7 @@ class ExportError(RuntimeError):
     """A conversion that failed; no file was written."""
 
 
-def _converter(model):
+def make_converter(model):
     """A converter over the inference-mode function of `model` (no training branches)."""
     specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
     # Without AutoGraph: inference has no tensor-dependent Python control flow, and converting the
@@ -44,7 +43,7 @@ def _converter(model):
     return converter
 
 
-def _convert(converter, what: str) -> bytes:
+def convert(converter, what: str) -> bytes:
     try:
         with warnings.catch_warnings():
             # The input's range comes from the model's own QuantizeLayer, not from "statistics".
@@ -57,42 +56,18 @@ def _convert(converter, what: str) -> bytes:
 
 def convert_int8(qat_model) -> bytes:
     """Fully int8 TFLite bytes (int8 input and output) from a QAT model's own ranges."""
-    converter = _converter(qat_model)
+    converter = make_converter(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    tflite = _convert(converter, f"QAT model '{qat_model.name}'")
+    tflite = convert(converter, f"QAT model '{qat_model.name}'")
     # Equal constants (MobileNetV3's hard-sigmoid 3.0 and 1/6) are merged and lose their FakeQuant range.
     return requantize_shared_constants(tflite)[0]
 
 
 def convert_float(model) -> bytes:
     """Float32 TFLite bytes, the reference the int8 models are compared with."""
-    return _convert(_converter(model), f"float model '{model.name}'")
-
-
-def convert_tflite_ptq(model, representative_images: Iterable[np.ndarray]) -> bytes:
-    """The TFLite converter's own full-integer PTQ (per-channel float scales): a peer."""
-    images = [np.asarray(image, np.float32) for image in representative_images]
-    if not images:
-        raise ValueError("convert_tflite_ptq needs at least one representative image")
-
-    def representative_dataset():
-        for image in images:
-            yield [image[None]]
-
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return _convert(converter, f"float model '{model.name}' with TFLite PTQ")
-
-
-def tfmot_default_qat(model):
-    """TFMOT's default 8-bit QAT model of a float model (a peer; nested models are inlined)."""
-    return tfmot.quantization.keras.quantize_model(graph.flatten(model))
+    return convert(make_converter(model), f"float model '{model.name}'")
 
 
 def with_labels(tflite_bytes: bytes, labels: Sequence[str]) -> bytes:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 
 from tfqat._keras import keras
-from tfqat.transforms import graph
+from tfqat.graph import functional
 
 # Called before a layer runs with (layer, quantized inputs, float inputs); it may change the layer's weights.
 BeforeLayer = Callable[[keras.layers.Layer, tuple, tuple], None]
@@ -23,7 +23,7 @@ BeforeLayer = Callable[[keras.layers.Layer, tuple, tuple], None]
 def float_twins(qat_model, folded_float_model) -> Callable:
     """Map each layer of a QAT model to the layer of the folded float model it quantizes (None: identity).
 
-    `folded_float_model` is `tfqat.transforms.canonical.canonical_model` of the model the QAT model was made from.
+    `folded_float_model` is `tfqat.graph.canonical.canonical_model` of the model the QAT model was made from.
     """
 
     def twin(layer):
@@ -48,13 +48,13 @@ def run_side_by_side(
     """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model '{model.name}' must have one input and one output")
-    remaining = {tensor_id: len(users) for tensor_id, users in graph.consumers(model).items()}
+    remaining = {tensor_id: len(users) for tensor_id, users in functional.consumers(model).items()}
     input_id, output_id = str(id(model.inputs[0])), str(id(model.outputs[0]))
     quantized, floating = {input_id: images}, {input_id: images}
-    for node in graph.call_order(model):
+    for node in functional.call_order(model):
         layer = node.layer
-        args_q, kwargs_q = graph.node_arguments(node, quantized)
-        args_f, kwargs_f = graph.node_arguments(node, floating)
+        args_q, kwargs_q = functional.node_arguments(node, quantized)
+        args_f, kwargs_f = functional.node_arguments(node, floating)
         if before_layer is not None:
             before_layer(layer, args_q, args_f)
         float_layer = twin(layer)

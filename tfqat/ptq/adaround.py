@@ -22,10 +22,10 @@ import tensorflow as tf
 from tfqat._keras import keras
 from tfqat.quantization import rounding
 from tfqat.quantization.quantizers import Pow2WeightQuantizer
-from tfqat.transforms.batches import image_batches
-from tfqat.transforms.bias_correction import kernel_layers
-from tfqat.transforms.canonical import canonical_model
-from tfqat.transforms.layerwise import float_twins, run_side_by_side
+from tfqat.data.batches import image_batches
+from tfqat.ptq.bias_correction import kernel_layers
+from tfqat.graph.canonical import canonical_model
+from tfqat.ptq.layerwise import float_twins, run_side_by_side
 
 _CHUNK = 8  # images per moment update: a depthwise layer's patches of 8 images at 112 px take about 100 MB
 # Moments from at most this many input rows per layer (whole images, in order): 21 images of a 112 px layer,

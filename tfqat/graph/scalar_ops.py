@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from tfqat.quantization.layers import ScalarOp
-from tfqat.transforms import graph
+from tfqat.graph import functional
 
 # TFOpLambda symbol -> (ScalarOp op, how the constant c enters it for `x op c`)
 _SYMBOLS = {
@@ -60,5 +60,5 @@ def tf_op_hook(layer, args, kwargs):
     if operands is None:
         return None
     tensor, op, value = operands
-    with graph.autograph_off():
+    with functional.autograph_off():
         return ScalarOp(op, value, name=layer.name)(tensor)

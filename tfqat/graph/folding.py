@@ -12,7 +12,7 @@ every other (what Vitis AI does with such BNs too).
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat.transforms import affine, graph
+from tfqat.graph import affine, functional
 
 FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -56,7 +56,7 @@ def conv_folds(flat) -> dict:
     A pair folds when the conv has no activation of its own, its output goes only
     to the BN, and the BN normalizes the channel axis.
     """
-    used_by = graph.consumers(flat)
+    used_by = functional.consumers(flat)
     fold_into = {}
     for layer in flat.layers:
         if not isinstance(layer, FOLDABLE_CONVS) or layer.activation is not keras.activations.linear:
@@ -68,7 +68,7 @@ def conv_folds(flat) -> dict:
     return fold_into
 
 
-def conv_fold_hook(fold_into: dict) -> graph.LayerHook:
+def conv_fold_hook(fold_into: dict) -> functional.LayerHook:
     """A rebuild hook applying the folds of `conv_folds`: each conv is called where its BN was."""
     folded_names = {conv.name for conv in fold_into.values()}
 
@@ -91,12 +91,12 @@ def fold_batch_norms(model, standalone_as_depthwise: bool = True):
     See `conv_folds` for which pairs fold. Each BN's own epsilon is used. With
     `standalone_as_depthwise`, every other BN on the channels of an image tensor
     becomes a 1x1 DepthwiseConv2D with the same inference-mode output
-    (`tfqat.transforms.affine`). Nested models are inlined. The original model
+    (`tfqat.graph.affine`). Nested models are inlined. The original model
     is left untouched.
     """
-    flat = graph.flatten(model)
+    flat = functional.flatten(model)
     fold_into = conv_folds(flat)
     hooks = [conv_fold_hook(fold_into)]
     if standalone_as_depthwise:
         hooks.append(affine.depthwise_hook(flat, (keras.layers.BatchNormalization,), skip=set(fold_into)))
-    return graph.rebuild(flat, graph.first_of(*hooks))
+    return functional.rebuild(flat, functional.first_of(*hooks))

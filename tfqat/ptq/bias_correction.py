@@ -18,7 +18,7 @@ import tensorflow as tf
 from tfqat._keras import keras
 from tfqat.quantization.configs import KernelQuantizeConfig
 from tfqat.quantization.quantizers import Pow2WeightQuantizer
-from tfqat.transforms.batches import image_batches
+from tfqat.data.batches import image_batches
 
 _KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 

@@ -13,7 +13,7 @@ against it layer by layer, so every one of them uses this function.
 """
 
 from tfqat._keras import keras
-from tfqat.transforms import affine, folding, graph, scalar_ops
+from tfqat.graph import affine, folding, functional, scalar_ops
 from tfqat.quantization.configs import activation_name
 from tfqat.quantization.layers import Sigmoid
 
@@ -29,7 +29,7 @@ def _activation_hook(layer, args, kwargs):
         return None
     # The layer giving the original output keeps the original name (outputs keep their names).
     sigmoid_name = layer.name if name == "sigmoid" else f"{layer.name}_sigmoid"
-    with graph.autograph_off():
+    with functional.autograph_off():
         if isinstance(layer, keras.layers.Activation):
             x = args[0]
         else:
@@ -47,7 +47,7 @@ def canonical_model(model, fold_bn: bool = True):
     With `fold_bn=False`, BatchNormalization layers stay as they are (and the scheme refuses them).
     The original model is left untouched.
     """
-    flat = graph.flatten(model)
+    flat = functional.flatten(model)
     hooks = [_activation_hook, scalar_ops.tf_op_hook]
     kinds = affine.AFFINE_LAYERS
     fold_into = {}
@@ -57,4 +57,4 @@ def canonical_model(model, fold_bn: bool = True):
     else:
         kinds = tuple(k for k in kinds if k is not keras.layers.BatchNormalization)
     hooks.insert(1, affine.depthwise_hook(flat, kinds, skip=set(fold_into)))
-    return graph.rebuild(flat, graph.first_of(*hooks))
+    return functional.rebuild(flat, functional.first_of(*hooks))

@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat._keras import keras
-from tfqat.transforms import graph
-from tfqat.transforms.batches import image_batches
-from tfqat.transforms.canonical import canonical_model
+from tfqat.graph import functional
+from tfqat.data.batches import image_batches
+from tfqat.graph.canonical import canonical_model
 
 # Layers that commute with a positive per-channel scale, so a pair may reach across them.
 _PASS_THROUGH = (keras.layers.ZeroPadding2D,)
@@ -60,7 +60,7 @@ def _is_plain_relu(layer) -> bool:
 
 def find_pairs(model) -> list:
     """The equalizable pairs of a flat model: conv -> [ReLU / ZeroPadding2D]* -> conv, each link its only user."""
-    used_by = graph.consumers(model)
+    used_by = functional.consumers(model)
     pairs = []
     for layer in model.layers:
         if not _is_kernel_layer(layer) or layer.activation is not keras.activations.linear:
@@ -167,7 +167,7 @@ def equalize(
     keeps its scale of 1: moving its clip would change what the model computes. The
     result is a float model, ready for `quantize_model`; the original is left untouched.
     """
-    graph.check_functional(model)
+    functional.check_functional(model)
     if rounds < 1:
         raise ValueError(f"equalize needs at least one round, got rounds={rounds}")
     if not 0.0 <= max_clipped <= 1.0:
@@ -199,11 +199,11 @@ def equalize(
 
     def hook(layer, args, kwargs):
         if layer.name in weights:
-            new_layer = graph.clone_layer(layer)
+            new_layer = functional.clone_layer(layer)
             outputs = new_layer(*args, **kwargs)
             dtypes = [v.dtype.as_numpy_dtype for v in layer.weights]
             new_layer.set_weights([w.astype(dtype) for w, dtype in zip(weights[layer.name], dtypes)])
             return outputs
         return None
 
-    return graph.rebuild(folded, hook)
+    return functional.rebuild(folded, hook)

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from tfqat._keras import keras
-from tfqat.transforms import graph
+from tfqat.graph import functional
 
 AFFINE_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.BatchNormalization)
 Affine = Tuple[np.ndarray, np.ndarray]  # (scale, offset), each (channels,) float64
@@ -112,7 +112,7 @@ def _input_shape(layer):
     return tuple(tensor.shape) if getattr(tensor, "dtype", None) is not None and tensor.dtype.is_floating else None
 
 
-def depthwise_hook(flat, kinds=AFFINE_LAYERS, skip=frozenset()) -> graph.LayerHook:
+def depthwise_hook(flat, kinds=AFFINE_LAYERS, skip=frozenset()) -> functional.LayerHook:
     """A rebuild hook turning every affine layer of `kinds` in `flat` into a 1x1 depthwise conv.
 
     A layer whose output only feeds another such layer is skipped and composed into that one, which
@@ -125,7 +125,7 @@ def depthwise_hook(flat, kinds=AFFINE_LAYERS, skip=frozenset()) -> graph.LayerHo
         if isinstance(layer, kinds) and layer.name not in skip
         and (affine := channel_affine(layer, _input_shape(layer))) is not None
     }
-    used_by = graph.consumers(flat)
+    used_by = functional.consumers(flat)
     outputs = {str(id(t)) for t in flat.outputs}
     absorbed = set()  # layers composed into the one affine layer their output feeds
     for layer in flat.layers:

@@ -1,0 +1,1 @@
+"""Post-training quantization steps on a tfqat model: equalization, bias correction, adaptive rounding, layer by layer."""
