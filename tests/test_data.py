@@ -1,8 +1,6 @@
-"""Tests for tfqat.flowers.data: folder scanning, hash splits, pipelines, labels."""
+"""Tests for tfqat.flowers.data: hash splits, the tfds source, tf.data pipelines, the real photos."""
 
 import hashlib
-import io
-import os
 import sys
 import time
 import types
@@ -14,119 +12,22 @@ from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlo
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from tfqat.data.folders import DataWarning, Record, load_image, scan_folder, to_arrays
+from tfqat.data.images import decode_image, preprocess
 from tfqat.flowers import data
-from tfqat.flowers.data import (
-    DataWarning,
-    Record,
-    SplitFractions,
-    load_flowers,
-    load_image,
-    make_dataset,
-    read_labels,
-    scan_folder,
-    split_of,
-    split_records,
-    to_arrays,
-    write_labels,
-)
-from tfqat.flowers.images import decode_image, preprocess
+from tfqat.flowers.data import SplitFractions, load_flowers, make_dataset, split_of, split_records
+
+from image_folders import make_folder
 
 REAL_FOLDER = Path("/work/shared/data/flower_photos")
 SIZE = 32  # small contract size keeps pipeline tests fast
-
-
-def _noise(seed: int, size=(40, 30)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def _save(image: Image.Image, path: Path, fmt: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, fmt)
-    return path
-
-
-def _make_folder(root: Path, per_class: dict[str, int], start: int = 0) -> None:
-    """Writes `n` distinct noise JPEGs per class; seeds are unique per (class, index)."""
-    for c, (name, count) in enumerate(sorted(per_class.items())):
-        for i in range(count):
-            _save(_noise(1000 * c + i + start), root / name / f"img{i + start}.jpg")
 
 
 def _scan_quietly(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return scan_folder(folder)
-
-
-# ---------------------------------------------------------------- scanning
-
-
-def _messy_folder(root: Path) -> None:
-    _make_folder(root, {"daisy": 3, "roses": 3})
-    _save(Image.new("L", (30, 20), 77), root / "daisy" / "grey.jpg")
-    _save(_noise(50).convert("CMYK"), root / "roses" / "cmyk.jpg")
-    _save(_noise(51), root / "roses" / "photo.png")
-    _save(_noise(52).convert("P"), root / "daisy" / "palette.gif")
-    buffer = io.BytesIO()
-    _noise(53, (200, 200)).save(buffer, "JPEG")
-    (root / "daisy" / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    (root / "roses" / "notes.jpg").write_text("not a picture")
-    shared = _noise(54)
-    _save(shared, root / "daisy" / "both.png")
-    _save(shared, root / "roses" / "both_again.png")
-    repeated = _noise(55)
-    _save(repeated, root / "daisy" / "copy_b.png")
-    _save(repeated, root / "daisy" / "copy_a.png")
-    (root / "empty_class").mkdir()
-    (root / "README.md").write_text("top-level files are not images")
-    (root / "daisy" / ".DS_Store").write_bytes(b"\0\1hidden")
-
-
-def test_scan_skips_bad_files_and_names_them_in_one_warning(tmp_path):
-    _messy_folder(tmp_path)
-    with pytest.warns(DataWarning) as caught:
-        scan = scan_folder(tmp_path)
-    assert len([w for w in caught if issubclass(w.category, DataWarning)]) == 1
-    message = str(caught[0].message)
-    for name in ("truncated.jpg", "notes.jpg", "both.png", "both_again.png", "copy_b.png", "empty_class"):
-        assert name in message
-    assert "copy_a.png" not in [s.source.split(os.sep)[-1] for s in scan.skipped]  # first copy kept
-    reasons = {Path(s.source).name: s.reason for s in scan.skipped}
-    assert "truncated" in reasons["truncated.jpg"]
-    assert "not an image" in reasons["notes.jpg"]
-    assert "README.md" not in message and ".DS_Store" not in message
-
-    assert scan.classes == ("daisy", "roses")  # empty class dropped, labels stay dense and sorted
-    kept = {Path(r.source).relative_to(tmp_path).as_posix(): r.label for r in scan.records}
-    assert kept == {
-        **{f"daisy/{n}": 0 for n in ("copy_a.png", "grey.jpg", "img0.jpg", "img1.jpg", "img2.jpg", "palette.gif")},
-        **{f"roses/{n}": 1 for n in ("cmyk.jpg", "img0.jpg", "img1.jpg", "img2.jpg", "photo.png")},
-    }
-    for record in scan.records:
-        assert record.sha256 == hashlib.sha256(Path(record.source).read_bytes()).hexdigest()
-    assert len({r.sha256 for r in scan.records}) == len(scan.records)
-
-
-def test_scan_errors_name_the_folder(tmp_path):
-    missing = tmp_path / "nowhere"
-    with pytest.raises(ValueError, match="nowhere.*does not exist"):
-        scan_folder(missing)
-    junk = tmp_path / "junk"
-    (junk / "a").mkdir(parents=True)
-    (junk / "a" / "x.jpg").write_text("text")
-    (junk / "b").mkdir()
-    with pytest.warns(DataWarning), pytest.raises(ValueError, match="No readable images found in .*junk"):
-        scan_folder(junk)
-    with pytest.raises(ValueError, match="No readable images"):
-        scan_folder(tmp_path / "junk" / "b")
-    single = tmp_path / "single"
-    _make_folder(single, {"tulips": 2})
-    (single / "roses").mkdir()
-    with pytest.warns(DataWarning), pytest.raises(ValueError, match="Only class 'tulips'.*single"):
-        scan_folder(single)
 
 
 # ---------------------------------------------------------------- splits
@@ -157,18 +58,18 @@ def test_split_of_is_a_pure_function_of_the_hash_with_the_right_proportions():
 
 
 def test_split_does_not_depend_on_other_images_names_or_folders(tmp_path):
-    _make_folder(tmp_path / "v1", {"a": 12, "b": 12})
+    make_folder(tmp_path / "v1", {"a": 12, "b": 12})
     first = load_flowers(tmp_path / "v1")
     where = {r.sha256: name for name in data.SPLITS for r in first.split(name)}
     assert sum(len(first.split(n)) for n in data.SPLITS) == 24
 
     # Same photos renamed, half removed, new ones added and an extra class: no photo moves.
-    _make_folder(tmp_path / "v2", {"a": 12, "b": 12, "c": 5}, start=0)
+    make_folder(tmp_path / "v2", {"a": 12, "b": 12, "c": 5}, start=0)
     for path in sorted((tmp_path / "v2").glob("*/img*.jpg"))[::2]:
         path.unlink()
     for path in sorted((tmp_path / "v2").glob("*/img*.jpg")):
         path.rename(path.with_name("renamed_" + path.name))
-    _make_folder(tmp_path / "v2", {"a": 3, "b": 3}, start=100)
+    make_folder(tmp_path / "v2", {"a": 3, "b": 3}, start=100)
     second = load_flowers(tmp_path / "v2")
     common = 0
     for name in data.SPLITS:
@@ -184,7 +85,7 @@ def test_split_does_not_depend_on_other_images_names_or_folders(tmp_path):
 
 def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    _make_folder(tmp_path, {"daisy": 6, "roses": 6, "tulips": 6})
+    make_folder(tmp_path, {"daisy": 6, "roses": 6, "tulips": 6})
     folder = load_flowers(tmp_path)
     files = sorted(tmp_path.glob("*/*.jpg"))
     tfds_names = ["tulips", "daisy", "roses"]  # tfds ids are not in sorted order
@@ -225,7 +126,7 @@ def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> tuple[Record, ...]:
     root = tmp_path_factory.mktemp("flowers")
-    _make_folder(root, {"a": 5, "b": 5})
+    make_folder(root, {"a": 5, "b": 5})
     return _scan_quietly(root).records
 
 
@@ -282,34 +183,6 @@ def test_file_cache_is_keyed_by_records_and_size(records, tmp_path):
     list(make_dataset(records[:4], image_size=SIZE, batch_size=16, cache=cache).as_numpy_iterator())
     prefixes = {p.name.split(".")[0] for p in tmp_path.iterdir() if p.name.startswith("cache-")}
     assert len(prefixes) == 2
-
-
-# ---------------------------------------------------------------- labels
-
-
-def test_labels_round_trip_atomically(tmp_path):
-    path = tmp_path / "labels.txt"
-    classes = ("daisy", "dandelion", "roses", "sunflowers", "tulips", "löwenzahn")
-    write_labels(path, classes)
-    assert read_labels(path) == classes
-    assert path.read_bytes().decode("utf-8") == "".join(f"{c}\n" for c in classes)
-    write_labels(path, ["a", "b"])  # replaces, leaves no temp file behind
-    assert read_labels(path) == ("a", "b") and sorted(os.listdir(tmp_path)) == ["labels.txt"]
-
-
-def test_labels_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="missing.txt.*does not exist"):
-        read_labels(tmp_path / "missing.txt")
-    (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(ValueError, match="empty.txt.*empty"):
-        read_labels(tmp_path / "empty.txt")
-    (tmp_path / "twice.txt").write_text("a\nb\na\n")
-    with pytest.raises(ValueError, match="twice"):
-        read_labels(tmp_path / "twice.txt")
-    for bad in ([], ["a", "a"], ["a\nb", "c"], ["", "b"]):
-        with pytest.raises(ValueError):
-            write_labels(tmp_path / "bad.txt", bad)
-    assert not (tmp_path / "bad.txt").exists()
 
 
 # ---------------------------------------------------------------- the real photos

@@ -1,4 +1,4 @@
-"""Tests for tfqat.flowers.images: the image contract (decoding, resizing, scaling) and training augmentation."""
+"""Tests for tfqat.data.images: the image contract (decoding, resizing, scaling)."""
 
 import io
 
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfqat.flowers import images
-from tfqat.flowers.images import augment, decode_image, preprocess
+from tfqat.data import images
+from tfqat.data.images import decode_image, preprocess
 
 SIZE = 32  # small contract size keeps the tests fast
 
@@ -83,14 +83,3 @@ def test_decode_image_scales_16_bit_grey_instead_of_clipping():
 def test_contract_text_names_every_step():
     for words in ("RGB", "224x224", "bilinear", "no crop", "no antialiasing", "x / 127.5 - 1"):
         assert words in images.IMAGE_CONTRACT
-
-
-@pytest.mark.parametrize("fill", [-1.0, 1.0, None])
-def test_augment_keeps_shape_and_range(fill):
-    rng = np.random.default_rng(3)
-    image = np.full((SIZE, SIZE, 3), fill, np.float32) if fill is not None else rng.uniform(-1, 1, (SIZE, SIZE, 3))
-    image = tf.constant(image, tf.float32)
-    for seed in range(8):
-        out = augment(image, tf.constant([seed, 1], tf.int64)).numpy()
-        assert out.shape == (SIZE, SIZE, 3) and out.min() >= -1.0 and out.max() <= 1.0
-    np.testing.assert_array_equal(augment(image, tf.constant([5, 5])), augment(image, tf.constant([5, 5])))

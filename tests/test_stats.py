@@ -7,7 +7,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from tfqat.flowers import stats
+from tfqat.evaluation import stats
 
 
 def test_wilson_interval_matches_newcombe():

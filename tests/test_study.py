@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tfqat import cli
-from tfqat.flowers.stats import paired_difference
+from tfqat.evaluation.stats import paired_difference
 from tfqat.flowers.study import StudyOptions, render_markdown, summarize, write_study
 
 LABELS = np.array([0, 1, 2, 3, 4] * 4)

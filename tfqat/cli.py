@@ -272,7 +272,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tfqat.flowers.evaluate import evaluate_folder, format_metrics
+    from tfqat.evaluation.metrics import evaluate_folder, format_metrics
 
     result = evaluate_folder(args.model, args.data, labels_file=args.labels, out_json=args.json)
     print(format_metrics(result))
@@ -294,7 +294,7 @@ def _add_export(subparsers) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from tfqat.api import load_model
-    from tfqat.flowers.data import read_labels
+    from tfqat.data.labels import read_labels
 
     if not Path(args.model).exists():
         raise FileNotFoundError(f"model {args.model} does not exist")
@@ -349,8 +349,8 @@ def _add_quantize(subparsers) -> None:
 
 def _quantize(args: argparse.Namespace) -> int:
     from tfqat.api import ptq
-    from tfqat.flowers.data import read_labels
-    from tfqat.flowers.images import folder_images
+    from tfqat.data.images import folder_images
+    from tfqat.data.labels import read_labels
 
     labels = read_labels(args.labels) if args.labels else None
     model = _load_float_model(args.model)
@@ -386,8 +386,8 @@ def _add_debug(subparsers) -> None:
 
 
 def _debug(args: argparse.Namespace) -> int:
+    from tfqat.data.images import folder_images
     from tfqat.files import write_atomic
-    from tfqat.flowers.images import folder_images
     from tfqat.tflite.debug import debug_models
 
     model = _load_float_model(args.float_model)

@@ -1,6 +1,7 @@
-"""Flower photos for the pipeline: folder/tfds scanning, hash splits, tf.data pipelines, labels.
+"""Flower photos for the pipeline: tfds scanning, hash splits, tf.data pipelines with augmentation.
 
-Pixels follow the image contract of `tfqat.flowers.images`.
+Folders of class sub-folders are scanned by `tfqat.data.folders`; pixels follow the image
+contract of `tfqat.data.images`.
 """
 
 from __future__ import annotations
@@ -8,25 +9,22 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
-import numpy as np
 import tensorflow as tf
-from PIL import UnidentifiedImageError
 
-from tfqat.files import write_atomic
-from tfqat.flowers.images import IMAGE_SIZE, augment, check_image_size, decode_image, preprocess
+from tfqat.data.folders import (
+    Record, Scan, Skipped, check_batching, image_dataset, scan_folder, select_records, skip_reason,
+)
+from tfqat.data.images import IMAGE_SIZE, check_image_size, decode_image
+from tfqat.flowers.augment import augment
+
+# DataWarnings raised while loading flowers point past this module too (see tfqat.data.folders).
+_DATA_WARNINGS_SKIP_MODULE = True
 
 SPLITS = ("train", "validation", "test")
-
-
-class DataWarning(UserWarning):
-    """Files or classes were left out of a data set; the message lists each one and why."""
 
 
 @dataclass(frozen=True)
@@ -50,43 +48,6 @@ class SplitFractions:
 
 
 @dataclass(frozen=True)
-class Record:
-    """One usable image: where it came from, its class index and the sha256 of its encoded bytes."""
-
-    source: str
-    label: int
-    sha256: str
-    # tfds images have no file to re-read, so their encoded bytes travel with the record.
-    encoded: bytes | None = field(default=None, repr=False, compare=False)
-
-    def read(self) -> bytes:
-        """Returns the encoded image bytes."""
-        return self.encoded if self.encoded is not None else Path(self.source).read_bytes()
-
-
-def load_image(record: Record, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Reads, decodes and preprocesses one record under the image contract; float32 [image_size, image_size, 3]."""
-    return preprocess(decode_image(record.read()), image_size).numpy()
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file left out of the data set and the reason."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Scan:
-    """Result of scanning a data source: class names (index = label), usable records, skipped files."""
-
-    classes: tuple[str, ...]
-    records: tuple[Record, ...]
-    skipped: tuple[Skipped, ...]
-
-
-@dataclass(frozen=True)
 class Flowers:
     """Classes and the records of each split, plus what was skipped while scanning."""
 
@@ -106,110 +67,6 @@ class Flowers:
 
 
 # ---------------------------------------------------------------- scanning
-
-
-def scan_folder(folder: str | os.PathLike) -> Scan:
-    """Scans a folder with one sub-folder per class (names sorted = labels) and fully decodes every file.
-
-    Top-level files (LICENSE.txt, README.md) and hidden files are ignored. Unreadable files, images
-    whose content appears under two classes, repeated copies within a class and empty classes are
-    left out and listed in one DataWarning.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        msg = f"Data folder {str(root)!r} does not exist or is not a folder."
-        raise ValueError(msg)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    candidates, unreadable = [], []
-    for class_dir in class_dirs:
-        for path in _files_under(class_dir):
-            name = str(path.relative_to(root))
-            try:
-                encoded = path.read_bytes()
-                decode_image(encoded)
-            except Exception as error:  # image decoders raise many types on hostile files; none may stop a scan
-                unreadable.append(Skipped(name, _reason(error)))
-                continue
-            candidates.append((str(path), class_dir.name, hashlib.sha256(encoded).hexdigest(), None))
-    return _select(candidates, [d.name for d in class_dirs], unreadable, where=str(root), root=root)
-
-
-def _files_under(class_dir: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-    return files
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, UnidentifiedImageError):
-        return "not an image file Pillow can read"
-    return f"{type(error).__name__}: {error}"
-
-
-_Candidate = tuple[str, str, str, bytes | None]  # source, class name, sha256, bytes the record keeps
-
-
-def _select(
-    candidates: list[_Candidate],
-    class_names: list[str],
-    skipped: list[Skipped],
-    *,
-    where: str,
-    root: Path | None = None,
-) -> Scan:
-    """Drops ambiguous and repeated content and empty classes; warns once; returns the Scan."""
-    skipped = list(skipped)
-    by_hash: dict[str, list[tuple[str, str, bytes | None]]] = {}
-    for source, class_name, digest, keep in candidates:
-        by_hash.setdefault(digest, []).append((source, class_name, keep))
-
-    def short(source: str) -> str:
-        return str(Path(source).relative_to(root)) if root is not None else source
-
-    kept: dict[str, list[tuple[str, str, bytes | None]]] = {name: [] for name in class_names}
-    for digest, copies in by_hash.items():
-        copies.sort(key=lambda copy: copy[0])  # the first path in sorted order is the copy kept
-        classes_here = sorted({c for _, c, _ in copies})
-        if len(classes_here) > 1:
-            # The same picture under two labels is ambiguous, and keeping one copy could leak it across splits.
-            reason = f"same content is in classes {', '.join(classes_here)}; all copies dropped"
-            skipped.extend(Skipped(short(s), reason) for s, _, _ in copies)
-            continue
-        source, class_name, keep = copies[0]
-        kept[class_name].append((source, digest, keep))
-        reason = f"same content as {short(source)}; one copy kept"
-        skipped.extend(Skipped(short(s), reason) for s, _, _ in copies[1:])
-
-    classes = tuple(name for name in class_names if kept[name])
-    empty = [name for name in class_names if not kept[name]]
-    records = tuple(
-        Record(source, label, digest, keep)
-        for label, name in enumerate(classes)
-        for source, digest, keep in sorted(kept[name], key=lambda item: item[0])
-    )
-    _warn(where, skipped, empty)
-    if not records:
-        msg = f"No readable images found in {where}; expected one sub-folder per class holding image files."
-        raise ValueError(msg)
-    if len(classes) < 2:
-        msg = f"Only class {classes[0]!r} has usable images in {where}; classification needs at least two classes."
-        raise ValueError(msg)
-    return Scan(classes, records, tuple(sorted(skipped, key=lambda s: s.source)))
-
-
-def _warn(where: str, skipped: list[Skipped], empty: list[str]) -> None:
-    if not skipped and not empty:
-        return
-    lines = [f"{where}: left out {len(skipped)} file(s) and {len(empty)} class(es):"]
-    lines += [f"  {s.source}: {s.reason}" for s in sorted(skipped, key=lambda s: s.source)]
-    lines += [f"  class {name!r} dropped: its folder has no usable images" for name in empty]
-    # Point the warning at the caller's line, not at whichever helper of this module emitted it.
-    frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame, level = frame.f_back, level + 1
-    warnings.warn("\n".join(lines), DataWarning, stacklevel=level)
 
 
 def scan_tfds(*, data_dir: str | os.PathLike | None = None) -> Scan:
@@ -238,10 +95,10 @@ def scan_tfds(*, data_dir: str | os.PathLike | None = None) -> Scan:
         try:
             decode_image(encoded)
         except Exception as error:  # as in scan_folder: one bad image must not stop the scan
-            unreadable.append(Skipped(source, _reason(error)))
+            unreadable.append(Skipped(source, skip_reason(error)))
             continue
         candidates.append((source, names[int(example["label"])], hashlib.sha256(encoded).hexdigest(), encoded))
-    return _select(candidates, sorted(names), unreadable, where="tensorflow-datasets tf_flowers")
+    return select_records(candidates, sorted(names), unreadable, where="tensorflow-datasets tf_flowers")
 
 
 # ---------------------------------------------------------------- splits
@@ -315,34 +172,13 @@ def make_dataset(
             decodes every epoch.
     """
     check_image_size(image_size)
-    records = tuple(records)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        msg = f"batch_size must be a positive int, got {batch_size!r}."
-        raise ValueError(msg)
-    if not records:
-        msg = "make_dataset got no records; the split is empty."
-        raise ValueError(msg)
+    records = check_batching(records, batch_size, "make_dataset")
     if training and len(records) < batch_size:
         # Training drops the last partial batch (its few images give noisy BN statistics), so fewer
         # images than one batch would leave nothing to train on.
         msg = f"batch_size {batch_size} is larger than the {len(records)} training images."
         raise ValueError(msg)
-    labels = tf.constant([record.label for record in records], tf.int32)
-
-    def load(index: np.int64) -> np.ndarray:
-        record = records[int(index)]
-        encoded = record.read()
-        if hashlib.sha256(encoded).hexdigest() != record.sha256:
-            msg = f"{record.source} changed since it was scanned; scan the data again."
-            raise ValueError(msg)
-        return decode_image(encoded)
-
-    def decode(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        pixels = tf.numpy_function(load, [index], tf.uint8, stateful=False)
-        pixels.set_shape([None, None, 3])
-        return preprocess(pixels, image_size), labels[index]
-
-    dataset = tf.data.Dataset.range(len(records)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = image_dataset(records, image_size)
     if cache is not None:
         dataset = dataset.cache(_cache_name(cache, records, image_size))
     if training:
@@ -364,50 +200,3 @@ def _cache_name(cache: str | os.PathLike, records: tuple[Record, ...], image_siz
     for record in records:
         fingerprint.update(f"{record.sha256}:{record.label};".encode())
     return f"{os.fspath(cache)}-{fingerprint.hexdigest()[:16]}"
-
-
-def to_arrays(
-    records: tuple[Record, ...] | list[Record], *, image_size: int = IMAGE_SIZE, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a split as numpy (float32 [N, S, S, 3] in [-1, 1], int32 [N]), in record order."""
-    batches = list(make_dataset(records, image_size=image_size, batch_size=batch_size, cache=None).as_numpy_iterator())
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-
-
-# ---------------------------------------------------------------- labels
-
-
-def write_labels(path: str | os.PathLike, classes: tuple[str, ...] | list[str]) -> None:
-    """Writes one class name per line (UTF-8), atomically so a reader never sees half a file."""
-    classes = list(classes)
-    for name in classes:
-        if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name or name != name.strip():
-            msg = f"Class names must be non-empty single-line strings without surrounding spaces, got {name!r}."
-            raise ValueError(msg)
-    if not classes or len(set(classes)) != len(classes):
-        msg = f"Labels must be a non-empty list of distinct class names, got {classes!r}."
-        raise ValueError(msg)
-    write_atomic(path, "".join(f"{name}\n" for name in classes))
-
-
-def read_labels(path: str | os.PathLike) -> tuple[str, ...]:
-    """Reads a labels file written by write_labels; line i names class i."""
-    target = Path(path)
-    try:
-        text = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        msg = f"Labels file {str(target)!r} does not exist."
-        raise ValueError(msg) from None
-    except UnicodeDecodeError:
-        msg = f"Labels file {str(target)!r} is not UTF-8 text."
-        raise ValueError(msg) from None
-    classes = [line.strip() for line in text.splitlines()]
-    while classes and not classes[-1]:
-        classes.pop()
-    if not classes or "" in classes:
-        msg = f"Labels file {str(target)!r} is empty or has blank lines; expected one class name per line."
-        raise ValueError(msg)
-    if len(set(classes)) != len(classes):
-        msg = f"Labels file {str(target)!r} names a class twice."
-        raise ValueError(msg)
-    return tuple(classes)

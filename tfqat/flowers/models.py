@@ -45,7 +45,7 @@ def build_classifier(
 ):
     """MobileNetV2 base (frozen at first) + global average pooling + dropout + Dense logits.
 
-    Inputs are images in [-1, 1] (the image contract of `tfqat.flowers.images`); outputs are
+    Inputs are images in [-1, 1] (the image contract of `tfqat.data.images`); outputs are
     logits, so the int8 model's last op is the Dense layer and top-1 is an argmax.
 
     Returns:

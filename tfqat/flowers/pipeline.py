@@ -22,11 +22,15 @@ import tensorflow as tf
 from tfqat.files import write_atomic
 from tfqat import __version__, distribute
 from tfqat.api import calibrate, quantize_model
-from tfqat.flowers import data, evaluate, images, models, train
+from tfqat.data import images
+from tfqat.data.folders import to_arrays
+from tfqat.data.labels import write_labels
+from tfqat.evaluation import metrics
+from tfqat.evaluation.stats import paired_difference
+from tfqat.flowers import data, models, train
 from tfqat.flowers.methods import FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
-from tfqat.flowers.stats import paired_difference
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.ptq.adaround import adaround
@@ -149,17 +153,17 @@ class Run:
                 flowers.skipped,
             )
         self.flowers = flowers
-        data.write_labels(self.out / "labels.txt", flowers.classes)
+        write_labels(self.out / "labels.txt", flowers.classes)
         size = self.options.image_size
         self.train_ds = data.make_dataset(
             flowers.train, image_size=size, batch_size=self.options.batch_size, training=True, seed=self.options.seed
         )
         self.val_ds = data.make_dataset(flowers.validation, image_size=size, batch_size=self.options.batch_size)
-        self.test_images, self.test_labels = data.to_arrays(flowers.test, image_size=size)
+        self.test_images, self.test_labels = to_arrays(flowers.test, image_size=size)
         # Which images, in which order: stored with each model's predictions so only the same split is paired.
         self.test_split = hashlib.sha256(" ".join(r.sha256 for r in flowers.test).encode()).hexdigest()[:16]
         calibration = _sample(flowers.train, self.options.calibration_images)
-        self.calibration_images, _ = data.to_arrays(calibration, image_size=size)
+        self.calibration_images, _ = to_arrays(calibration, image_size=size)
         self.times["data"] = time.time() - start
         _log(
             f"data: {len(flowers.classes)} classes, train {len(flowers.train)}, validation "
@@ -225,7 +229,7 @@ class Run:
         training choices may look at."""
         images, labels = zip(*((images.numpy(), labels.numpy()) for images, labels in self.val_ds))
         logits, labels = keras_outputs(model, np.concatenate(images)), np.concatenate(labels)
-        accuracy = evaluate.classification_metrics(labels, logits, self.flowers.classes)["accuracy"]
+        accuracy = metrics.classification_metrics(labels, logits, self.flowers.classes)["accuracy"]
         loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return {"validation_accuracy": accuracy, "validation_loss": float(np.mean(loss))}
 
@@ -244,13 +248,13 @@ class Run:
 
     def _test_metrics(self, outputs) -> dict:
         """Metrics on the test split, and each image's predicted class, for the paired comparison with float."""
-        result = evaluate.classification_metrics(self.test_labels, outputs, self.flowers.classes)
+        result = metrics.classification_metrics(self.test_labels, outputs, self.flowers.classes)
         result["predictions"] = np.asarray(outputs).argmax(axis=-1).tolist()
         result["test_split"] = self.test_split
         return result
 
     def _versus_float(self, models: dict) -> dict:
-        """Each model's test accuracy minus the float model's, image by image (tfqat.flowers.stats.paired_difference)."""
+        """Each model's test accuracy minus the float model's, image by image (tfqat.evaluation.stats.paired_difference)."""
         # Results from before predictions were kept, or of another test split (the folder's images changed since
         # that stage ran), cannot be paired with this split's labels.
         paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
@@ -313,7 +317,7 @@ class Run:
             title=self._title(stage),
             engine="LiteRT int8",
             file=method.file,
-            size_bytes=evaluate.file_size(path),
+            size_bytes=metrics.file_size(path),
             verify={
                 "passed": report.passed,
                 "summary": report.summary(),
@@ -325,7 +329,7 @@ class Run:
             expected = keras_outputs(keras_model, self.test_images)
             step = litert.describe(path).outputs[0].scale
             result["agreement"] = compare_outputs(expected, outputs, step).to_dict()
-            result["keras_accuracy"] = evaluate.classification_metrics(
+            result["keras_accuracy"] = metrics.classification_metrics(
                 self.test_labels, expected, self.flowers.classes
             )["accuracy"]
             result.update(self._validation_metrics(keras_model))
@@ -366,12 +370,12 @@ class Run:
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
         path = export.save_tflite(export.convert_float(model), self.out / FLOAT_FILE, labels=self.flowers.classes)
-        tflite = evaluate.evaluate_tflite(
+        tflite = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
         )
         result.update(
             title=FLOAT_TITLE, engine="Keras", tflite_accuracy=tflite["accuracy"],
-            file=FLOAT_FILE, size_bytes=evaluate.file_size(path),
+            file=FLOAT_FILE, size_bytes=metrics.file_size(path),
         )
         return result
 

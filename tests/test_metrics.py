@@ -1,4 +1,4 @@
-"""Evaluation: exact metrics, and clear errors for unusable models and folders."""
+"""Tests for tfqat.evaluation.metrics: exact metrics, and clear errors for unusable models and folders."""
 
 from tfqat._keras import keras  # noqa: F401
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tfqat import cli
-from tfqat.flowers import evaluate, stats
+from tfqat.evaluation import metrics, stats
 from tfqat.tflite import export
 
 import tflite_models
@@ -16,19 +16,19 @@ import tflite_models
 def test_metrics_are_exact():
     labels = np.array([0, 0, 1, 1, 2])
     outputs = np.eye(3)[[0, 1, 1, 1, 0]]
-    result = evaluate.classification_metrics(labels, outputs, ["a", "b", "c"])
+    result = metrics.classification_metrics(labels, outputs, ["a", "b", "c"])
     assert result["accuracy"] == pytest.approx(3 / 5)
     assert result["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.0}
     assert result["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert result["accuracy_interval"] == list(stats.wilson_interval(3, 5))
-    first = evaluate.format_metrics(result).splitlines()[0]
+    first = metrics.format_metrics(result).splitlines()[0]
     low, high = result["accuracy_interval"]
     assert first == f"accuracy 0.6000 on 5 images (95 % interval {low:.4f} to {high:.4f}, Wilson)"
 
 
 def test_metrics_with_no_images():
     with pytest.raises(ValueError, match="no images"):
-        evaluate.classification_metrics(np.array([]), np.zeros((0, 2)), ["a", "b"])
+        metrics.classification_metrics(np.array([]), np.zeros((0, 2)), ["a", "b"])
 
 
 def _folder(root, classes, per_class=2):
@@ -51,7 +51,7 @@ def labelled_model(tmp_path):
 def test_evaluate_folder_uses_the_model_labels(labelled_model, tmp_path):
     path, classes = labelled_model
     folder = _folder(tmp_path / "photos", ["b", "d"])
-    result = evaluate.evaluate_folder(path, folder, out_json=tmp_path / "r.json")
+    result = metrics.evaluate_folder(path, folder, out_json=tmp_path / "r.json")
     assert result["count"] == 4
     assert set(result["per_class"]) == set(classes)
     assert result["per_class"]["a"] is None  # no image of that class
@@ -62,7 +62,7 @@ def test_unknown_folder_class_is_a_clear_error(labelled_model, tmp_path):
     path, _ = labelled_model
     folder = _folder(tmp_path / "photos", ["a", "zebra"])
     with pytest.raises(ValueError, match="zebra"):
-        evaluate.evaluate_folder(path, folder)
+        metrics.evaluate_folder(path, folder)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a flatbuffer at all", b"TFL3" + bytes(64)])

@@ -7,10 +7,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfqat.data.folders import scan_folder, to_arrays
+from tfqat.data.labels import read_labels
+from tfqat.evaluation.stats import CONFIDENCE, wilson_interval
 from tfqat.files import write_atomic
-from tfqat.flowers import data
 from tfqat.tflite import export, litert
-from tfqat.flowers.stats import CONFIDENCE, wilson_interval
 
 
 def classification_metrics(labels: np.ndarray, outputs: np.ndarray, classes: Sequence[str]) -> dict:
@@ -46,13 +47,13 @@ def evaluate_tflite(
 def model_labels(model_path, labels_file: Optional[os.PathLike] = None) -> tuple:
     """The class names of an exported model: a labels file, else its metadata, else `<name>.labels.txt`."""
     if labels_file is not None:
-        return tuple(data.read_labels(labels_file))
+        return tuple(read_labels(labels_file))
     stored = export.read_labels_metadata(litert.read_model_bytes(model_path))
     if stored:
         return tuple(stored)
     beside = export.labels_path(model_path)
     if beside.is_file():
-        return tuple(data.read_labels(beside))
+        return tuple(read_labels(beside))
     msg = f"{model_path} carries no class labels; pass a labels file (one class name per line)"
     raise ValueError(msg)
 
@@ -64,13 +65,13 @@ def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batc
     model does not know is a clear error. The image size comes from the model.
     """
     classes = model_labels(model_path, labels_file)
-    scan = data.scan_folder(folder)
+    scan = scan_folder(folder)
     unknown = sorted(set(scan.classes) - set(classes))
     if unknown:
         msg = f"folder {folder} has classes the model does not know: {unknown}; the model's classes are {list(classes)}"
         raise ValueError(msg)
     image_size = litert.describe(model_path).inputs[0].shape[1]
-    images, folder_labels = data.to_arrays(scan.records, image_size=image_size)
+    images, folder_labels = to_arrays(scan.records, image_size=image_size)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[scan.classes[label]] for label in folder_labels], np.int64)
     result = evaluate_tflite(model_path, images, labels, classes, batch_size, progress=Path(model_path).name)
