@@ -14,6 +14,7 @@ LIBRARY = {
     "graph": {"quantization"},  # the rewrite makes tfqat's Sigmoid and ScalarOp layers
     "ptq": {"quantization", "graph", "data"},
     "tflite": {"quantization", "graph", "data"},
+    "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
 }
 HELPERS = {"tfqat", "tfqat._keras", "tfqat.files"}
 
@@ -29,8 +30,13 @@ def _modules() -> dict:
 
 def _imports(path: Path, known: set) -> set:
     """The tfqat modules a file imports anywhere in it (lazy imports inside functions count too)."""
+    return _imports_in(ast.parse(path.read_text()), known)
+
+
+def _imports_in(tree: ast.AST, known: set) -> set:
+    """The tfqat modules imported anywhere inside an AST node."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -113,3 +119,42 @@ def test_the_graph_check_sees_a_planted_cycle(tmp_path):
     planted = {"tfqat.flowers.data": {"tfqat.flowers.images"}, "tfqat.flowers.images": {"tfqat.flowers.data"}}
     assert _find_cycle(planted) == ["tfqat.flowers.data", "tfqat.flowers.images", "tfqat.flowers.data"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# The sub-commands that work on any model, and the cli helpers they call; only `run` and `study` belong to the workflow.
+GENERIC_COMMANDS = ("_verify", "_evaluate", "_export", "_quantize", "_debug", "_export_and_verify", "_load_float_model")
+
+
+def _workflow_imports(source: str, names, known: set) -> dict:
+    """The tfqat.flowers modules each named top-level function of `source` imports in its body."""
+    functions = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}
+    assert set(names) <= set(functions), f"functions not found: {sorted(set(names) - set(functions))}"
+    return {
+        name: sorted(i for i in _imports_in(functions[name], known) if i == "tfqat.flowers" or i.startswith("tfqat.flowers."))
+        for name in names
+    }
+
+
+def test_the_generic_commands_do_not_import_the_workflow():
+    found = _workflow_imports((PACKAGE / "cli.py").read_text(), GENERIC_COMMANDS, set(_modules()))
+    assert {name: i for name, i in found.items() if i} == {}
+
+
+def test_the_generic_command_check_sees_a_planted_workflow_import():
+    """Not vacuous: a lazy import of the workflow inside a command's body, however nested, is found."""
+    planted = (
+        "def _quantize(args):\n"
+        "    if args.images:\n"
+        "        from tfqat.flowers.images import folder_images\n"
+        "def _debug(args):\n"
+        "    from tfqat import flowers\n"
+        "def _evaluate(args):\n"
+        "    import tfqat.flowers.evaluate\n"
+    )
+    known = {"tfqat.flowers", "tfqat.flowers.images", "tfqat.flowers.evaluate"}
+    found = _workflow_imports(planted, ("_quantize", "_debug", "_evaluate"), known)
+    assert found == {
+        "_quantize": ["tfqat.flowers.images"],
+        "_debug": ["tfqat.flowers"],
+        "_evaluate": ["tfqat.flowers.evaluate"],
+    }
