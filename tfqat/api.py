@@ -15,7 +15,9 @@ from tfqat.graph.canonical import canonical_model
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.quantizers import collecting_ranges
 from tfqat.quantization.saving import LOADING_OBJECTS
-from tfqat.quantization.scheme import Pow2QuantizeRegistry, Pow2QuantizeScheme
+from tfqat.quantization.options import QuantizeOptions
+from tfqat.quantization.registry import unsupported_reason
+from tfqat.quantization.scheme import Pow2QuantizeScheme
 from tfqat.quantization.thresholds import init_thresholds
 
 
@@ -30,11 +32,11 @@ def quantize_scope():
         yield
 
 
-def _check_supported(model, registry: Pow2QuantizeRegistry) -> None:
+def _check_supported(model) -> None:
     problems = [
         f"'{layer.name}' ({type(layer).__name__}): {reason}"
         for layer in model.layers
-        if (reason := registry.unsupported_reason(layer))
+        if (reason := unsupported_reason(layer))
     ]
     if problems:
         msg = "cannot quantize layer " + "; ".join(problems[:5])
@@ -71,20 +73,18 @@ def quantize_model(
         same scope.
     """
     functional.check_functional(model)
-    if not 0.0 <= ema_decay < 1.0:
-        msg = f"ema_decay={ema_decay!r} must be in [0, 1)"
-        raise ValueError(msg)
+    options = QuantizeOptions(
+        per_channel=bool(per_channel), thresholds="trained" if trained_thresholds else "ranges",
+        unsigned_activations=bool(unsigned_activations), ema_decay=ema_decay,
+    )
     # Only built-in layers and tfqat's quantizers from here on (_check_supported): none needs AutoGraph.
     with functional.autograph_off():
-        return _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(
-            per_channel=per_channel, ema_decay=ema_decay, trained_thresholds=trained_thresholds,
-            unsigned_activations=unsigned_activations,
-        ))
+        return _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(options))
 
 
 def _quantize_model(model, fold_bn, strategy, scheme):
     flat = canonical_model(model, fold_bn)
-    _check_supported(flat, scheme.get_quantize_registry())
+    _check_supported(flat)
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)

@@ -15,17 +15,17 @@ against it layer by layer, so every one of them uses this function.
 from tfqat._keras import keras
 from tfqat.graph import affine, folding, functional, scalar_ops
 from tfqat.quantization.configs import activation_name
+from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.layers import Sigmoid
 
 SWISH_NAMES = ("swish", "silu")
 _SPLIT = SWISH_NAMES + ("sigmoid",)
-_KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
 def _activation_hook(layer, args, kwargs):
     """Sigmoid as tfqat's `Sigmoid` layer, swish as x * Sigmoid(x), on an Activation or a conv/dense layer."""
     name = activation_name(getattr(layer, "activation", None))
-    if name not in _SPLIT or not isinstance(layer, (keras.layers.Activation,) + _KERNEL_LAYERS):
+    if name not in _SPLIT or not (isinstance(layer, keras.layers.Activation) or kernel_kind(layer)):
         return None
     # The layer giving the original output keeps the original name (outputs keep their names).
     sigmoid_name = layer.name if name == "sigmoid" else f"{layer.name}_sigmoid"

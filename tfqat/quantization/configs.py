@@ -11,8 +11,9 @@ from tfqat._keras import keras
 
 import tensorflow_model_optimization as tfmot
 
-from tfqat.quantization.quantizers import ConfigEquality, Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
-from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
+from tfqat.quantization.kinds import kernel_kind
+from tfqat.quantization.options import QuantizeOptions
+from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -31,13 +32,6 @@ FUSED_ACTIVATIONS = ("linear", "relu")
 
 def activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
-
-
-def activation_quantizer(ema_decay: float, trained_thresholds: bool, unsigned: bool = False):
-    """The power-of-two activation quantizer: ranges from data, or trained thresholds (TQT); signed or unsigned."""
-    if trained_thresholds:
-        return TQTActivationQuantizer(ema_decay, unsigned=unsigned)
-    return Pow2ActivationQuantizer(ema_decay, unsigned=unsigned)
 
 
 def fixed_output_quantizer(activation_name: str):
@@ -68,57 +62,38 @@ class _Pow2Config(ConfigEquality, _QuantizeConfig):
         return []
 
 
+def _kind(layer):
+    kind = kernel_kind(layer)
+    if kind is None:
+        msg = f"KernelQuantizeConfig quantizes Conv2D, DepthwiseConv2D and Dense layers, not '{layer.name}' ({type(layer).__name__})"
+        raise ValueError(msg)
+    return kind
+
+
 @_register
 class KernelQuantizeConfig(_Pow2Config):
     """Conv2D, DepthwiseConv2D (BN already folded in) and Dense.
 
-    The kernel gets a power-of-two weight quantizer; the bias is rounded to the
+    The kernel gets the options' power-of-two weight quantizer; the bias is rounded to the
     int32 grid s_input * s_weight on which TFLite stores it. The
     output is quantized after the layer's own activation, unless a ReLU that
     TFLite fuses follows (then `quantize_output=False` and the ReLU quantizes).
 
     Args:
-      per_channel: one weight scale per output channel (Conv2D and
-        DepthwiseConv2D; Dense kernels stay per tensor, see below).
+      options: the scheme's `QuantizeOptions`, or its fields as keywords (`per_channel=True`, ...).
       quantize_output: quantize the layer's output.
-      trained_thresholds: kernel and output scales from trained log2-thresholds (TQT).
-      unsigned_activations: an output after the layer's own ReLU is unsigned ([0, 255] * 2**k).
     """
 
-    def __init__(
-        self, per_channel: bool = False, quantize_output: bool = True, ema_decay: float = 0.99,
-        trained_thresholds: bool = False, unsigned_activations: bool = False,
-    ):
-        self.per_channel = bool(per_channel)
+    def __init__(self, options: QuantizeOptions = None, quantize_output: bool = True, **fields):
+        self.options = QuantizeOptions.from_fields(options, **fields)
         self.quantize_output = bool(quantize_output)
-        self.ema_decay = float(ema_decay)
-        self.trained_thresholds = bool(trained_thresholds)
-        self.unsigned_activations = bool(unsigned_activations)
 
     def get_config(self):
-        return {
-            "per_channel": self.per_channel, "quantize_output": self.quantize_output, "ema_decay": self.ema_decay,
-            "trained_thresholds": self.trained_thresholds, "unsigned_activations": self.unsigned_activations,
-        }
-
-    @staticmethod
-    def _kernel_attribute(layer):
-        return "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
-
-    @staticmethod
-    def _kind(layer):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            return "depthwise"
-        return "dense" if isinstance(layer, keras.layers.Dense) else "conv"
+        return {"quantize_output": self.quantize_output, **self.options.as_dict()}
 
     def get_weights_and_quantizers(self, layer):
-        kind = self._kind(layer)
-        # The converter transposes Dense kernels to (out, in) and cannot move a
-        # per-channel axis through that transpose, so Dense stays per tensor.
-        per_channel = self.per_channel and kind != "dense"
-        weight_quantizer = TQTWeightQuantizer if self.trained_thresholds else Pow2WeightQuantizer
-        quantizer = weight_quantizer(per_channel=per_channel, kind=kind)
-        pairs = [(getattr(layer, self._kernel_attribute(layer)), quantizer)]
+        kind = _kind(layer)
+        pairs = [(kind.kernel(layer), self.options.weight_quantizer(kind))]
         if layer.use_bias:
             pairs.append((layer.bias, Pow2BiasQuantizer()))
         return pairs
@@ -128,11 +103,11 @@ class KernelQuantizeConfig(_Pow2Config):
         # softmax/sigmoid/tanh (whose outputs get fixed ranges below).
         if not self.quantize_output:
             return []
-        unsigned = self.unsigned_activations and activation_name(layer.activation) == "relu"
-        return [(layer.activation, activation_quantizer(self.ema_decay, self.trained_thresholds, unsigned))]
+        relu = activation_name(layer.activation) == "relu"
+        return [(layer.activation, self.options.activation_quantizer(non_negative=relu))]
 
     def set_quantize_weights(self, layer, quantize_weights):
-        setattr(layer, self._kernel_attribute(layer), quantize_weights[0])
+        setattr(layer, _kind(layer).weight_attribute, quantize_weights[0])
         if layer.use_bias:
             layer.bias = quantize_weights[1]
 
@@ -149,18 +124,32 @@ class KernelQuantizeConfig(_Pow2Config):
 
 @_register
 class OutputQuantizeConfig(_Pow2Config):
-    """Layers without weights whose output TFLite requantizes: Add, ReLU, pooling by mean, the input."""
+    """Layers without weights whose output TFLite requantizes: Add, ReLU, pooling by mean, the input.
 
-    def __init__(self, ema_decay: float = 0.99, trained_thresholds: bool = False, unsigned: bool = False):
-        self.ema_decay = float(ema_decay)
-        self.trained_thresholds = bool(trained_thresholds)
-        self.unsigned = bool(unsigned)  # the layer's output is non-negative by construction (a ReLU)
+    Args:
+      ema_decay, thresholds: the `QuantizeOptions` fields an output quantizer reads.
+      unsigned: the layer's output is non-negative by construction (a ReLU) and goes on the unsigned grid.
+    """
+
+    def __init__(self, ema_decay: float = 0.99, thresholds: str = None, unsigned: bool = False,
+                 trained_thresholds: bool = False):
+        if thresholds is None:  # `trained_thresholds`: the key of configs saved before `thresholds` existed
+            thresholds = "trained" if trained_thresholds else "ranges"
+        # Only the fields an output reads, so equal outputs compare equal whatever the kernels' granularity.
+        self.options = QuantizeOptions(ema_decay=ema_decay, thresholds=thresholds, unsigned_activations=bool(unsigned))
+
+    @classmethod
+    def for_options(cls, options: QuantizeOptions, non_negative: bool = False):
+        """The config of an output under `options`; unsigned when the option is on and the output is never negative."""
+        unsigned = options.unsigned_activations and non_negative
+        return cls(ema_decay=options.ema_decay, thresholds=options.thresholds, unsigned=unsigned)
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, "trained_thresholds": self.trained_thresholds, "unsigned": self.unsigned}
+        o = self.options
+        return {"ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations}
 
     def get_output_quantizers(self, layer):
-        return [activation_quantizer(self.ema_decay, self.trained_thresholds, self.unsigned)]
+        return [self.options.activation_quantizer(non_negative=True)]
 
 
 @_register

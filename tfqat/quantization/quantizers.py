@@ -14,11 +14,10 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfqat.quantization import pow2
+from tfqat.quantization.kinds import KINDS, kind_named
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
-
-KERNEL_KINDS = ("dense", "conv", "depthwise")
 
 
 class ConfigEquality:
@@ -39,13 +38,9 @@ class ConfigEquality:
 
 
 def per_channel_max(weights, kind):
-    """Max |w| per output channel: last axis, or in*depth_multiplier for depthwise."""
-    if kind == "depthwise":
-        # (h, w, in, dm) -> (h*w, in*dm): TFLite's depthwise channel is in*dm + m.
-        weights = tf.reshape(weights, [-1, weights.shape[2] * weights.shape[3]])
-    else:
-        weights = tf.reshape(weights, [-1, weights.shape[-1]])
-    return tf.reduce_max(tf.abs(weights), axis=0)
+    """Max |w| per output channel, in the order of the layer's outputs (`tfqat.quantization.kinds`)."""
+    channels = kind_named(kind).output_channels(weights.shape)
+    return tf.reduce_max(tf.abs(tf.reshape(weights, [-1, channels])), axis=0)
 
 
 @_register
@@ -57,13 +52,13 @@ class Pow2WeightQuantizer(ConfigEquality, _Quantizer):
 
     Args:
       per_channel: one scale per output channel instead of one per tensor.
-      kind: 'conv' (Conv2D, last axis), 'depthwise' (DepthwiseConv2D, channel
-        in*depth_multiplier + m) or 'dense' (last axis).
+      kind: the layer's kind in `tfqat.quantization.kinds` ('conv', 'depthwise' or 'dense'), which
+        says how the kernel's axes make output channels.
     """
 
     def __init__(self, per_channel: bool = False, kind: str = "conv"):
-        if kind not in KERNEL_KINDS:
-            msg = f"Pow2WeightQuantizer kind={kind!r} is not one of {KERNEL_KINDS}"
+        if kind not in KINDS:
+            msg = f"Pow2WeightQuantizer kind={kind!r} is not one of {tuple(KINDS)}"
             raise ValueError(msg)
         self.per_channel = bool(per_channel)
         self.kind = kind
@@ -88,7 +83,7 @@ class Pow2WeightQuantizer(ConfigEquality, _Quantizer):
         """FakeQuant of the kernel at 2**exponent, laid out as the converter reads it (depthwise: in*dm channels)."""
         if not self.per_channel:
             return pow2.fake_quant_weights(inputs, exponent)
-        if self.kind == "depthwise":
+        if kind_named(self.kind).channel_axes > 1:  # depthwise: channels in * depth_multiplier on the last axis
             shape = tf.shape(inputs)
             flat = tf.reshape(inputs, [shape[0], shape[1], 1, -1])
             return tf.reshape(pow2.fake_quant_weights(flat, exponent, per_channel_axis=-1), shape)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
 from tfqat.quantization import pow2, tqt
+from tfqat.quantization.kinds import kind_named
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, per_channel_max
 
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -64,9 +65,7 @@ class TQTWeightQuantizer(Pow2WeightQuantizer):
         self.threshold_gain = _check_gain("TQTWeightQuantizer", threshold_gain)
 
     def _channels(self, tensor_shape):
-        if not self.per_channel:
-            return []
-        return [tensor_shape[2] * tensor_shape[3]] if self.kind == "depthwise" else [tensor_shape[-1]]
+        return [kind_named(self.kind).output_channels(tensor_shape)] if self.per_channel else []
 
     def build(self, tensor_shape, name, layer):
         # A placeholder until init_thresholds reads the weights (quantize_model does, right after building).

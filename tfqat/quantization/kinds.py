@@ -1,0 +1,108 @@
+"""The layers that carry a kernel, as data: one row per layer type that every part of the library reads.
+
+Folding, equalization, AdaRound, bias correction, the weight-range report, the
+debugger, the quantize configs and the quantizers all need to know the same few
+facts about a Conv2D, a DepthwiseConv2D or a Dense layer: where its kernel is,
+how the kernel's axes make output channels, which TFLite op it becomes and how
+that op rounds. They read them here instead of testing the layer's class.
+
+A kernel's output channels are its last `channel_axes` axes flattened: a
+DepthwiseConv2D kernel (h, w, in, depth_multiplier) has output channel
+in * depth_multiplier + m, the order of the layer's outputs and of TFLite's
+DEPTHWISE_CONV_2D kernel (1, h, w, in * depth_multiplier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from tfqat._keras import keras
+
+
+@dataclass(frozen=True)
+class KernelKind:
+    """What the library needs to know about one layer type with a kernel.
+
+    Attributes:
+      name: the kind as the weight quantizers' configs name it.
+      layer_type: the Keras class (matched exactly: a subclass may lay its kernel out otherwise).
+      weight_attribute: the layer attribute holding the kernel.
+      tflite_op: the int8 TFLite op the layer becomes.
+      channel_axes: how many trailing kernel axes, flattened, index an output channel.
+      grouped: each output channel sees one input channel (depthwise): AdaRound and equalization treat
+        the kernel as one small matrix per channel.
+      per_channel: per-output-channel weight scales apply (the converter cannot move a Dense kernel's
+        channel axis through the transpose to TFLite's (out, in) layout).
+      equalizable: the layer may be either side of a cross-layer equalization pair (with one filter
+        per input channel, for a depthwise one).
+      requantize: the rounding rule of the op's accumulator (`tfqat.quantization.pow2.litert_requantize`).
+      to_tflite: the float kernel laid out as the TFLite op stores it.
+    """
+
+    name: str
+    layer_type: type
+    weight_attribute: str
+    tflite_op: str
+    channel_axes: int
+    grouped: bool
+    per_channel: bool
+    equalizable: bool
+    requantize: str
+    to_tflite: Callable
+
+    def kernel(self, layer):
+        """The layer's kernel variable."""
+        return getattr(layer, self.weight_attribute)
+
+    def output_channels(self, kernel_shape) -> int:
+        """The number of output channels of a kernel of this shape."""
+        count = 1
+        for size in tuple(kernel_shape)[-self.channel_axes:]:
+            count *= int(size)
+        return count
+
+    def channel_shape(self, kernel_shape) -> tuple:
+        """The shape that puts one value per output channel against a kernel of this shape (for broadcasting)."""
+        shape = tuple(int(size) for size in kernel_shape)
+        return (1,) * (len(shape) - self.channel_axes) + shape[len(shape) - self.channel_axes:]
+
+
+KERNEL_KINDS = (
+    KernelKind(
+        "dense", keras.layers.Dense, "kernel", "FULLY_CONNECTED", channel_axes=1, grouped=False, per_channel=False,
+        equalizable=False, requantize="conv", to_tflite=lambda k: k.T,  # (out, in)
+    ),
+    KernelKind(
+        "conv", keras.layers.Conv2D, "kernel", "CONV_2D", channel_axes=1, grouped=False, per_channel=True,
+        equalizable=True, requantize="conv", to_tflite=lambda k: k.transpose(3, 0, 1, 2),  # (out, h, w, in)
+    ),
+    KernelKind(
+        "depthwise", keras.layers.DepthwiseConv2D, "depthwise_kernel", "DEPTHWISE_CONV_2D", channel_axes=2,
+        grouped=True, per_channel=True, equalizable=True, requantize="depthwise",
+        to_tflite=lambda k: k.reshape(1, *k.shape[:2], -1),  # (1, h, w, in * m)
+    ),
+)
+KINDS = {kind.name: kind for kind in KERNEL_KINDS}
+_BY_TYPE = {kind.layer_type: kind for kind in KERNEL_KINDS}
+_BY_OP = {kind.tflite_op: kind for kind in KERNEL_KINDS}
+
+
+def kernel_kind(layer) -> Optional[KernelKind]:
+    """The kind of a layer with a kernel (unwrapping a TFMOT QuantizeWrapper), or None for any other layer."""
+    if isinstance(layer, keras.layers.Wrapper):
+        layer = layer.layer
+    return _BY_TYPE.get(type(layer))
+
+
+def kind_named(name: str) -> KernelKind:
+    """The kind of this name; a ValueError lists the valid names."""
+    if name not in KINDS:
+        msg = f"kernel kind {name!r} is not one of {tuple(KINDS)}"
+        raise ValueError(msg)
+    return KINDS[name]
+
+
+def kind_of_op(op: str) -> Optional[KernelKind]:
+    """The kind whose layers become this TFLite op, or None."""
+    return _BY_OP.get(op)
