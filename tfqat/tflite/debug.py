@@ -31,10 +31,11 @@ from tfqat.tflite.debug_report import DebugReport
 from tfqat.tflite.litert import (
     TFLiteModelError, TensorSpec, _checked_images, describe, load_interpreter, model_label, quantize,
 )
+from tfqat.tflite.ops import op_kind
 from tfqat.tflite.quant_error import ACTIVATION_RANGE, WEIGHT_RANGE, Tally, fraction, scale_exponents, sqnr_from_energies
-# Operand position of the weights of the ops that have them, and the float
-# kernel's layout in TFLite's: conv (out, h, w, in), depthwise (1, h, w, in * m), dense (out, in).
-_WEIGHT_POSITION = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
+
+# The float kernel in the layout of the TFLite op it becomes: conv (out, h, w, in), depthwise
+# (1, h, w, in * m), dense (out, in). Which operand holds the weights is in tfqat.tflite.ops.
 _TFLITE_LAYOUT = {
     "CONV_2D": lambda k: k.transpose(3, 0, 1, 2),
     "DEPTHWISE_CONV_2D": lambda k: k.reshape(1, *k.shape[:2], -1),
@@ -121,8 +122,8 @@ def _pairs(interpreter: Interpreter, folded) -> tuple[list[_Pair], list[str]]:
     unmatched = []
     for op in interpreter._get_ops_details():  # noqa: SLF001  (LiteRT's only op listing, in execution order)
         index, name = int(op["index"]), str(op["op_name"])
-        if name in _WEIGHT_POSITION:
-            weight = tensors[int(op["inputs"][_WEIGHT_POSITION[name]])]
+        if name in _TFLITE_LAYOUT:
+            weight = tensors[int(op["inputs"][op_kind(name).weights])]
             layer = keras_layer_name(str(weight["name"]), layers)
             kernel = _kernel(layers[layer], name) if layer else None
             if kernel is not None and kernel.shape == tuple(weight["shape"]) and weight["dtype"] == np.int8:

@@ -17,6 +17,7 @@ from typing import Iterable, Literal
 import numpy as np
 
 from tfqat.tflite.litert import load_interpreter
+from tfqat.tflite.ops import OpKind, op_kind
 from tfqat.quantization.pow2 import is_power_of_two  # exact: frexp mantissa == 0.5
 
 Role = Literal["input", "output", "activation", "weight", "bias", "other"]
@@ -26,54 +27,6 @@ Role = Literal["input", "output", "activation", "weight", "bias", "other"]
 # outputs). Either offset is an integer, so requantization stays a shift.
 ACTIVATION_ZERO_POINTS = (0, -128)
 
-# Operand positions (input, weights, bias) of ops that compute input * weights
-# per output channel; their multiplier is s_in * s_w[c] / s_out.
-_LINEAR_OPERANDS = {
-    "CONV_2D": (0, 1, 2),
-    "DEPTHWISE_CONV_2D": (0, 1, 2),
-    "FULLY_CONNECTED": (0, 1, 2),
-    "TRANSPOSE_CONV": (2, 1, 3),  # inputs are [output_shape, weights, input, bias]
-}
-# Ops that multiply two quantized inputs: multiplier s_a * s_b / s_out.
-_PRODUCT_OPS = frozenset({"MUL", "BATCH_MATMUL"})
-# Ops that rescale each quantized input to the output scale (many require the
-# scales to be equal, i.e. a multiplier of 1): multiplier s_in / s_out.
-_RESCALE_OPS = frozenset({
-    "ADD", "SUB", "CONCATENATION", "PACK", "UNPACK", "SPLIT", "SPLIT_V",
-    "PAD", "PADV2", "MIRROR_PAD", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE",
-    "STRIDED_SLICE", "SLICE", "GATHER", "TILE", "BROADCAST_TO", "SPACE_TO_DEPTH",
-    "DEPTH_TO_SPACE", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "RESIZE_NEAREST_NEIGHBOR",
-    "MAX_POOL_2D", "REDUCE_MAX", "REDUCE_MIN", "MAXIMUM", "MINIMUM", "SUM",
-    "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "ABS", "NEG",
-    "QUANTIZE", "DEQUANTIZE",
-})
-# Ops whose arithmetic is not a rescale at all; they are reported by name.
-_NOT_A_SHIFT = {
-    "SOFTMAX": "computed with a lookup table",
-    "LOGISTIC": "computed with a lookup table",
-    "TANH": "computed with a lookup table",
-    "HARD_SWISH": "a fixed-point polynomial, not a single rescale",
-    "ELU": "computed with a lookup table",
-    "GELU": "computed with a lookup table",
-    "EXP": "computed with a lookup table",
-    "LOG": "computed with a lookup table",
-    "RSQRT": "a fixed-point inverse square root",
-    "SQRT": "a fixed-point square root",
-    "L2_NORMALIZATION": "divides by the vector norm",
-    "LEAKY_RELU": "multiplies negative inputs by alpha, which LiteRT does not expose",
-    "RESIZE_BILINEAR": "interpolates with fractional weights",
-}
-# Ops that rescale s_in / s_out and then divide by an element count.
-_AVERAGING_OPS = frozenset({"MEAN", "AVERAGE_POOL_2D"})
-# Operand positions that hold parameters (shapes, axes, paddings, indices), not data.
-_PARAMETER_INPUTS = {
-    "RESHAPE": (1,), "PAD": (1,), "PADV2": (1,), "MIRROR_PAD": (1,), "MEAN": (1,),
-    "SUM": (1,), "REDUCE_MAX": (1,), "REDUCE_MIN": (1,), "TRANSPOSE": (1,),
-    "EXPAND_DIMS": (1,), "STRIDED_SLICE": (1, 2, 3), "SLICE": (1, 2), "GATHER": (1,),
-    "TILE": (1,), "BROADCAST_TO": (1,), "SPLIT": (0,), "SPLIT_V": (1, 2),
-    "SPACE_TO_BATCH_ND": (1, 2), "BATCH_TO_SPACE_ND": (1, 2), "RESIZE_BILINEAR": (1,),
-    "RESIZE_NEAREST_NEIGHBOR": (1,), "TRANSPOSE_CONV": (0,),
-}
 _SUMMARY_FAILURE_LIMIT = 25
 
 
@@ -206,13 +159,12 @@ def _roles(tensor_details, ops: list[_Op], inputs: set[int], outputs: set[int]) 
 
 
 def _constant_role(op: str, position: int, dtype: str, quantized: bool) -> Role:
-    if op in _LINEAR_OPERANDS:
-        _, weights, bias = _LINEAR_OPERANDS[op]
-        if position == weights:
-            return "weight"
-        if position == bias:
-            return "bias"
-    if position in _PARAMETER_INPUTS.get(op, ()):
+    kind = op_kind(op)
+    if kind is not None and position == kind.weights:
+        return "weight"
+    if kind is not None and position == kind.bias:
+        return "bias"
+    if kind is not None and position in kind.parameters:
         return "other"
     # An unquantized integer constant of an op not in the table is a shape or
     # axis parameter, not data.
@@ -288,50 +240,52 @@ def _check_op(op: _Op, tensors: dict[int, TensorReport]) -> tuple[OpReport, list
     def report(multipliers=(), status="shift", note=""):
         return OpReport(op.index, op.name, op.inputs, op.outputs, tuple(multipliers), status, note)
 
-    if op.name in _NOT_A_SHIFT:
-        reason = _NOT_A_SHIFT[op.name]
-        return report(status="exception", note=reason), [], f"{label}: {reason}, not a shift"
-    if op.name in _LINEAR_OPERANDS:
-        x, w, b = (op.inputs[p] if p < len(op.inputs) else -1 for p in _LINEAR_OPERANDS[op.name])
+    kind = op_kind(op.name)
+    if kind is not None and kind.arithmetic == "named":
+        return report(status="exception", note=kind.reason), [], f"{label}: {kind.reason}, not a shift"
+    if kind is not None and kind.operands:
+        x, w, b = (op.inputs[p] if p < len(op.inputs) else -1 for p in kind.operands)
         data = [tensors[x], tensors[w]]
     else:
-        skip = _PARAMETER_INPUTS.get(op.name, ())
+        skip = kind.parameters if kind is not None else ()
         data = [tensors[i] for p, i in enumerate(op.inputs) if i >= 0 and p not in skip]
     outputs = [tensors[i] for i in op.outputs]
     if not data or not outputs or any(not t.scales for t in data + outputs):
         return report(status="not quantized", note="float operands are reported per tensor"), [], None
-    multipliers = _multipliers(op.name, data, outputs)
+    multipliers = _multipliers(kind, data, outputs)
     if multipliers is None:
         line = f"{label}: tfqat does not know this op's arithmetic, so cannot confirm it is shift-only"
         return report(status="unknown op"), [line], None
     failures = []
-    if op.name in _LINEAR_OPERANDS and b >= 0 and tensors[b].scales:
+    if kind.operands and b >= 0 and tensors[b].scales:
         failures += _bias_failures(label, tensors[b], data[0].scales[0], np.asarray(data[1].scales))
     bad = [m for m in multipliers if not is_power_of_two(m)]
     if bad:
         which = f"{len(bad)} of {len(multipliers)} multipliers" if len(multipliers) > 1 else "multiplier"
         failures.append(f"{label}: requantization {which} not a power of two (e.g. {bad[0]:.6g} = {_log2(bad[0])})")
     note, exception = "", None
-    if op.name in _AVERAGING_OPS:
+    if kind.arithmetic == "average":
         count = _averaged_count(op, tensors)
-        if op.name == "MEAN" and is_power_of_two(count):
+        if kind.counts_elements and is_power_of_two(count):
             note = f"divides by {count}, a power of two"
         else:
-            note = f"divides by {count} averaged elements" if op.name == "MEAN" else "divides by its window size"
+            note = f"divides by {count} averaged elements" if kind.counts_elements else "divides by its window size"
             exception = f"{label}: {note}, not a shift"
     status = "not a shift" if failures else ("exception" if exception else "shift")
     return report(multipliers, status, note), failures, exception
 
 
-def _multipliers(op: str, data: list[TensorReport], outputs: list[TensorReport]) -> list[float] | None:
-    """The real multipliers the integer kernel applies; None for an op not in the tables."""
+def _multipliers(kind: OpKind | None, data: list[TensorReport], outputs: list[TensorReport]) -> list[float] | None:
+    """The real multipliers the integer kernel applies; None for an op not in the table."""
+    if kind is None:
+        return None
     s_out = outputs[0].scales[0]
-    if op in _LINEAR_OPERANDS:
+    if kind.arithmetic == "linear":
         s_in, s_w = data[0].scales[0], np.asarray(data[1].scales, np.float64)
         return [float(m) for m in s_in * s_w / s_out]
-    if op in _PRODUCT_OPS:
+    if kind.arithmetic == "product":
         return [data[0].scales[0] * data[1].scales[0] / s_out]
-    if op in _RESCALE_OPS or op in _AVERAGING_OPS:
+    if kind.arithmetic in ("rescale", "average"):
         return [t.scales[0] / o.scales[0] for t in data for o in outputs]
     return None
 
@@ -365,7 +319,8 @@ def _format_multipliers(op: OpReport) -> str:
 
     low, high = min(multipliers), max(multipliers)
     text = one(low) if low == high else f"{one(low)}..{one(high)}"
-    unit = "channels" if op.op in _LINEAR_OPERANDS else "inputs"
+    kind = op_kind(op.op)
+    unit = "channels" if kind is not None and kind.arithmetic == "linear" else "inputs"
     return text + (f" ({len(multipliers)} {unit})" if len(multipliers) > 1 else "")
 
 
