@@ -31,16 +31,9 @@ from tfqat.tflite.debug_report import DebugReport
 from tfqat.tflite.litert import (
     TFLiteModelError, TensorSpec, _checked_images, describe, load_interpreter, model_label, quantize,
 )
+from tfqat.quantization.kinds import kind_of_op
 from tfqat.tflite.ops import op_kind
 from tfqat.tflite.quant_error import ACTIVATION_RANGE, WEIGHT_RANGE, Tally, fraction, scale_exponents, sqnr_from_energies
-
-# The float kernel in the layout of the TFLite op it becomes: conv (out, h, w, in), depthwise
-# (1, h, w, in * m), dense (out, in). Which operand holds the weights is in tfqat.tflite.ops.
-_TFLITE_LAYOUT = {
-    "CONV_2D": lambda k: k.transpose(3, 0, 1, 2),
-    "DEPTHWISE_CONV_2D": lambda k: k.reshape(1, *k.shape[:2], -1),
-    "FULLY_CONNECTED": lambda k: k.T,
-}
 
 
 # Pairing TFLite tensors with Keras layers.
@@ -122,7 +115,7 @@ def _pairs(interpreter: Interpreter, folded) -> tuple[list[_Pair], list[str]]:
     unmatched = []
     for op in interpreter._get_ops_details():  # noqa: SLF001  (LiteRT's only op listing, in execution order)
         index, name = int(op["index"]), str(op["op_name"])
-        if name in _TFLITE_LAYOUT:
+        if kind_of_op(name) is not None:  # the op of a layer with a kernel: pair the kernel too
             weight = tensors[int(op["inputs"][op_kind(name).weights])]
             layer = keras_layer_name(str(weight["name"]), layers)
             kernel = _kernel(layers[layer], name) if layer else None
@@ -143,9 +136,10 @@ def _pairs(interpreter: Interpreter, folded) -> tuple[list[_Pair], list[str]]:
 
 
 def _kernel(layer, op: str) -> np.ndarray | None:
-    kernel = getattr(layer, "depthwise_kernel", None)
-    kernel = getattr(layer, "kernel", None) if kernel is None else kernel
-    return None if kernel is None else _TFLITE_LAYOUT[op](np.asarray(kernel.numpy(), np.float32))
+    """The layer's float kernel in the layout of TFLite op `op`, or None if the layer has no such kernel."""
+    kind = kind_of_op(op)
+    kernel = getattr(layer, kind.weight_attribute, None)
+    return None if kernel is None else kind.to_tflite(np.asarray(kernel.numpy(), np.float32))
 
 
 def _output_fits(layer, details: dict, tf_op: str) -> bool:

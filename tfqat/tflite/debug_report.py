@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfqat.quantization.kinds import kind_of_op
+
 COLUMNS = (
     "kind", "op_index", "op", "layer", "tensor", "scale_exp", "scale_exp_max", "channels",
     "power_of_two", "zero_point", "clipped", "zeroed", "sqnr_db",
@@ -125,7 +127,7 @@ def _plot_sqnr(ax, rows: list[dict], title: str) -> None:
     x = np.arange(len(rows))
     # An infinite SQNR (an exact tensor) has no height; it is drawn as a gap.
     sqnr = np.array([row["sqnr_db"] if math.isfinite(row["sqnr_db"]) else np.nan for row in rows])
-    depthwise = np.array([row["op"] == "DEPTHWISE_CONV_2D" for row in rows], bool)
+    depthwise = np.array([_grouped(row["op"]) for row in rows], bool)
     ax.plot(x, sqnr, color="#8c8c8c", linewidth=0.8)
     ax.scatter(x[~depthwise], sqnr[~depthwise], s=14, color="#2f6db3", label="other ops", zorder=3)
     ax.scatter(x[depthwise], sqnr[depthwise], s=22, marker="v", color="#d1495b", label="depthwise", zorder=3)
@@ -134,3 +136,9 @@ def _plot_sqnr(ax, rows: list[dict], title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+
+
+def _grouped(op: str) -> bool:
+    """Whether `op` is the TFLite op of a depthwise (one input channel per output channel) layer."""
+    kind = kind_of_op(op)
+    return kind is not None and kind.grouped
