@@ -10,8 +10,8 @@ import tensorflow as tf
 import tfqat
 from tfqat.quantization import rounding
 from tfqat.quantization.pow2 import WEIGHT_QMAX
-from tfqat.ptq.adaround import adaround, grouped_kernel, grouped_scale, layer_moments, patches, ungrouped_kernel
-from tfqat.ptq.bias_correction import kernel_layers, layer_response
+from tfqat.post_training.adaround import adaround, grouped_kernel, grouped_scale, layer_moments, patches, ungrouped_kernel
+from tfqat.post_training.bias_correction import kernel_layers, layer_response
 
 
 def _layers():

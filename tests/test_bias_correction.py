@@ -1,4 +1,4 @@
-"""Tests for tfqat.ptq.bias_correction: the mean shift of weight rounding, measured and removed."""
+"""Tests for tfqat.post_training.bias_correction: the mean shift of weight rounding, measured and removed."""
 
 from tfqat._keras import keras
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.ptq.bias_correction import kernel_layers, correct_biases, layer_response
+from tfqat.post_training.bias_correction import kernel_layers, correct_biases, layer_response
 
 from test_thresholds import block_model, images
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tfqat
 from tfqat.graph import functional
-from tfqat.ptq.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
+from tfqat.post_training.equalize import clipped_fractions, equalization_scales, equalize, find_pairs
 
 
 def _spread_batch_norms(model, seed=0):

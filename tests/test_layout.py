@@ -12,7 +12,7 @@ LIBRARY = {
     "quantization": set(),
     "data": set(),
     "graph": {"quantization"},  # the rewrite makes tfqat's Sigmoid and ScalarOp layers
-    "ptq": {"quantization", "graph", "data"},
+    "post_training": {"quantization", "graph", "data"},
     "tflite": {"quantization", "graph", "data"},
     "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
 }

@@ -20,7 +20,8 @@ import tfqat
 from tfqat.tflite import litert
 from tfqat.quantization import pow2
 from tfqat.quantization.linking import link_accumulators
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, tracing_for_export
+from tfqat.quantization.modes import tracing_for_export
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer
 from references import reference_weight_exponent, reference_activation_exponent
 
 layers = keras.layers
@@ -273,7 +274,7 @@ def test_keras_and_litert_agree_bit_exactly(flat_qat, tmp_path, end):
     np.testing.assert_array_equal(steps, np.round(steps))
     np.testing.assert_array_equal(steps, raw.astype(np.float64))
     # The emulation is what makes them agree: TF's plain FakeQuant graph (as exported) does not.
-    with tracing_for_export():
+    with tracing_for_export(model):
         plain = tf.function(lambda x: model(x, training=False)).get_concrete_function(
             tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32))
     assert np.any(plain(tf.constant(images)).numpy() / output.scale != raw)

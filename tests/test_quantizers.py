@@ -9,13 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tfqat.quantization import pow2
-from tfqat.quantization.quantizers import (
-    Pow2ActivationQuantizer,
-    Pow2BiasQuantizer,
-    Pow2WeightQuantizer,
-    collecting_ranges,
-    tracing_for_export,
-)
+from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, collecting_ranges, is_in, tracing_for_export
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer
 
 from references import fake_quant_reference, reference_weight_exponent
 
@@ -234,7 +229,7 @@ def test_activation_quantizer_inference_is_stable_under_tf_function():
 def test_collecting_ranges_widens_to_min_max_over_batches():
     quantizer, weights = built_activation_quantizer(ema_decay=0.5)
     batches = [[-1.0, 3.0], [-0.5, 7.0], [-4.0, 2.0], [0.0, 0.1]]
-    with collecting_ranges():
+    with collecting_ranges(quantizer):
         for batch in batches:
             out = quantizer(tf.constant([batch]), training=False, weights=weights).numpy()
             k = pow2.activation_exponent(*range_of(weights)).numpy()
@@ -247,20 +242,36 @@ def test_collecting_ranges_widens_to_min_max_over_batches():
 
 def test_collecting_ranges_first_batch_replaces_the_initial_range():
     quantizer, weights = built_activation_quantizer()
-    with collecting_ranges():
+    with collecting_ranges(quantizer):
         quantizer(tf.constant([[0.0, 0.75]]), training=False, weights=weights)
     assert range_of(weights) == (0.0, 0.75)  # not widened from the initial [-6, 6]
 
 
 @pytest.mark.parametrize(
-    "block, flag", [(collecting_ranges, "_collecting"), (tracing_for_export, "_exporting")]
+    "block, mode", [(collecting_ranges, COLLECTING_RANGES), (tracing_for_export, EXPORTING)]
 )
-def test_class_flag_is_reset_after_an_error(block, flag):
+def test_mode_is_reset_after_an_error(block, mode):
+    quantizer, _ = built_activation_quantizer()
     with pytest.raises(RuntimeError):
-        with block():
-            assert getattr(Pow2ActivationQuantizer, flag)
+        with block(quantizer):
+            assert is_in(quantizer, mode)
             raise RuntimeError("boom")
-    assert not getattr(Pow2ActivationQuantizer, flag)
+    assert not is_in(quantizer, mode)
+
+
+@pytest.mark.parametrize("block, mode", [(collecting_ranges, COLLECTING_RANGES), (tracing_for_export, EXPORTING)])
+def test_modes_nest_and_belong_to_their_objects(block, mode):
+    quantizer, _ = built_activation_quantizer()
+    other, _ = built_activation_quantizer()
+    with block(quantizer):
+        with block(quantizer):
+            assert is_in(quantizer, mode)
+        assert is_in(quantizer, mode)  # the outer block still holds it
+        assert not is_in(other, mode)  # another quantizer is untouched
+    assert not is_in(quantizer, mode)
+    with pytest.raises(ValueError, match="needs the model"):
+        with block():
+            pass
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -289,7 +300,7 @@ def test_activation_quantizer_ste_gradient(training):
 @pytest.mark.parametrize("training", [True, False])
 def test_activation_quantizer_all_zero_batch(training):
     quantizer, weights = built_activation_quantizer()
-    with collecting_ranges():
+    with collecting_ranges(quantizer):
         x = tf.zeros((2, 4))
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -339,7 +350,7 @@ def test_activation_quantizer_rounds_ties_away_from_zero(mode):
     else:
         inside = (steps >= -128) & (steps <= 127)  # keeps the scale 2**-7 while widening [-1, 0.5]
         steps, expected = steps[inside], expected[inside]
-        with collecting_ranges():
+        with collecting_ranges(quantizer):
             out = quantizer(tf.constant(steps[None, :] * 2.0**-7, tf.float32), training=False, weights=weights).numpy()
         assert range_of(weights) == (-1.0, 126.5 * 2.0**-7)
     assert pow2.activation_exponent(*range_of(weights)).numpy() == -7
@@ -386,12 +397,12 @@ def test_activation_quantizer_inside_tracing_for_export_is_tf_fake_quant(linked)
     x = tf.concat([tie_batch(), tf.constant([[0.375 * 2.0**-7, -0.625 * 2.0**-7]])], axis=1)
     plain = _plain_fake_quant(x, 2.0**-7).numpy()
     np.testing.assert_array_equal(plain[0] / 2.0**-7, FAKE_QUANT_STEPS + [0, -1])
-    with tracing_for_export():
-        assert Pow2ActivationQuantizer._exporting
+    with tracing_for_export(quantizer):
+        assert is_in(quantizer, EXPORTING)
         eager = quantizer(x, training=False, weights=weights).numpy()
         traced = tf.function(lambda v: quantizer(v, training=False, weights=weights))
         graph = traced.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
-    assert not Pow2ActivationQuantizer._exporting
+    assert not is_in(quantizer, EXPORTING)
     np.testing.assert_array_equal(eager, plain)
     np.testing.assert_array_equal(traced(x).numpy(), plain)  # the graph traced for export, called later
     # The converter reads ranges off FakeQuant; the traced graph has no rounding ops of its own.
@@ -475,7 +486,7 @@ def test_bias_quantizer_is_identity_inside_tracing_for_export():
     quantizer = Pow2BiasQuantizer()
     quantizer.accumulator_exponent = lambda: tf.constant(-12.0)
     bias, _ = _bias()
-    with tracing_for_export():
+    with tracing_for_export(quantizer):
         eager = quantizer(bias, training=False, weights={})
         graph = tf.function(lambda b: quantizer(b, training=False, weights={})).get_concrete_function(
             tf.TensorSpec([10], tf.float32)).graph

@@ -8,9 +8,16 @@ import tensorflow as tf
 
 import tfqat
 from tfqat.quantization import pow2, tqt
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, tracing_for_export
-from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer, _quantizers, init_thresholds
+from tfqat.quantization.modes import tracing_for_export
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer
+from tfqat.quantization.tensors import quantized_tensors
+from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer, init_thresholds
 from tfqat.tflite.agreement import keras_tflite_agreement
+
+
+def _quantizers(model):
+    """(quantizer, its variables, the weight it quantizes or None) of every quantized tensor."""
+    return [(t.quantizer, t.variables, t.weight) for t in quantized_tensors(model)]
 
 layers = keras.layers
 SIZE = 16
@@ -168,7 +175,7 @@ def test_export_graph_reads_scales_from_thresholds():
         (q, v, w) for q, v, w in _quantizers(qat) if isinstance(q, TQTActivationQuantizer)
     )
     variables["log2_threshold"].assign(variables["log2_threshold"] + 2.0 / quantizer.threshold_gain)
-    with tracing_for_export():
+    with tracing_for_export(qat):
         out = tf.function(lambda x: quantizer(x, False, variables))(tf.constant([1e6, -1e6]))
     k = float(tqt.exponent_from_log2_threshold(quantizer.log2_threshold(variables)))
     np.testing.assert_array_equal(out.numpy(), [127 * 2.0**k, -128 * 2.0**k])

@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
-    "adaround": "tfqat.ptq.adaround",
+    "adaround": "tfqat.post_training.adaround",
     "calibrate": "tfqat.api",
-    "correct_biases": "tfqat.ptq.bias_correction",
+    "correct_biases": "tfqat.post_training.bias_correction",
     "load_model": "tfqat.api",
     "ptq": "tfqat.api",
     "quantize_model": "tfqat.api",
     "quantize_scope": "tfqat.api",
-    "equalize": "tfqat.ptq.equalize",
+    "equalize": "tfqat.post_training.equalize",
     "export_tflite": "tfqat.tflite.export",
     "fold_batch_norms": "tfqat.graph.folding",
     "Pow2QuantizeScheme": "tfqat.quantization.scheme",

@@ -13,11 +13,12 @@ from tfqat.graph import functional
 from tfqat.data.batches import image_batches, inference_outputs
 from tfqat.graph.canonical import canonical_model
 from tfqat.quantization.linking import link_accumulators
-from tfqat.quantization.quantizers import collecting_ranges
+from tfqat.quantization.modes import collecting_ranges
 from tfqat.quantization.saving import LOADING_OBJECTS
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.registry import unsupported_reason
 from tfqat.quantization.scheme import Pow2QuantizeScheme
+from tfqat.quantization.tensors import quantized_tensors
 from tfqat.quantization.thresholds import init_thresholds
 
 
@@ -94,7 +95,8 @@ def _quantize_model(model, fold_bn, strategy, scheme):
 
 
 def _range_flags(model):
-    return [v for v in model.non_trainable_variables if v.name.split(":")[0].endswith("_seen")]
+    """The "seen" flag of every activation range of a QAT model (set once a range has seen data)."""
+    return [t.variables["seen"] for t in quantized_tensors(model) if "seen" in t.variables]
 
 
 def calibrate(qat_model, dataset, steps: Optional[int] = None):
@@ -119,7 +121,7 @@ def calibrate(qat_model, dataset, steps: Optional[int] = None):
     batches = image_batches(dataset, steps)
     for flag in flags:
         flag.assign(0.0)
-    with collecting_ranges():
+    with collecting_ranges(qat_model):
         # Eager calls, or a fresh function traced while collecting, so Keras' cached predict is untouched.
         used = sum(1 for _ in inference_outputs(qat_model, batches))
     if used == 0:
@@ -185,9 +187,9 @@ def ptq(
     if iter(images) is images:
         msg = "ptq reads the images more than once; pass an array or a tf.data.Dataset, not a one-pass iterator"
         raise ValueError(msg)
-    from tfqat.ptq.adaround import adaround as adaround_model
-    from tfqat.ptq.bias_correction import correct_biases
-    from tfqat.ptq.equalize import equalize as equalize_model
+    from tfqat.post_training.adaround import adaround as adaround_model
+    from tfqat.post_training.bias_correction import correct_biases
+    from tfqat.post_training.equalize import equalize as equalize_model
 
     float_model = equalize_model(model, images, steps=steps) if equalize else model
     qat = quantize_model(float_model, per_channel=per_channel, unsigned_activations=unsigned_activations)

@@ -43,8 +43,8 @@ def inference_outputs(model, batches):
     """`model(batch, training=False)` for each batch: the first EAGER_BATCHES eagerly, the rest traced once
     (any batch size, without AutoGraph: the model's inference call has no tensor-dependent Python control flow).
 
-    Quantizers read their class flags (e.g. calibration's `collecting_ranges`) when called or traced, so the
-    flags set around this loop hold for every batch.
+    Quantizers read their modes (e.g. calibration's `collecting_ranges`) when called or traced, so the
+    modes set around this loop hold for every batch.
     """
     function = None
     for index, batch in enumerate(batches):

@@ -33,9 +33,9 @@ from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
-from tfqat.ptq.adaround import adaround
-from tfqat.ptq.bias_correction import correct_biases
-from tfqat.ptq.equalize import equalize
+from tfqat.post_training.adaround import adaround
+from tfqat.post_training.bias_correction import correct_biases
+from tfqat.post_training.equalize import equalize
 from tfqat.graph.canonical import canonical_model
 
 

@@ -69,24 +69,17 @@ def weight_ranges(model: keras.Model) -> dict[str, list[dict[str, Any]]]:
       {"layers": [{"name", "kind": "conv" | "depthwise" | "dense", "channel_max_abs": [float, ...]}]}
     """
     from tfqat._keras import keras
+    from tfqat.quantization.kinds import kernel_kind
 
     layers = []
     for layer in _leaf_layers(model, keras):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kind, kernel = "depthwise", layer.depthwise_kernel
-        elif isinstance(layer, keras.layers.Conv2DTranspose):
-            continue  # output channels sit on axis -2, and MobileNetV2 has none
-        elif isinstance(layer, keras.layers.Conv2D):
-            kind, kernel = "conv", layer.kernel
-        elif isinstance(layer, keras.layers.Dense):
-            kind, kernel = "dense", layer.kernel
-        else:
+        kind = kernel_kind(layer)
+        if kind is None:
             continue
-        kernel = np.asarray(keras.backend.get_value(kernel))
+        kernel = np.asarray(keras.backend.get_value(kind.kernel(layer)))
         # Depthwise kernels are (h, w, in, dm): flattening the last two axes gives channel in * dm + m.
-        channels = kernel.shape[-2] * kernel.shape[-1] if kind == "depthwise" else kernel.shape[-1]
-        max_abs = np.abs(kernel.reshape(-1, channels)).max(axis=0)
-        layers.append({"name": layer.name, "kind": kind, "channel_max_abs": [float(v) for v in max_abs]})
+        max_abs = np.abs(kernel.reshape(-1, kind.output_channels(kernel.shape))).max(axis=0)
+        layers.append({"name": layer.name, "kind": kind.name, "channel_max_abs": [float(v) for v in max_abs]})
     return {"layers": layers}
 
 

@@ -13,9 +13,7 @@ import numpy as np
 
 from tfqat._keras import keras
 from tfqat.graph import affine, functional
-
-FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-
+from tfqat.quantization.kinds import KINDS, kernel_kind
 
 def fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise=False):
     """Kernel and bias of conv followed by BN in inference mode, as one conv.
@@ -24,11 +22,9 @@ def fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise
       = conv_with(kernel * m)(x) + (b - mean) * m + beta,  m = gamma / sqrt(var + eps)
     """
     multiplier, offset = affine.bn_affine(gamma, beta, mean, variance, epsilon)
-    if depthwise:
-        # Depthwise kernels are (h, w, in, depth_multiplier); channel = in * dm + m.
-        multiplier_kernel = multiplier.reshape(kernel.shape[2], kernel.shape[3])
-    else:
-        multiplier_kernel = multiplier
+    kind = KINDS["depthwise" if depthwise else "conv"]
+    # One multiplier per output channel, laid out against the kernel's channel axes (depthwise: in * dm + m).
+    multiplier_kernel = multiplier.reshape(kind.channel_dims(kernel.shape))
     folded_kernel = kernel * multiplier_kernel
     folded_bias = bias * multiplier + offset
     return folded_kernel.astype(kernel.dtype), folded_bias.astype(kernel.dtype)
@@ -38,11 +34,10 @@ def _folded_conv(conv, bn):
     """A conv layer with bias holding `conv` and `bn` folded together, named like `conv`."""
     weights = conv.get_weights()
     kernel = weights[0]
-    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
-    channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[-1]
-    bias = weights[1] if conv.use_bias else np.zeros(channels, kernel.dtype)
+    kind = kernel_kind(conv)
+    bias = weights[1] if conv.use_bias else np.zeros(kind.output_channels(kernel.shape), kernel.dtype)
     gamma, beta, mean, variance = affine.bn_parameters(bn)
-    folded = fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, bn.epsilon, depthwise)
+    folded = fold_bn_arrays(kernel, bias, gamma, beta, mean, variance, bn.epsilon, kind.grouped)
     config = conv.get_config()
     config["use_bias"] = True
     config["bias_initializer"] = "zeros"
@@ -59,7 +54,8 @@ def conv_folds(flat) -> dict:
     used_by = functional.consumers(flat)
     fold_into = {}
     for layer in flat.layers:
-        if not isinstance(layer, FOLDABLE_CONVS) or layer.activation is not keras.activations.linear:
+        kind = kernel_kind(layer)
+        if kind is None or not kind.folds_batch_norm or layer.activation is not keras.activations.linear:
             continue
         users = used_by.get(str(id(layer.output)), [])
         if len(users) == 1 and isinstance(users[0], keras.layers.BatchNormalization):

@@ -34,6 +34,7 @@ class KernelKind:
         the kernel as one small matrix per channel.
       per_channel: per-output-channel weight scales apply (the converter cannot move a Dense kernel's
         channel axis through the transpose to TFLite's (out, in) layout).
+      folds_batch_norm: a BatchNormalization after the layer folds into its kernel and bias.
       equalizable: the layer may be either side of a cross-layer equalization pair (with one filter
         per input channel, for a depthwise one).
       requantize: the rounding rule of the op's accumulator (`tfqat.quantization.pow2.litert_requantize`).
@@ -47,6 +48,7 @@ class KernelKind:
     channel_axes: int
     grouped: bool
     per_channel: bool
+    folds_batch_norm: bool
     equalizable: bool
     requantize: str
     to_tflite: Callable
@@ -55,31 +57,34 @@ class KernelKind:
         """The layer's kernel variable."""
         return getattr(layer, self.weight_attribute)
 
+    def channel_dims(self, kernel_shape) -> tuple:
+        """The kernel's trailing axes that index its output channels: (out,), or (in, depth_multiplier)."""
+        return tuple(int(size) for size in tuple(kernel_shape)[-self.channel_axes:])
+
     def output_channels(self, kernel_shape) -> int:
         """The number of output channels of a kernel of this shape."""
         count = 1
-        for size in tuple(kernel_shape)[-self.channel_axes:]:
-            count *= int(size)
+        for size in self.channel_dims(kernel_shape):
+            count *= size
         return count
 
     def channel_shape(self, kernel_shape) -> tuple:
         """The shape that puts one value per output channel against a kernel of this shape (for broadcasting)."""
-        shape = tuple(int(size) for size in kernel_shape)
-        return (1,) * (len(shape) - self.channel_axes) + shape[len(shape) - self.channel_axes:]
+        return (1,) * (len(tuple(kernel_shape)) - self.channel_axes) + self.channel_dims(kernel_shape)
 
 
 KERNEL_KINDS = (
     KernelKind(
         "dense", keras.layers.Dense, "kernel", "FULLY_CONNECTED", channel_axes=1, grouped=False, per_channel=False,
-        equalizable=False, requantize="conv", to_tflite=lambda k: k.T,  # (out, in)
+        folds_batch_norm=False, equalizable=False, requantize="conv", to_tflite=lambda k: k.T,  # (out, in)
     ),
     KernelKind(
         "conv", keras.layers.Conv2D, "kernel", "CONV_2D", channel_axes=1, grouped=False, per_channel=True,
-        equalizable=True, requantize="conv", to_tflite=lambda k: k.transpose(3, 0, 1, 2),  # (out, h, w, in)
+        folds_batch_norm=True, equalizable=True, requantize="conv", to_tflite=lambda k: k.transpose(3, 0, 1, 2),  # (out, h, w, in)
     ),
     KernelKind(
         "depthwise", keras.layers.DepthwiseConv2D, "depthwise_kernel", "DEPTHWISE_CONV_2D", channel_axes=2,
-        grouped=True, per_channel=True, equalizable=True, requantize="depthwise",
+        grouped=True, per_channel=True, folds_batch_norm=True, equalizable=True, requantize="depthwise",
         to_tflite=lambda k: k.reshape(1, *k.shape[:2], -1),  # (1, h, w, in * m)
     ),
 )

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tf_keras.src.utils import control_flow_util
 
 from tfqat.quantization import pow2
-from tfqat.quantization.quantizers import exporting
+from tfqat.quantization.modes import EXPORTING, is_in
 
 OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -72,7 +72,7 @@ class Sigmoid(keras.layers.Layer):
         self.litert_table = bool(litert_table)
 
     def call(self, inputs, training=None):
-        if not self.litert_table or exporting():
+        if not self.litert_table or is_in(self, EXPORTING):
             return tf.sigmoid(inputs)
         if training is None:
             training = keras.backend.learning_phase()

@@ -18,14 +18,15 @@ import math
 from tfqat._keras import keras
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras.quantizers import FixedQuantizer
 
+from tfqat.quantization import tensors
 from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
+from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.layers import ScalarOp
-from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2BiasQuantizer, Pow2WeightQuantizer, ScaleGroup
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer, ScaleGroup
 
-_Wrapper = quantize_wrapper.QuantizeWrapper
+_Wrapper = tensors.Wrapper
 
 
 def _producers(layer) -> list:
@@ -43,19 +44,13 @@ def _producer(layer):
     return producers[0] if len(producers) == 1 else None
 
 
-def _own_quantizers(wrapper):
-    """(quantizer, range variables) of the wrapper's own power-of-two output quantizers."""
-    pairs = [
-        (activation.quantizer, activation._post_activation_vars)
-        for activation in getattr(wrapper, "_quantize_activations", [])
-        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_post_activation_vars")
+def _own_quantizers(layer):
+    """(quantizer, range variables) of the layer's own power-of-two quantizers of its int8 output."""
+    return [
+        (t.quantizer, t.variables)
+        for t in tensors.layer_tensors(layer)
+        if t.role in tensors.OUTPUT_ROLES and isinstance(t.quantizer, Pow2ActivationQuantizer)
     ]
-    pairs += [
-        (quantizer, wrapper._output_quantizer_vars)
-        for quantizer in getattr(wrapper, "_output_quantizers", None) or []
-        if isinstance(quantizer, Pow2ActivationQuantizer)
-    ]
-    return pairs
 
 
 def _scale_source(layer):
@@ -68,17 +63,15 @@ def _scale_source(layer):
 
 def _output_quantizer(layer):
     """(quantizer, its variables) of the tfqat quantizer of `layer`'s output, looking through pass-through layers."""
-    layer = _scale_source(layer)
-    if isinstance(layer, quantize_layer.QuantizeLayer):
-        return (layer.quantizer, layer.quantizer_vars) if isinstance(layer.quantizer, Pow2ActivationQuantizer) else None
-    own = _own_quantizers(layer) if isinstance(layer, _Wrapper) else []
+    own = _own_quantizers(_scale_source(layer))
     return own[0] if own else None
 
 
 def _fixed_exponent(layer):
     """The exponent of a fixed output scale (a sigmoid's 2**-8, a tanh's 2**-7), or None."""
-    for quantizer in getattr(layer, "_output_quantizers", None) or []:
-        if isinstance(quantizer, FixedQuantizer):
+    for tensor in tensors.layer_tensors(layer):
+        quantizer = tensor.quantizer
+        if tensor.role == tensors.OUTPUT and isinstance(quantizer, FixedQuantizer):
             exponent = math.log2((quantizer.init_max - quantizer.init_min) / 255.0)
             return exponent if exponent == round(exponent) else None
     return None
@@ -141,9 +134,8 @@ def _output_quantizers(wrapper, consumers):
     """The power-of-two quantizer that rounds this kernel layer's accumulator: the one before its own sigmoid,
     tanh or softmax (which TFLite runs as a separate op on the conv's int8 output), its own, or a fused ReLU's."""
     before = [
-        activation.quantizer
-        for activation in getattr(wrapper, "_quantize_activations", [])
-        if isinstance(activation.quantizer, Pow2ActivationQuantizer) and hasattr(activation, "_pre_activation_vars")
+        t.quantizer for t in tensors.layer_tensors(wrapper)
+        if t.role == tensors.BEFORE_ACTIVATION and isinstance(t.quantizer, Pow2ActivationQuantizer)
     ]
     if before:
         return before
@@ -215,17 +207,15 @@ def link_accumulators(qat_model) -> int:
         if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):
             continue
         input_quantizer = _output_quantizer(_producer(layer))
-        weights = [(w, q) for w, q, _ in layer._weight_vars]
-        kernel = [(w, q, v) for w, q, v in layer._weight_vars if isinstance(q, Pow2WeightQuantizer)]
-        if input_quantizer is None or not kernel:
+        weights = {t.role: t for t in tensors.layer_tensors(layer) if t.role in (tensors.KERNEL, tensors.BIAS)}
+        kernel = weights.get(tensors.KERNEL)
+        if input_quantizer is None or kernel is None or not hasattr(kernel.quantizer, "kernel_exponent"):
             continue
-        exponent = _accumulator_exponent(input_quantizer, *kernel[0])
-        for _, quantizer in weights:
-            if isinstance(quantizer, Pow2BiasQuantizer):
-                quantizer.accumulator_exponent = exponent
-        depthwise = isinstance(layer.layer, keras.layers.DepthwiseConv2D)
+        exponent = _accumulator_exponent(input_quantizer, kernel.weight, kernel.quantizer, kernel.variables)
+        if tensors.BIAS in weights:
+            weights[tensors.BIAS].quantizer.accumulator_exponent = exponent
         for quantizer in _output_quantizers(layer, consumers):
             quantizer.accumulator_exponent = exponent
-            quantizer.kernel = "depthwise" if depthwise else "conv"
+            quantizer.kernel = kernel_kind(layer).requantize
         linked += 1
     return linked

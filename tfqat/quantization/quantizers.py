@@ -4,9 +4,7 @@ A quantizer only creates its variables (`build`) and fake-quantizes (`__call__`)
 the math lives in `tfqat.quantization.pow2`.
 """
 
-import contextlib
 import weakref
-from typing import ContextManager, Iterator
 
 from tfqat._keras import keras
 
@@ -15,6 +13,7 @@ import tensorflow_model_optimization as tfmot
 
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
+from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -144,9 +143,6 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         zero point -128 in the int8 model, twice the resolution of [-128, 127] * 2**k.
     """
 
-    _collecting = False  # set by `collecting_ranges`, read when a graph is traced
-    _exporting = False  # set by `tracing_for_export`, read when a graph is traced
-
     def __init__(self, ema_decay: float = 0.99, unsigned: bool = False):
         if not 0.0 <= float(ema_decay) < 1.0:
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
@@ -207,7 +203,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         return self.unsigned
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if training or Pow2ActivationQuantizer._collecting:
+        if training or is_in(self, COLLECTING_RANGES):
             with tf.control_dependencies([self._update(inputs, weights, bool(training))]):
                 exponent = self.exponent(weights)
         else:
@@ -216,7 +212,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # steps 2.7x slower on MobileNetV2. Training needs the quantization noise, not the exact
         # ties (FakeQuant's rounding is at most one step away), so only inference, which must
         # match the int8 model, pays for it.
-        litert_rounding = not training and not Pow2ActivationQuantizer._exporting
+        litert_rounding = not training and not is_in(self, EXPORTING)
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
             inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator,
@@ -266,33 +262,8 @@ class Pow2BiasQuantizer(ConfigEquality, _Quantizer):
         return {}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if Pow2ActivationQuantizer._exporting or self.accumulator_exponent is None:
+        if is_in(self, EXPORTING) or self.accumulator_exponent is None:
             return inputs
         scale = tf.stop_gradient(tf.pow(2.0, self.accumulator_exponent()))
         rounded = pow2.round_half_away_from_zero(inputs / scale) * scale
         return inputs + tf.stop_gradient(rounded - inputs)
-
-
-def collecting_ranges() -> ContextManager[None]:
-    """Within this block, graphs traced in inference mode widen activation ranges to the data seen."""
-    return _class_flag("_collecting")
-
-
-def exporting() -> bool:
-    """True while a graph is traced for the TFLite converter (see `tracing_for_export`)."""
-    return Pow2ActivationQuantizer._exporting
-
-
-def tracing_for_export() -> ContextManager[None]:
-    """Within this block, traced graphs carry plain FakeQuant ops only, which the TFLite converter reads."""
-    return _class_flag("_exporting")
-
-
-@contextlib.contextmanager
-def _class_flag(name: str) -> Iterator[None]:
-    """Sets a Pow2ActivationQuantizer class flag for the block (read when graphs are traced), then clears it."""
-    setattr(Pow2ActivationQuantizer, name, True)
-    try:
-        yield
-    finally:
-        setattr(Pow2ActivationQuantizer, name, False)

@@ -20,7 +20,7 @@ of what the relaxation finds (docs/experiments.md), and the better of the
 two ends is kept.
 Layouts: a kernel is grouped as (G, D, M): G independent groups (1 for
 Conv2D/Dense, the channels of a DepthwiseConv2D), D inputs per output (the
-patch), M outputs per group. Pure TensorFlow math; `tfqat.ptq.adaround`
+patch), M outputs per group. Pure TensorFlow math; `tfqat.post_training.adaround`
 collects the moments from a Keras model.
 """
 

@@ -16,11 +16,12 @@ thresholds at 1e-2 beside weights at 1e-6 or so; here 100 x the QAT rate).
 from tfqat._keras import keras
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
 from tfqat.quantization import pow2, tqt
 from tfqat.quantization.kinds import kind_named
+from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, per_channel_max
+from tfqat.quantization.tensors import KERNEL, quantized_tensors
 
 _register = keras.utils.register_keras_serializable(package="tfqat")
 
@@ -78,7 +79,7 @@ class TQTWeightQuantizer(Pow2WeightQuantizer):
         return tqt.exponent_from_log2_threshold(self.log2_threshold(variables))
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if not training or Pow2ActivationQuantizer._exporting:
+        if not training or is_in(self, EXPORTING):
             return self.fake_quant(inputs, tf.stop_gradient(self.kernel_exponent(inputs, weights)))
         shape = tf.shape(inputs)
         channels = self._channels(inputs.shape)
@@ -124,14 +125,14 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
         return variables["log2_threshold"] * self.threshold_gain
 
     def own_exponent(self, weights):
-        if Pow2ActivationQuantizer._collecting:  # calibration: the range seen so far, as plain PTQ
+        if is_in(self, COLLECTING_RANGES):  # calibration: the range seen so far, as plain PTQ
             return super().own_exponent(weights)
         return tqt.exponent_from_log2_threshold(self.own_log2_threshold(weights), self.unsigned)
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if training and not Pow2ActivationQuantizer._collecting and not Pow2ActivationQuantizer._exporting:
+        if training and not is_in(self, COLLECTING_RANGES) and not is_in(self, EXPORTING):
             return tqt.tqt_fake_quant(inputs, self.log2_threshold(weights), *pow2.activation_steps(self.unsigned))
-        return super().__call__(inputs, False if not Pow2ActivationQuantizer._collecting else training, weights)
+        return super().__call__(inputs, False if not is_in(self, COLLECTING_RANGES) else training, weights)
 
     def initial_log2_threshold(self, variables):
         """The threshold whose scale is the plain power-of-two scale of the calibrated range."""
@@ -141,22 +142,6 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
         return {**super().get_config(), "threshold_gain": self.threshold_gain}
 
 
-def _quantizers(model):
-    """(quantizer, its variables, the weight it quantizes or None) for every TFMOT quantizer of a QAT model."""
-    for layer in model.layers:
-        if isinstance(layer, quantize_layer.QuantizeLayer):
-            yield layer.quantizer, layer.quantizer_vars, None
-        if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            continue
-        for weight, quantizer, variables in layer._weight_vars:
-            yield quantizer, variables, weight
-        for activation in getattr(layer, "_quantize_activations", []):
-            if hasattr(activation, "_post_activation_vars"):
-                yield activation.quantizer, activation._post_activation_vars, None
-        for quantizer in getattr(layer, "_output_quantizers", None) or []:
-            yield quantizer, layer._output_quantizer_vars, None
-
-
 def init_thresholds(model, *, weights: bool = True, activations: bool = True) -> int:
     """Set every trained threshold of a QAT model to the plain power-of-two scale of its weights or range.
 
@@ -164,10 +149,13 @@ def init_thresholds(model, *, weights: bool = True, activations: bool = True) ->
     `calibrate` sets the activations' from the ranges it collects. Returns how many were set.
     """
     count = 0
-    for quantizer, variables, weight in _quantizers(model):
-        if weights and isinstance(quantizer, TQTWeightQuantizer):
-            value = quantizer.initial_log2_threshold(weight)
-        elif activations and isinstance(quantizer, TQTActivationQuantizer):
+    for tensor in quantized_tensors(model):
+        quantizer, variables = tensor.quantizer, tensor.variables
+        if not hasattr(quantizer, "initial_log2_threshold"):
+            continue  # not a trained-threshold quantizer
+        if tensor.role == KERNEL and weights:
+            value = quantizer.initial_log2_threshold(tensor.weight)
+        elif tensor.role != KERNEL and activations:
             value = quantizer.initial_log2_threshold(variables)
         else:
             continue

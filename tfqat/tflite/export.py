@@ -18,7 +18,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tfqat.graph import functional
 from tfqat.files import write_atomic
-from tfqat.quantization.quantizers import tracing_for_export
+from tfqat.quantization.modes import tracing_for_export
 from tfqat.tflite.constants import requantize_shared_constants
 
 LABELS_METADATA = "tfqat_labels"
@@ -34,7 +34,7 @@ def make_converter(model):
     # Without AutoGraph: inference has no tensor-dependent Python control flow, and converting the
     # quantizers' code took a third of the trace.
     function = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False), autograph=False)
-    with tracing_for_export():
+    with tracing_for_export(model):
         concrete = function.get_concrete_function(*specs)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     # Freeze the function directly: lowering to a SavedModel first re-traces every

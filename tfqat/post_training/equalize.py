@@ -27,6 +27,7 @@ from tfqat._keras import keras
 from tfqat.graph import functional
 from tfqat.data.batches import image_batches
 from tfqat.graph.canonical import canonical_model
+from tfqat.quantization.kinds import kernel_kind
 
 # Layers that commute with a positive per-channel scale, so a pair may reach across them.
 _PASS_THROUGH = (keras.layers.ZeroPadding2D,)
@@ -42,11 +43,12 @@ class Pair:
 
 
 def _is_kernel_layer(layer) -> bool:
-    """A channels-last Conv2D (not grouped) or DepthwiseConv2D with one filter per channel."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        plain = layer.depth_multiplier == 1
-    else:
-        plain = type(layer) is keras.layers.Conv2D and layer.groups == 1
+    """A channels-last equalizable conv (`tfqat.quantization.kinds`): an ungrouped Conv2D, or a DepthwiseConv2D
+    with one filter per channel."""
+    kind = kernel_kind(layer)
+    if kind is None or not kind.equalizable:
+        return False
+    plain = layer.depth_multiplier == 1 if kind.grouped else layer.groups == 1
     return plain and layer.data_format == "channels_last"
 
 
@@ -114,9 +116,7 @@ def clipped_fractions(model, pairs, images, steps: Optional[int] = None) -> dict
 
 def _output_ranges(layer, kernel) -> np.ndarray:
     """Largest |weight| of each output channel (a depthwise kernel's channel is its input channel)."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return _input_ranges(kernel)
-    return np.abs(kernel).max(axis=(0, 1, 2))
+    return np.abs(kernel).reshape(-1, kernel_kind(layer).output_channels(kernel.shape)).max(axis=0)
 
 
 def _input_ranges(kernel) -> np.ndarray:
@@ -140,10 +140,7 @@ def equalization_scales(first_ranges, second_ranges) -> np.ndarray:
 
 def _scale_output_channels(layer, weights, scales) -> None:
     kernel = weights[0]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        weights[0] = kernel / scales.reshape(1, 1, -1, 1)
-    else:
-        weights[0] = kernel / scales.reshape(1, 1, 1, -1)
+    weights[0] = kernel / scales.reshape(kernel_kind(layer).channel_shape(kernel.shape))
     if len(weights) > 1:
         weights[1] = weights[1] / scales
 

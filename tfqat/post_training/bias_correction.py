@@ -17,36 +17,30 @@ import tensorflow as tf
 
 from tfqat._keras import keras
 from tfqat.quantization.configs import KernelQuantizeConfig
-from tfqat.quantization.quantizers import Pow2WeightQuantizer
+from tfqat.quantization.kinds import kernel_kind
+from tfqat.quantization.tensors import BIAS, KERNEL, layer_tensors
 from tfqat.data.batches import image_batches
-
-_KERNEL_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-
 
 def kernel_layers(qat_model) -> list:
     """(wrapper, kernel variable, kernel quantizer, its variables, bias variable) of every quantized conv/dense."""
     found = []
     for layer in qat_model.layers:
-        config = getattr(layer, "quantize_config", None)
-        if not isinstance(config, KernelQuantizeConfig) or not isinstance(layer.layer, _KERNEL_LAYERS):
-            continue
-        if not layer.layer.use_bias:
-            continue
-        kernel = [(w, q, v) for w, q, v in layer._weight_vars if isinstance(q, Pow2WeightQuantizer)]
-        bias = [w for w, q, _ in layer._weight_vars if not isinstance(q, Pow2WeightQuantizer)]
-        if kernel and bias:
-            found.append((layer, *kernel[0], bias[0]))
+        weights = {t.role: t for t in layer_tensors(layer) if t.role in (KERNEL, BIAS)}
+        if KERNEL in weights and BIAS in weights and isinstance(layer.quantize_config, KernelQuantizeConfig):
+            kernel = weights[KERNEL]
+            found.append((layer, kernel.weight, kernel.quantizer, kernel.variables, weights[BIAS].weight))
     return found
 
 
 def layer_response(layer, inputs, kernel):
     """The linear part of a Conv2D, DepthwiseConv2D or Dense `layer` applied to `inputs` with another `kernel`."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    op = kernel_kind(layer).tflite_op
+    if op == "DEPTHWISE_CONV_2D":
         strides = (1, *layer.strides, 1)
         return tf.nn.depthwise_conv2d(
             inputs, kernel, strides, layer.padding.upper(), dilations=layer.dilation_rate
         )
-    if isinstance(layer, keras.layers.Conv2D):
+    if op == "CONV_2D":
         return tf.nn.conv2d(inputs, kernel, layer.strides, layer.padding.upper(), dilations=layer.dilation_rate)
     return tf.tensordot(inputs, kernel, axes=1)
 

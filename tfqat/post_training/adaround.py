@@ -19,13 +19,13 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfqat._keras import keras
 from tfqat.quantization import rounding
+from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.quantizers import Pow2WeightQuantizer
 from tfqat.data.batches import image_batches
-from tfqat.ptq.bias_correction import kernel_layers
+from tfqat.post_training.bias_correction import kernel_layers
 from tfqat.graph.canonical import canonical_model
-from tfqat.ptq.layerwise import float_twins, run_side_by_side
+from tfqat.post_training.layerwise import float_twins, run_side_by_side
 
 _CHUNK = 8  # images per moment update: a depthwise layer's patches of 8 images at 112 px take about 100 MB
 # Moments from at most this many input rows per layer (whole images, in order): 21 images of a 112 px layer,
@@ -34,9 +34,9 @@ MAX_ROWS = 2**18
 
 
 def grouped_kernel(layer, kernel) -> np.ndarray:
-    """A Conv2D/Dense kernel as (1, D, M); a DepthwiseConv2D one (h, w, C, dm) as (C, h*w, dm)."""
+    """A Conv2D/Dense kernel as (1, D, M); a grouped (DepthwiseConv2D) one (h, w, C, dm) as (C, h*w, dm)."""
     kernel = np.asarray(kernel)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if kernel_kind(layer).grouped:
         h, w, channels, multiplier = kernel.shape
         return kernel.reshape(h * w, channels, multiplier).transpose(1, 0, 2)
     return kernel.reshape(1, -1, kernel.shape[-1])
@@ -44,7 +44,7 @@ def grouped_kernel(layer, kernel) -> np.ndarray:
 
 def ungrouped_kernel(layer, grouped, shape) -> np.ndarray:
     """The inverse of `grouped_kernel`."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if kernel_kind(layer).grouped:
         return grouped.transpose(1, 0, 2).reshape(shape)
     return grouped.reshape(shape)
 
@@ -54,7 +54,7 @@ def grouped_scale(layer, exponent) -> np.ndarray:
     scale = np.exp2(np.asarray(exponent, np.float64)).astype(np.float32)
     if scale.ndim == 0:
         return scale
-    if isinstance(layer, keras.layers.DepthwiseConv2D):  # output channel c * dm + m
+    if kernel_kind(layer).grouped:  # output channel c * dm + m
         multiplier = layer.depth_multiplier
         return scale.reshape(-1, 1, multiplier)
     return scale.reshape(1, 1, -1)
@@ -63,7 +63,8 @@ def grouped_scale(layer, exponent) -> np.ndarray:
 def patches(layer, inputs) -> tf.Tensor:
     """The layer's input patches as (rows, G, D): one row per output position, laid out as `grouped_kernel`."""
     inputs = tf.convert_to_tensor(inputs, tf.float32)
-    if isinstance(layer, keras.layers.Dense):
+    kind = kernel_kind(layer)
+    if kind.tflite_op == "FULLY_CONNECTED":
         return tf.reshape(inputs, [-1, 1, inputs.shape[-1]])
     if layer.data_format != "channels_last":
         raise ValueError(f"layer '{layer.name}': AdaRound needs channels_last convolutions")
@@ -73,7 +74,7 @@ def patches(layer, inputs) -> tf.Tensor:
         padding=layer.padding.upper(),
     )  # (N, H', W', h * w * C), in (h, w, C) order, the kernel's
     channels = inputs.shape[-1]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
+    if kind.grouped:
         return tf.transpose(tf.reshape(windows, [-1, h * w, channels]), [0, 2, 1])
     return tf.reshape(windows, [-1, 1, h * w * channels])
 
@@ -112,10 +113,6 @@ def layer_moments(layer, inputs_q, inputs_f, centred: bool = True, max_rows: int
         if sums.count >= max_rows:
             break
     return sums.moments(centred)
-
-
-def _float_kernel(layer):
-    return layer.depthwise_kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer.kernel
 
 
 def _sample_images(images, steps: Optional[int]) -> np.ndarray:
@@ -162,7 +159,7 @@ def adaround(
             return
         kernel, quantizer, variables, bias = layers[layer.name]
         float_layer = twin(layer)
-        float_kernel = np.asarray(_float_kernel(float_layer))
+        float_kernel = np.asarray(kernel_kind(float_layer).kernel(float_layer))
         float_bias = np.asarray(float_layer.bias)
         mean_q, mean_f, moments, rows = layer_moments(layer.layer, inputs_q[0], inputs_f[0], centred=bias_correction)
         exponent = quantizer.kernel_exponent(tf.constant(float_kernel), variables)
