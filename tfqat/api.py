@@ -16,6 +16,7 @@ from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.modes import collecting_ranges
 from tfqat.quantization.saving import LOADING_OBJECTS
 from tfqat.quantization.options import QuantizeOptions
+from tfqat.quantization.rounding import ITERATIONS
 from tfqat.quantization.registry import unsupported_reason
 from tfqat.quantization.scheme import Pow2QuantizeScheme
 from tfqat.quantization.tensors import quantized_tensors
@@ -164,8 +165,8 @@ def load_model(path, **kwargs):
 
 def ptq(
     model, images, *, equalize: bool = True, bias_correction: bool = True, adaround: bool = True,
-    per_channel: bool = False, unsigned_activations: bool = False, steps: Optional[int] = None,
-    verbose: bool = True,
+    per_channel: bool = False, unsigned_activations: bool = False, trained_thresholds: bool = False,
+    steps: Optional[int] = None, iterations: int = ITERATIONS, verbose: bool = True,
 ):
     """Label-free power-of-two post-training quantization in one call; returns the quantized (QAT) model.
 
@@ -180,8 +181,10 @@ def ptq(
       images: sample inputs (no labels needed): an array, or a re-iterable batch source such as a
         tf.data.Dataset (it is read up to four times); 512 to 1,024 images are plenty.
       equalize, bias_correction, adaround: the steps around calibration; all on by default.
-      per_channel, unsigned_activations: as in `quantize_model`.
+      per_channel, unsigned_activations, trained_thresholds: as in `quantize_model` (trained thresholds start
+        from the calibrated scales, and AdaRound rounds on them: a QAT start).
       steps: how many batches each step reads (default: all).
+      iterations: AdaRound's optimizer steps per layer.
       verbose: adaround's progress, one line per layer on stderr.
     """
     if iter(images) is images:
@@ -192,10 +195,16 @@ def ptq(
     from tfqat.post_training.equalize import equalize as equalize_model
 
     float_model = equalize_model(model, images, steps=steps) if equalize else model
-    qat = quantize_model(float_model, per_channel=per_channel, unsigned_activations=unsigned_activations)
+    qat = quantize_model(
+        float_model, per_channel=per_channel, unsigned_activations=unsigned_activations,
+        trained_thresholds=trained_thresholds,
+    )
     calibrate(qat, images, steps)
     if adaround:
-        adaround_model(qat, float_model, images, bias_correction=bias_correction, steps=steps, verbose=verbose)
+        adaround_model(
+            qat, float_model, images, bias_correction=bias_correction, steps=steps, iterations=iterations,
+            verbose=verbose,
+        )
     elif bias_correction:
         correct_biases(qat, images, steps)
     return qat

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfqat.files import write_atomic
 from tfqat import __version__, distribute
-from tfqat.api import calibrate, quantize_model
+from tfqat.api import ptq, quantize_model
 from tfqat.data import images
 from tfqat.data.folders import to_arrays
 from tfqat.data.labels import write_labels
@@ -33,8 +33,6 @@ from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
-from tfqat.post_training.adaround import adaround
-from tfqat.post_training.bias_correction import correct_biases
 from tfqat.post_training.equalize import equalize
 from tfqat.graph.canonical import canonical_model
 
@@ -205,23 +203,20 @@ class Run:
         if recipe.equalize and self._equalized_float_model is None:
             self._equalized_float_model = equalize(self.float_model(), self._calibration_batches())
         float_model = self._equalized_float_model if recipe.equalize else self.float_model()
-        qat = quantize_model(
-            float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
+        options = dict(
+            per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
             unsigned_activations=recipe.unsigned_activations,
         )
         key = recipe.calibration()
-        if key not in self._calibrated:
-            calibrate(qat, self._calibration_batches())
-            if recipe.adaround:
-                adaround(
-                    qat, float_model, self.calibration_images, bias_correction=recipe.bias_correction,
-                    iterations=self.options.adaround_iterations,
-                )
-            elif recipe.bias_correction:
-                correct_biases(qat, self._calibration_batches())
-            self._calibrated[key] = qat.get_weights()
-        else:
+        if key in self._calibrated:  # the same calibration (and rounding) as an earlier method's
+            qat = quantize_model(float_model, **options)
             qat.set_weights(self._calibrated[key])
+            return qat
+        qat = ptq(  # the equalized model is kept for the debugger, so ptq need not equalize again
+            float_model, self._calibration_batches(), equalize=False, bias_correction=recipe.bias_correction,
+            adaround=recipe.adaround, iterations=self.options.adaround_iterations, **options,
+        )
+        self._calibrated[key] = qat.get_weights()
         return qat
 
     def _validation_metrics(self, model) -> dict:
