@@ -15,6 +15,7 @@ LIBRARY = {
     "post_training": {"quantization", "graph", "data"},
     "tflite": {"quantization", "graph", "data"},
     "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
+    "integer": {"tflite"},  # the executor reads tflite.ops (no TensorFlow); its comparison runs tflite.litert
 }
 HELPERS = {"tfqat", "tfqat._keras", "tfqat.files"}
 

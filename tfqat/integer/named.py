@@ -1,0 +1,93 @@
+"""The int8 ops that are not a shift, computed as the runtimes compute them (the verifier names these).
+
+SOFTMAX: gemmlowp fixed point (input x beta rescaled to Q5.26, exp on negative values, a sum in
+Q12.19, its reciprocal, a rounding shift to 1/256 steps), in LiteRT's reference kernels and in TFLite
+Micro. LOGISTIC: LiteRT fills a 256-entry table with float32 1 / (1 + exp(-x)) rounded half away from
+zero ("litert"); TFLite Micro computes gemmlowp's fixed-point logistic from Q4.27 ("micro"). MEAN over
+a count that is not a power of two: the sum times a Q31 multiplier (s_in / s_out) / count. And
+AVERAGE_POOL_2D: the window's sum divided by the number of in-bounds elements, ties away from zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tfqat.integer import fixedpoint as fp
+from tfqat.integer.kernels import activation_range, reduced_axes, windows
+from tfqat.integer.model import Operator, Tensor
+
+_SOFTMAX_DIFF_BITS, _SOFTMAX_SUM_BITS = 5, 12
+_LOGISTIC_INPUT_BITS = 4
+
+
+def _input_radius(integer_bits: int, left_shift: int, total_bits: int = 31) -> int:
+    """The largest input difference that does not saturate after rescaling (TFLite's CalculateInputRadius)."""
+    return math.floor(((1 << integer_bits) - 1) * 2.0 ** (total_bits - integer_bits) / 2.0**left_shift)
+
+
+def softmax(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+    x_t = tensors[0]
+    real = min(op.options.get("beta", 1.0) * x_t.scales[0] * 2.0 ** (31 - _SOFTMAX_DIFF_BITS), 2.0**31 - 1)
+    multiplier, left_shift = fp.quantize_multiplier(real)
+    diff_min = -_input_radius(_SOFTMAX_DIFF_BITS, left_shift)
+    x = values[0]
+    diff = x - x.max(axis=-1, keepdims=True)
+    valid = diff >= diff_min
+    rescaled = fp.rounding_doubling_high_mul(fp.wrap32(diff << left_shift), multiplier)
+    exps = fp.exp_on_negative_values(rescaled, _SOFTMAX_DIFF_BITS)
+    total = np.sum(np.where(valid, fp.rounding_divide_by_pot(exps, _SOFTMAX_SUM_BITS), 0), axis=-1, keepdims=True)
+    scale, bits_over_unit = fp.reciprocal(total, _SOFTMAX_SUM_BITS)
+    steps = fp.rounding_divide_by_pot(fp.rounding_doubling_high_mul(scale, exps), bits_over_unit + 31 - 8)
+    return np.where(valid, np.clip(steps - 128, -128, 127), -128)
+
+
+def logistic(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+    x_t, out = tensors
+    if flavour == "micro":
+        return _logistic_fixed_point(x_t, values[0] - x_t.zero_point)
+    table = _logistic_table(x_t.scales[0], x_t.zero_point, out.scales[0], out.zero_point)
+    return table[values[0] + 128]
+
+
+def _logistic_table(in_scale: float, in_zero: int, out_scale: float, out_zero: int) -> np.ndarray:
+    steps = np.arange(-128, 128, dtype=np.int64)
+    x = np.float32(in_scale) * (steps - in_zero).astype(np.float32)
+    e = np.exp(-x.astype(np.float64)).astype(np.float32)  # a correctly rounded float32 expf
+    y = (np.float32(1) / (np.float32(1) + e)) * (np.float32(1) / np.float32(out_scale))
+    rounded = np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))  # exact for float32 y: |y| + 0.5 < 2**24
+    return np.clip(rounded.astype(np.int64) + out_zero, -128, 127)
+
+
+def _logistic_fixed_point(x_t: Tensor, x: np.ndarray) -> np.ndarray:
+    mantissa, left_shift = math.frexp(x_t.scales[0] * 2.0 ** (31 - _LOGISTIC_INPUT_BITS))
+    multiplier = int(math.floor(mantissa * 2**31 + 0.5))
+    radius = _input_radius(_LOGISTIC_INPUT_BITS, left_shift)
+    q4 = fp.multiply_by_quantized_multiplier(x, multiplier, left_shift)
+    steps = fp.rounding_divide_by_pot(fp.logistic(q4, _LOGISTIC_INPUT_BITS), 31 - 8) - 128
+    steps = np.clip(steps, -128, 127)
+    return np.where(x <= -radius, -128, np.where(x >= radius, 127, steps))
+
+
+def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+    x_t, out = tensors[0], tensors[-1]
+    axes = reduced_axes(op, values, values[0].ndim)
+    count = int(np.prod([values[0].shape[a] for a in axes]))
+    total = np.sum(values[0] - x_t.zero_point, axis=axes, keepdims=bool(op.options.get("keepDims")))
+    multiplier, shift = fp.quantize_multiplier(x_t.scales[0] / out.scales[0])
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    multiplier, shift = (multiplier << extra) // count, shift - extra
+    steps = fp.multiply_by_quantized_multiplier(total, multiplier, shift) + out.zero_point
+    return np.clip(steps, -128, 127)
+
+
+def average_pool_2d(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+    out = tensors[-1]
+    o = op.options
+    kh, kw = o["filterHeight"], o["filterWidth"]
+    x = values[0]
+    total = windows(x, kh, kw, o, out.shape[1:3]).sum(axis=(-2, -1))
+    count = windows(np.ones((1, *x.shape[1:3], 1), np.int64), kh, kw, o, out.shape[1:3]).sum(axis=(-2, -1))
+    low, high = activation_range(out, o.get("fusedActivationFunction", 0))
+    return np.clip(fp.divide_round_half_away(total, count), low, high)
