@@ -411,6 +411,63 @@ def _debug(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_execute(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "execute",
+        help="run a shift-only int8 .tflite with tfqat's integer reference executor; compare with runtimes",
+        description="Run a shift-only int8 .tflite op by op in numpy (integer adds and shifts; the ops that are not "
+        "shifts computed as the runtimes do) on images from a folder (image contract, x / 127.5 - 1) or on random "
+        "int8 inputs, report how many values per tensor were rounding ties, and with --compare count the elements "
+        "of every tensor that differ from LiteRT's kernels or TFLite Micro. Exit code 1 when any differ.",
+    )
+    parser.add_argument("model", help="the .tflite file")
+    parser.add_argument("--images", default=None, help="folder of sample images (default: random int8 inputs)")
+    parser.add_argument("--count", type=int, default=16, help="how many images or random inputs (default 16)")
+    parser.add_argument("--ties", default=None, help="a runtime's rounding (reference, builtin, xnnpack, micro) or a "
+                        "tie rule (tflite_double, half_away_from_zero, half_up, half_even, double_half_up); "
+                        "default: the compared runtime's, else reference")
+    parser.add_argument("--compare", action="append", default=[], choices=("reference", "builtin", "xnnpack", "micro"),
+                        help="a runtime to compare every tensor with (repeatable; xnnpack: outputs only)")
+    parser.add_argument("--local", action="store_true", help="feed each op the runtime's own inputs (judge ops alone)")
+    parser.add_argument("--tensors", action="store_true", help="list every tensor, not only those that differ")
+    parser.set_defaults(handler=_execute)
+
+
+def _execute(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tfqat.integer.compare import compare
+    from tfqat.integer.executor import IntegerModel
+
+    if args.count < 1:
+        raise ValueError(f"--count {args.count} is not valid; use a positive number of inputs")
+    program = IntegerModel(args.model, ties=args.ties or (args.compare[0] if args.compare else "reference"))
+    [spec] = program.inputs
+    if args.images:
+        from tfqat.data.images import folder_images
+        from tfqat.tflite.litert import describe, quantize
+
+        inputs = quantize(folder_images(args.images, args.count, spec.shape[1]), describe(args.model).inputs[0])
+    else:
+        inputs = np.random.default_rng(0).integers(-128, 128, (args.count, *spec.shape[1:])).astype(spec.dtype)
+    result = program.run(inputs)
+    ties = sum(result.ties.values())
+    print(f"{args.model}: {len(inputs)} input(s), {len(program.graph.operators)} ops; {ties} rounding ties in "
+          f"{sum(1 for n in result.ties.values() if n)} tensors; ops that are not shifts: {len(result.named)}")
+    for line in result.named:
+        print(f"  {line}")
+    if args.tensors:
+        for index, count in result.ties.items():
+            print(f"  tensor {index:>4} {program.graph.tensors[index].name.split(';')[0][:60]:<60} ties {count}")
+    differ = 0
+    for runtime in args.compare:
+        checked = program if args.ties or runtime == args.compare[0] else IntegerModel(args.model, ties=runtime)
+        agreement = compare(checked, inputs, runtime, local=args.local)
+        print(agreement.summary(verbose=args.tensors))
+        differ += agreement.mismatched
+    return EXIT_FAILED if differ else EXIT_OK
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
     _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
@@ -430,6 +487,7 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_debug,
     _add_export,
     _add_verify,
+    _add_execute,
     _add_evaluate,
 )
 
@@ -451,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 _USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
 _ERROR_CLASSES = {
     "tfqat.flowers.train": "TrainingError", "tfqat.tflite.export": "ExportError", "tfqat.tflite.litert": "TFLiteModelError",
+    "tfqat.integer.model": "ExecutorError",
 }
 
 

@@ -112,24 +112,19 @@ def compare(
     runtime: str = "reference",
     *,
     local: bool = False,
-    source: str | os.PathLike | bytes | None = None,
 ) -> Agreement:
     """Runs each input (one batch-of-one at a time) through the executor and a runtime and counts, per op
     output, the elements that differ.
 
     Args:
-      model: an IntegerModel (its tie rule and named flavour are used), or a path/bytes (default rule).
+      model: an IntegerModel (its tie rule and named flavour are used), or a path/bytes (then the
+        runtime's own measured profile is used).
       inputs: integer inputs [N, ...] for a single-input model.
       runtime: "reference", "builtin", "xnnpack" (outputs only) or "micro".
       local: feed every op the runtime's own inputs instead of the executor's.
-      source: the model file when `model` is an IntegerModel built from it (the runtime loads it).
     """
-    program = model if isinstance(model, IntegerModel) else IntegerModel(model)
-    if source is None:
-        if isinstance(model, IntegerModel):
-            raise ValueError("compare needs source= (the .tflite file) when given an IntegerModel")
-        source = model
-    target = RuntimeTensors(source, runtime)
+    program = model if isinstance(model, IntegerModel) else IntegerModel(model, ties=runtime)
+    target = RuntimeTensors(program.content, runtime)
     graph = program.graph
     ops = graph.operators
     wanted = [op.outputs[0] for op in ops]
@@ -138,7 +133,7 @@ def compare(
         x = np.asarray(inputs[k : k + 1])
         theirs = target.run([x], wanted + list(graph.inputs))
         if local:
-            ours, ties = _local(program, ops, theirs, x)
+            ours, ties = run_local(program, theirs, x)
         else:
             result = program.run(x)
             ours, ties = result.tensors, result.ties
@@ -157,9 +152,11 @@ def compare(
     return Agreement(runtime, "local" if local else "chained", len(inputs), tensors)
 
 
-def _local(program: IntegerModel, ops, theirs: dict[int, np.ndarray], x: np.ndarray):
-    """Every op on the runtime's inputs (the model input where the runtime has no value)."""
+def run_local(program: IntegerModel, theirs: dict[int, np.ndarray], x: np.ndarray):
+    """Every op of the executor on the runtime's tensors as inputs: (outputs by tensor, ties by tensor).
+    An op whose input the runtime does not expose gets the executor's own value (XNNPACK)."""
     graph = program.graph
+    ops = graph.operators
     known = {graph.inputs[0]: x, **theirs}
     ours: dict[int, np.ndarray] = {}
     ties: dict[int, int] = {}
@@ -169,8 +166,6 @@ def _local(program: IntegerModel, ops, theirs: dict[int, np.ndarray], x: np.ndar
             if i < 0:
                 continue
             value = graph.tensors[i].data if graph.tensors[i].data is not None else known.get(i, ours.get(i))
-            if value is None:
-                return ours, ties  # XNNPACK: no intermediate values to start from
             operands.append(value)
         ours[op.outputs[0]] = program.run_op(op.index, operands, ties)
     return ours, ties

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfqat.integer import kernels, named
 from tfqat.integer.kernels import activation_range, exponent
-from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, read_graph
+from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, model_bytes, read_graph
 from tfqat.integer.profiles import PROFILES, Profile
 from tfqat.integer.rounding import RULES, LaneSplit, check_rule, count_ties, shift_round
 from tfqat.tflite.ops import op_kind
@@ -85,7 +85,8 @@ class IntegerModel:
         if named not in NAMED_FLAVOURS:
             raise ValueError(f"named={named!r} is not valid; choose one of {list(NAMED_FLAVOURS)}")
         self.flavour = named
-        self.graph: Graph = read_graph(model)
+        self.content, self.source = model_bytes(model)
+        self.graph: Graph = read_graph(self.content, self.source)
         self.steps = [self._plan(op) for op in self.graph.operators]
         self.named = tuple(line for _, line in self.steps if line)
 
@@ -101,11 +102,12 @@ class IntegerModel:
         tensors = [self.graph.tensors[i] for i in op.inputs if i >= 0] + [self.graph.tensors[i] for i in op.outputs]
         kind = op_kind(op.name)
         label = f"op {op.index} {op.name} ('{tensors[-1].name.split(';')[0]}')"
-        if op.name == "MEAN" and not _power_of_two(_mean_count(op, self.graph)):
-            return named.mean, f"{label}: divides by {_mean_count(op, self.graph)} averaged elements, not a shift"
-        if op.name in NAMED_KERNELS and op.name != "MEAN":
-            reason = kind.reason if kind is not None and kind.reason else "divides by its window size"
-            return NAMED_KERNELS[op.name], f"{label}: {reason}, computed as {self.flavour} does"
+        count = _mean_count(op, self.graph) if op.name == "MEAN" else 0
+        if op.name in NAMED_KERNELS and not (op.name == "MEAN" and _power_of_two(count)):
+            why = f"divides by {count} averaged elements" if count else "a nonlinear function"
+            why = "divides by its window size" if op.name == "AVERAGE_POOL_2D" else why
+            how = named.HOW[op.name, self.flavour]
+            return NAMED_KERNELS[op.name], f"{label}: {why}, not a shift; computed as {self.flavour} does: {how}"
         if op.name not in SHIFT_KERNELS:
             known = "not a shift" if kind is not None and kind.arithmetic == "named" else "not implemented"
             raise ExecutorError(f"{label}: the executor has no kernel for {op.name} ({known})")
@@ -161,7 +163,7 @@ class IntegerModel:
         return requantize
 
 
-def run(model, inputs, *, ties: Ties = DEFAULT_TIES, named: str | None = None, keep_tensors: bool = True) -> Result:
+def execute_tflite(model, inputs, *, ties: Ties = DEFAULT_TIES, named: str | None = None, keep_tensors: bool = True) -> Result:
     """Runs a shift-only int8 .tflite model on integer inputs with integer arithmetic only.
 
     Args:

@@ -32,7 +32,9 @@ def exponent(tensor: Tensor) -> np.ndarray:
     if bad.size:
         value = float(np.atleast_1d(scales)[bad[0]])
         where = f" (channel {bad[0]} of {np.size(scales)})" if np.size(scales) > 1 else ""
-        raise ExecutorError(f"{tensor.label} has scale {value:.6g}{where}, not a power of two: not shift-only")
+        raise ExecutorError(
+            f"{tensor.label} has scale {value:.6g} = 2^{np.log2(value):.3f}{where}, not a power of two: not shift-only"
+        )
     return (power - 1).astype(np.int64)
 
 

@@ -89,13 +89,14 @@ def model_bytes(model: str | os.PathLike | bytes) -> tuple[bytes, str]:
     return content, label
 
 
-def read_graph(model: str | os.PathLike | bytes) -> Graph:
+def read_graph(model: str | os.PathLike | bytes, label: str | None = None) -> Graph:
     """Parses a .tflite file or buffer; raises ExecutorError for anything that is not a one-graph model."""
-    content, label = model_bytes(model)
+    content, default_label = model_bytes(model)
+    label = label or default_label
     try:
         root = schema.ModelT.InitFromPackedBuf(content, 0)
     except Exception as error:  # noqa: BLE001  (a truncated or corrupt flatbuffer fails anywhere inside)
-        raise ExecutorError(f"{label} is a corrupt TFLite flatbuffer ({type(error).__name__})") from None
+        raise ExecutorError(f"{label} is a corrupt or truncated TFLite flatbuffer") from None
     if not root.subgraphs or len(root.subgraphs) != 1:
         count = len(root.subgraphs or ())
         raise ExecutorError(f"{label} has {count} subgraphs; the executor runs single-graph models")

@@ -18,6 +18,18 @@ from tfqat.integer import fixedpoint as fp
 from tfqat.integer.kernels import activation_range, reduced_axes, windows
 from tfqat.integer.model import Operator, Tensor
 
+HOW = {
+    ("SOFTMAX", "litert"): "gemmlowp fixed-point exp and reciprocal",
+    ("SOFTMAX", "micro"): "gemmlowp fixed-point exp and reciprocal",
+    ("LOGISTIC", "litert"): "a table of float32 1 / (1 + exp(-x))",
+    ("LOGISTIC", "micro"): "gemmlowp fixed-point logistic",
+    ("MEAN", "litert"): "the sum times a Q31 multiplier (s_in / s_out) / count",
+    ("MEAN", "micro"): "the sum times a Q31 multiplier (s_in / s_out) / count",
+    ("AVERAGE_POOL_2D", "litert"): "the window's sum divided by its element count",
+    ("AVERAGE_POOL_2D", "micro"): "the window's sum divided by its element count",
+}
+"""How each named op is computed, per flavour (the executor's report quotes it)."""
+
 _SOFTMAX_DIFF_BITS, _SOFTMAX_SUM_BITS = 5, 12
 _LOGISTIC_INPUT_BITS = 4
 
