@@ -19,6 +19,7 @@ def _quantizers(model):
     """(quantizer, its variables, the weight it quantizes or None) of every quantized tensor."""
     return [(t.quantizer, t.variables, t.weight) for t in quantized_tensors(model)]
 
+
 layers = keras.layers
 SIZE = 16
 
@@ -186,3 +187,18 @@ def test_bad_gain_is_a_clear_error():
         TQTWeightQuantizer(threshold_gain=0.0)
     with pytest.raises(ValueError, match="threshold_gain"):
         TQTActivationQuantizer(threshold_gain=-1.0)
+
+
+def test_calibration_sets_the_threshold_before_a_dense_softmax():
+    """A Dense layer with its own softmax quantizes its logits before the softmax; calibration starts that
+    threshold from the logits' range too (it once stayed at the placeholder range's)."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, kernel_initializer="ones")(inputs))
+    model = keras.Model(inputs, layers.Dense(5, activation="softmax", kernel_initializer="ones")(x))
+    qat = tfqat.quantize_model(model, trained_thresholds=True)
+    tfqat.calibrate(qat, np.abs(images(16, 2)))  # logits about 8 * 27 * 0.5 = 108, far outside [-6, 6]
+    [before] = [t for t in quantized_tensors(qat) if t.role == "before_activation"]
+    calibrated = tqt.activation_log2_threshold(before.variables["min_var"], before.variables["max_var"], False)
+    placeholder = tqt.activation_log2_threshold(-6.0, 6.0, False)
+    assert float(calibrated) != float(placeholder)
+    np.testing.assert_allclose(float(before.quantizer.own_log2_threshold(before.variables)), float(calibrated), rtol=1e-6)

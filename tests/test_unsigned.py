@@ -8,7 +8,8 @@ import pytest
 import tfqat
 from tfqat.quantization import pow2
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer
-from tfqat.quantization.thresholds import TQTActivationQuantizer, _quantizers
+from tfqat.quantization.tensors import quantized_tensors
+from tfqat.quantization.thresholds import TQTActivationQuantizer
 from tfqat.tflite.agreement import keras_tflite_agreement
 from tfqat.tflite.litert import load_interpreter
 
@@ -45,7 +46,7 @@ def test_only_relu_outputs_are_unsigned_and_the_export_is_shift_only(trained_thr
         if any(q.unsigned for q in getattr(layer, "_output_quantizers", None) or [] if isinstance(q, Pow2ActivationQuantizer))
     }
     assert flagged == {layer.name for layer in qat.layers if "re_lu" in layer.name} and len(flagged) == 2
-    everything = [q for q, _, _ in _quantizers(qat) if isinstance(q, Pow2ActivationQuantizer)]
+    everything = [t.quantizer for t in quantized_tensors(qat) if isinstance(t.quantizer, Pow2ActivationQuantizer)]
     assert sum(q.unsigned for q in everything) == 2  # the input, the Add, the pooling and the logits stay signed
     path = tfqat.export_tflite(qat, tmp_path / "unsigned.tflite")
     assert tfqat.verify_tflite(path).passed
