@@ -20,6 +20,7 @@ from tfqat.quantization.rounding import ITERATIONS
 from tfqat.quantization.registry import unsupported_reason
 from tfqat.quantization.scheme import Pow2QuantizeScheme
 from tfqat.quantization.tensors import quantized_tensors
+from tfqat.targets import DEFAULT_TARGET
 from tfqat.quantization.thresholds import init_thresholds
 
 
@@ -49,7 +50,8 @@ def _check_supported(model) -> None:
 
 def quantize_model(
     model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99,
-    trained_thresholds: bool = False, unsigned_activations: bool = False, strategy=None,
+    trained_thresholds: bool = False, unsigned_activations: bool = False, target: str = DEFAULT_TARGET,
+    strategy=None,
 ):
     """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
 
@@ -70,6 +72,9 @@ def quantize_model(
         weights' now, the activations' by `calibrate`) and trained by `model.fit`.
       unsigned_activations: ReLU outputs become unsigned, [0, 255] * 2**k with int8 zero point
         -128: twice the resolution of the signed grid for tensors that are never negative.
+      target: the runtime the int8 file will run on (`tfqat.targets.TARGETS`: "builtin", "reference",
+        "xnnpack", "micro", "half_up", "half_even"); the model's inference rounds every requantization
+        as that runtime does, and the export records it.
       strategy: a `tf.distribute.Strategy` whose scope creates the QAT model's
         variables (default: the current strategy); compile and fit it in the
         same scope.
@@ -77,7 +82,7 @@ def quantize_model(
     functional.check_functional(model)
     options = QuantizeOptions(
         per_channel=bool(per_channel), thresholds="trained" if trained_thresholds else "ranges",
-        unsigned_activations=bool(unsigned_activations), ema_decay=ema_decay,
+        unsigned_activations=bool(unsigned_activations), ema_decay=ema_decay, target=target,
     )
     # Only built-in layers and tfqat's quantizers from here on (_check_supported): none needs AutoGraph.
     with functional.autograph_off():
@@ -166,7 +171,7 @@ def load_model(path, **kwargs):
 def ptq(
     model, images, *, equalize: bool = True, bias_correction: bool = True, adaround: bool = True,
     per_channel: bool = False, unsigned_activations: bool = False, trained_thresholds: bool = False,
-    steps: Optional[int] = None, iterations: int = ITERATIONS, verbose: bool = True,
+    target: str = DEFAULT_TARGET, steps: Optional[int] = None, iterations: int = ITERATIONS, verbose: bool = True,
 ):
     """Label-free power-of-two post-training quantization in one call; returns the quantized (QAT) model.
 
@@ -181,7 +186,7 @@ def ptq(
       images: sample inputs (no labels needed): an array, or a re-iterable batch source such as a
         tf.data.Dataset (it is read up to four times); 512 to 1,024 images are plenty.
       equalize, bias_correction, adaround: the steps around calibration; all on by default.
-      per_channel, unsigned_activations, trained_thresholds: as in `quantize_model` (trained thresholds start
+      per_channel, unsigned_activations, trained_thresholds, target: as in `quantize_model` (trained thresholds start
         from the calibrated scales, and AdaRound rounds on them: a QAT start).
       steps: how many batches each step reads (default: all).
       iterations: AdaRound's optimizer steps per layer.
@@ -197,7 +202,7 @@ def ptq(
     float_model = equalize_model(model, images, steps=steps) if equalize else model
     qat = quantize_model(
         float_model, per_channel=per_channel, unsigned_activations=unsigned_activations,
-        trained_thresholds=trained_thresholds,
+        trained_thresholds=trained_thresholds, target=target,
     )
     calibrate(qat, images, steps)
     if adaround:

@@ -14,6 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
+from tfqat.targets import DEFAULT_TARGET
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -132,21 +133,24 @@ class OutputQuantizeConfig(_Pow2Config):
     """
 
     def __init__(self, ema_decay: float = 0.99, thresholds: str = None, unsigned: bool = False,
-                 trained_thresholds: bool = False):
+                 trained_thresholds: bool = False, target: str = DEFAULT_TARGET):
         if thresholds is None:  # `trained_thresholds`: the key of configs saved before `thresholds` existed
             thresholds = "trained" if trained_thresholds else "ranges"
         # Only the fields an output reads, so equal outputs compare equal whatever the kernels' granularity.
-        self.options = QuantizeOptions(ema_decay=ema_decay, thresholds=thresholds, unsigned_activations=bool(unsigned))
+        self.options = QuantizeOptions(
+            ema_decay=ema_decay, thresholds=thresholds, unsigned_activations=bool(unsigned), target=target,
+        )
 
     @classmethod
     def for_options(cls, options: QuantizeOptions, non_negative: bool = False):
         """The config of an output under `options`; unsigned when the option is on and the output is never negative."""
         unsigned = options.unsigned_activations and non_negative
-        return cls(ema_decay=options.ema_decay, thresholds=options.thresholds, unsigned=unsigned)
+        return cls(ema_decay=options.ema_decay, thresholds=options.thresholds, unsigned=unsigned, target=options.target)
 
     def get_config(self):
         o = self.options
-        return {"ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations}
+        target = {} if o.target == DEFAULT_TARGET else {"target": o.target}
+        return {"ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations, **target}
 
     def get_output_quantizers(self, layer):
         return [self.options.activation_quantizer(non_negative=True)]

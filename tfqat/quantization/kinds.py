@@ -37,7 +37,8 @@ class KernelKind:
       folds_batch_norm: a BatchNormalization after the layer folds into its kernel and bias.
       equalizable: the layer may be either side of a cross-layer equalization pair (with one filter
         per input channel, for a depthwise one).
-      requantize: the rounding rule of the op's accumulator (`tfqat.quantization.pow2.litert_requantize`).
+      requantize: the kind of accumulator its output quantizer requantizes (`tfqat.quantization.pow2.REQUANTIZING_OPS`:
+        the TFLite op whose rounding rule a target gives).
       to_tflite: the float kernel laid out as the TFLite op stores it.
     """
 
@@ -76,7 +77,7 @@ class KernelKind:
 KERNEL_KINDS = (
     KernelKind(
         "dense", keras.layers.Dense, "kernel", "FULLY_CONNECTED", channel_axes=1, grouped=False, per_channel=False,
-        folds_batch_norm=False, equalizable=False, requantize="conv", to_tflite=lambda k: k.T,  # (out, in)
+        folds_batch_norm=False, equalizable=False, requantize="dense", to_tflite=lambda k: k.T,  # (out, in)
     ),
     KernelKind(
         "conv", keras.layers.Conv2D, "kernel", "CONV_2D", channel_axes=1, grouped=False, per_channel=True,

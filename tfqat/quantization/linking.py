@@ -87,6 +87,22 @@ def _scale_exponent(layer):
     return None if fixed is None else (lambda: tf.constant(fixed, tf.float32))
 
 
+def _fused_output_quantizers(wrapper, consumers) -> list:
+    """The quantizers of a layer's int8 output: its own, or those of the one ReLU TFLite fuses into its op."""
+    outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
+    users = consumers.get(id(wrapper), [])
+    if not outputs and isinstance(wrapper.quantize_config, PassThroughQuantizeConfig) and len(users) == 1:
+        outputs = [quantizer for quantizer, _ in _own_quantizers(users[0])]
+    return outputs
+
+
+def _mark_add(wrapper, consumers) -> None:
+    """An Add's output quantizer (or its fused ReLU's) rounds as the target's ADD does."""
+    if isinstance(wrapper.layer, keras.layers.Add):
+        for quantizer in _fused_output_quantizers(wrapper, consumers):
+            quantizer.kernel = "add"
+
+
 def _link_product(wrapper, consumers) -> bool:
     """Hand a Multiply's (or a multiplying ScalarOp's) output quantizer, or that of the ReLU fused into
     it, the exponent of its int32 product."""
@@ -96,10 +112,7 @@ def _link_product(wrapper, consumers) -> bool:
         factors = [_scale_exponent(_producer(wrapper)), wrapper.layer.constant_exponent]
     else:
         return False
-    outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
-    users = consumers.get(id(wrapper), [])
-    if not outputs and isinstance(wrapper.quantize_config, PassThroughQuantizeConfig) and len(users) == 1:
-        outputs = [quantizer for quantizer, _ in _own_quantizers(users[0])]  # a ReLU TFLite fuses into the MUL
+    outputs = _fused_output_quantizers(wrapper, consumers)
     if len(factors) != 2 or any(f is None for f in factors) or not outputs:
         return False
     first, second = factors
@@ -201,6 +214,8 @@ def link_accumulators(qat_model) -> int:
             consumers.setdefault(id(producer), []).append(layer)
     linked = 0
     for layer in qat_model.layers:
+        if isinstance(layer, _Wrapper):
+            _mark_add(layer, consumers)
         if isinstance(layer, _Wrapper) and (_link_product(layer, consumers) or _link_mean(layer)):
             linked += 1
             continue

@@ -13,6 +13,7 @@ from typing import Optional
 
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer
 from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
+from tfqat.targets import DEFAULT_TARGET, target_named
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,14 @@ class QuantizeOptions:
       thresholds: the quantizer method, a key of `QUANTIZER_METHODS`: "ranges" or "trained" (TQT).
       unsigned_activations: ReLU outputs on the unsigned grid [0, 255] * 2**k (int8 zero point -128).
       ema_decay: moving-average decay of activation ranges in training, in [0, 1).
+      target: the runtime whose rounding the model's inference reproduces, a key of `tfqat.targets.TARGETS`.
     """
 
     per_channel: bool = False
     thresholds: str = "ranges"
     unsigned_activations: bool = False
     ema_decay: float = 0.99
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self):
         for name in ("per_channel", "unsigned_activations"):
@@ -60,6 +63,7 @@ class QuantizeOptions:
             msg = f"ema_decay={self.ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         object.__setattr__(self, "ema_decay", float(self.ema_decay))
+        target_named(self.target)  # a ValueError naming the valid targets
 
     @classmethod
     def from_fields(cls, options: Optional["QuantizeOptions"] = None, trained_thresholds: Optional[bool] = None,
@@ -84,11 +88,16 @@ class QuantizeOptions:
 
     def activation_quantizer(self, non_negative: bool = False):
         """The quantizer of an activation; unsigned when the option is on and the tensor is never negative."""
-        return self.method.activation(self.ema_decay, unsigned=self.unsigned_activations and non_negative)
+        unsigned = self.unsigned_activations and non_negative
+        return self.method.activation(self.ema_decay, unsigned=unsigned, target=self.target)
 
     def input_quantizer(self):
         """The quantizer of the model's input."""
-        return self.method.input(self.ema_decay)
+        return self.method.input(self.ema_decay, target=self.target)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields, the target only when not the default (configs saved before it existed compare equal)."""
+        fields = asdict(self)
+        if self.target == DEFAULT_TARGET:
+            del fields["target"]
+        return fields

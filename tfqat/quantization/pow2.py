@@ -14,7 +14,11 @@ requantization stays a shift.
 
 from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
+from typing import Optional
+
 import tensorflow as tf
+
+from tfqat.targets import SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 ACTIVATION_QMIN, ACTIVATION_QMAX = -128, 127
@@ -114,70 +118,95 @@ def round_half_away_from_zero(values):
 
 def fake_quant_activations(
     values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False,
-    kernel: str = "conv",
+    rule: Optional[RoundingRule] = None,
 ):
     """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned;
     `unsigned` may be a boolean tensor).
 
-    With `litert_rounding`, values are first rounded to the grid half away from
-    zero, as LiteRT's ADD (and QUANTIZE) requantization does, so a tie such as
-    -2.5 steps gives -3 as on the device, not FakeQuant's -2; FakeQuant then
-    only clamps.
-    With an `accumulator_exponent` too, the values are the int32 accumulator of
-    a conv/dense, MUL or MEAN (`kernel`) and are requantized as `litert_requantize`
-    does. Gradients stay straight-through.
-    The graph handed to the TFLite converter must not carry these extra ops (it
-    reads the ranges off FakeQuant alone).
+    With `litert_rounding` (the name stays from the first target, LiteRT), values are first rounded to the
+    grid by the target's `rule` (`tfqat.targets`), as the runtime requantizes, so a tie such as -2.5 steps
+    gives what the device gives, not FakeQuant's -2 (ties up); FakeQuant then only clamps.
+    With an `accumulator_exponent` too, the values are the int32 accumulator of a conv/dense, MUL or MEAN
+    and are requantized as `requantize` does (a double rule applies both its roundings); without one, the
+    value is rounded once, by the rule's last step (`tfqat.targets.single_rule`). Without a `rule`, the
+    builtin kernels' CONV_2D rule for an accumulator, else one rounding half away from zero. Gradients stay
+    straight-through. The graph handed to the TFLite converter must not carry these extra ops (it reads
+    the ranges off FakeQuant alone).
     """
     scale = tf.stop_gradient(scale_from_exponent(exponent))
+    if rule is None:
+        rule = "half_away_from_zero" if accumulator_exponent is None else TARGETS["builtin"].rule("CONV_2D")
     if litert_rounding:
         if accumulator_exponent is None:
-            rounded = round_half_away_from_zero(values / scale) * scale
+            rounded = round_ties(values / scale, single_rule(rule)) * scale
         else:
-            rounded = litert_requantize(
-                values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), kernel
-            )
+            rounded = requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), rule)
         values = values + tf.stop_gradient(rounded - values)
     qmin, qmax = activation_steps(unsigned)
     return tf.quantization.fake_quant_with_min_max_vars(values, qmin * scale, qmax * scale, num_bits=8, narrow_range=False)
 
 
-# Kernels whose int32 accumulator LiteRT requantizes by a power of two (litert_requantize), and for those
-# that round their last channels their own way, how many channels their vector loop takes at a time.
-REQUANTIZING_KERNELS = ("conv", "depthwise", "mul", "mean")
-VECTOR_LANES = {"depthwise": 8, "mean": 16}
+def round_ties(scaled, rule: str):
+    """Round real values to integers, ties by a single rule of `tfqat.targets.RULES`; exact for every float
+    (floor and the fraction lose nothing)."""
+    if rule == "half_away_from_zero":
+        return round_half_away_from_zero(scaled)
+    whole = tf.floor(scaled)
+    fraction = scaled - whole
+    if rule == "half_up":
+        up = fraction >= 0.5
+    elif rule == "half_even":
+        up = (fraction > 0.5) | ((fraction == 0.5) & (tf.math.floormod(whole, 2.0) == 1.0))
+    else:
+        msg = f"round_ties rule={rule!r} is not a single rounding; choose one of half_away_from_zero, half_up, half_even"
+        raise ValueError(msg)
+    return whole + tf.cast(up, scaled.dtype)
 
 
-def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "conv"):
-    """Round int32 accumulators to the grid 2**exponent exactly as LiteRT's int8 kernels do.
+def _shift_round(accumulator, n, rule: str):
+    """accumulator / 2**n rounded by `rule` (integers held in floats; n >= 1 where it is used)."""
+    if rule in SECOND_STEP:  # halve rounding half up (the Q31 multiplier 0.5), then divide by 2**(n-1)
+        halved = tf.floor(accumulator * 0.5 + 0.5)
+        return round_ties(halved * tf.pow(2.0, 1.0 - tf.maximum(n, 1.0)), SECOND_STEP[rule])
+    return round_ties(accumulator * tf.pow(2.0, -tf.maximum(n, 1.0)), rule)
+
+
+def requantize(values, accumulator_exponent, exponent, rule: RoundingRule):
+    """Round int32 accumulators to the grid 2**exponent as a target's kernel does (`tfqat.targets`).
 
     `values` are int32 accumulators times 2**accumulator_exponent: a conv/dense's (input scale x
     weight scale, per channel along the last axis), a MUL's product (its two input scales) or a
-    MEAN's sum (input scale / count). LiteRT multiplies by 2**-n, n = exponent - accumulator_exponent,
-    as a Q31 multiplier of 0.5 and a shift: it rounds acc/2 half up, then divides by 2**(n-1),
-    rounding half up again on CONV_2D and FULLY_CONNECTED, half away from zero on MUL; DEPTHWISE_CONV_2D
-    and MEAN round half up on the channels their vector loop takes (whole groups of 8 and 16) and half
-    away from zero on the channels left over (each measured bit-exact on ai-edge-litert 2.3). That
-    double rounding differs from a single rounding on about one value in 2**n, often for small n.
+    MEAN's sum (input scale / count). The runtime divides by 2**n, n = exponent - accumulator_exponent,
+    and rounds by `rule`: one rounding, or TFLite's two (the Q31 multiplier 0.5, then a shift), and with a
+    `LaneSplit` one rule on the channels a vector loop takes and another on those left over. A double
+    rounding differs from a single rounding on about one value in 2**n, often for small n.
     """
-    if kernel not in REQUANTIZING_KERNELS:
-        msg = f"litert_requantize kernel={kernel!r} is not one of {REQUANTIZING_KERNELS}"
-        raise ValueError(msg)
+    check_rule(rule)
     accumulator = values * tf.pow(2.0, -accumulator_exponent)
     n = exponent - accumulator_exponent
-    halved = tf.floor(accumulator * 0.5 + 0.5)
-    divided = halved * tf.pow(2.0, 1.0 - tf.maximum(n, 1.0))
-    half_up, half_away = tf.floor(divided + 0.5), round_half_away_from_zero(divided)
-    if kernel == "conv":
-        shifted = half_up
-    elif kernel == "mul":
-        shifted = half_away
+    if isinstance(rule, LaneSplit):
+        channels = values.shape[-1]
+        vector = tf.range(channels) < (channels // rule.lanes) * rule.lanes
+        shifted = tf.where(vector, _shift_round(accumulator, n, rule.rule), _shift_round(accumulator, n, rule.leftover))
     else:
-        channels, lanes = values.shape[-1], VECTOR_LANES[kernel]
-        vector = tf.range(channels) < (channels // lanes) * lanes
-        shifted = tf.where(vector, half_up, half_away)
+        shifted = _shift_round(accumulator, n, rule)
     steps = tf.where(n >= 1.0, shifted, accumulator * tf.pow(2.0, -n))
     return steps * tf.pow(2.0, exponent)
+
+
+# The op kinds whose accumulator a QAT model's quantizers requantize, as TFLite names the op.
+REQUANTIZING_OPS = {
+    "conv": "CONV_2D", "dense": "FULLY_CONNECTED", "depthwise": "DEPTHWISE_CONV_2D", "mul": "MUL", "mean": "MEAN",
+}
+REQUANTIZING_KERNELS = tuple(REQUANTIZING_OPS)
+
+
+def litert_requantize(values, accumulator_exponent, exponent, kernel: str = "conv"):
+    """`requantize` with the rule of LiteRT's optimized builtin kernels for this kind of op (the "builtin" target)."""
+    if kernel not in REQUANTIZING_OPS:
+        msg = f"litert_requantize kernel={kernel!r} is not one of {REQUANTIZING_KERNELS}"
+        raise ValueError(msg)
+    return requantize(values, accumulator_exponent, exponent, TARGETS["builtin"].rule(REQUANTIZING_OPS[kernel]))
 
 
 def is_power_of_two(values):

@@ -14,6 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
+from tfqat.targets import DEFAULT_TARGET, target_named
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -143,19 +144,30 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         zero point -128 in the int8 model, twice the resolution of [-128, 127] * 2**k.
     """
 
-    def __init__(self, ema_decay: float = 0.99, unsigned: bool = False):
+    def __init__(self, ema_decay: float = 0.99, unsigned: bool = False, target: str = DEFAULT_TARGET):
         if not 0.0 <= float(ema_decay) < 1.0:
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         self.ema_decay = float(ema_decay)
         self.unsigned = bool(unsigned)
+        self.target = target_named(target).name  # the runtime whose rounding inference reproduces
         # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
-        # exponent of that layer's int32 accumulator, for LiteRT's exact rounding.
+        # exponent of that layer's int32 accumulator, for the target's exact rounding.
         self.accumulator_exponent = None
-        self.kernel = "conv"  # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_KERNELS)
+        # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_OPS); "add" for an unlinked ADD's.
+        self.kernel = "conv"
         # Set by tfqat.quantization.linking when this tensor meets others in a concatenation: the
         # ScaleGroup of every tensor that must share one scale (this one's included).
         self.scale_group = None
+
+    def rounding_rule(self):
+        """The target's rule for the op that makes this tensor (`tfqat.targets`): the linked accumulator's op,
+        ADD, or any other op's ("*")."""
+        if self.accumulator_exponent is not None:
+            op = pow2.REQUANTIZING_OPS[self.kernel]
+        else:
+            op = "ADD" if self.kernel == "add" else "*"
+        return target_named(self.target).rule(op)
 
     def build(self, tensor_shape, name, layer):
         def weight(suffix, value):
@@ -216,13 +228,16 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
             inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator,
-            unsigned=self.grid_unsigned(weights),
-            kernel=self.kernel,
+            unsigned=self.grid_unsigned(weights), rule=self.rounding_rule(),
         )
 
     def get_config(self):
-        # Unsigned only when set, so configs saved before the option existed still compare equal.
-        return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {})}
+        # Unsigned and the target only when not the default, so configs saved before these options existed
+        # still compare equal.
+        return {
+            "ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {}),
+            **({"target": self.target} if self.target != DEFAULT_TARGET else {}),
+        }
 
 
 @_register
@@ -236,14 +251,14 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
     range is ReLU6's placeholder [-6, 6]: signed.
     """
 
-    def __init__(self, ema_decay: float = 0.99):
-        super().__init__(ema_decay, unsigned=False)
+    def __init__(self, ema_decay: float = 0.99, target: str = DEFAULT_TARGET):
+        super().__init__(ema_decay, unsigned=False, target=target)
 
     def grid_unsigned(self, weights):
         return weights["min_var"] >= 0.0
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay}
+        return {"ema_decay": self.ema_decay, **({"target": self.target} if self.target != DEFAULT_TARGET else {})}
 
 
 @_register

@@ -85,3 +85,12 @@ def quantized_tensors(model) -> Iterator[QuantizedTensor]:
     for layer in model.layers:
         yield from layer_tensors(layer)
 
+
+
+def model_target(model) -> Optional[str]:
+    """The runtime a QAT model's quantizers round for (`tfqat.targets`); None for a model without tfqat's."""
+    targets = {getattr(t.quantizer, "target", None) for t in quantized_tensors(model)} - {None}
+    if len(targets) > 1:
+        msg = f"model '{model.name}' mixes quantizers for the targets {sorted(targets)}; quantize it for one"
+        raise ValueError(msg)
+    return targets.pop() if targets else None

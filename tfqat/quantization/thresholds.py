@@ -22,6 +22,7 @@ from tfqat.quantization.kinds import kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, per_channel_max
 from tfqat.quantization.tensors import KERNEL, quantized_tensors
+from tfqat.targets import DEFAULT_TARGET
 
 _register = keras.utils.register_keras_serializable(package="tfqat")
 
@@ -105,8 +106,11 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
     calibrated thresholds); training moves the threshold, not the range.
     """
 
-    def __init__(self, ema_decay: float = 0.99, threshold_gain: float = THRESHOLD_GAIN, unsigned: bool = False):
-        super().__init__(ema_decay=ema_decay, unsigned=unsigned)
+    def __init__(
+        self, ema_decay: float = 0.99, threshold_gain: float = THRESHOLD_GAIN, unsigned: bool = False,
+        target: str = DEFAULT_TARGET,
+    ):
+        super().__init__(ema_decay=ema_decay, unsigned=unsigned, target=target)
         self.threshold_gain = _check_gain("TQTActivationQuantizer", threshold_gain)
 
     def build(self, tensor_shape, name, layer):

@@ -19,9 +19,11 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfqat.graph import functional
 from tfqat.files import write_atomic
 from tfqat.quantization.modes import tracing_for_export
+from tfqat.quantization.tensors import model_target
 from tfqat.tflite.constants import requantize_shared_constants
 
 LABELS_METADATA = "tfqat_labels"
+TARGET_METADATA = "tfqat_target"  # the runtime whose rounding the Keras model reproduced (tfqat.targets)
 
 
 class ExportError(RuntimeError):
@@ -70,27 +72,42 @@ def convert_float(model) -> bytes:
     return convert(make_converter(model), f"float model '{model.name}'")
 
 
-def with_labels(tflite_bytes: bytes, labels: Sequence[str]) -> bytes:
-    """The same model with its class labels stored as TFLite metadata (`tfqat_labels`)."""
+def with_metadata(tflite_bytes: bytes, name: str, text: str) -> bytes:
+    """The same model with `text` stored as the TFLite metadata entry `name` (replacing one of that name)."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     buffer = schema_fb.BufferT()
-    buffer.data = np.frombuffer("\n".join(labels).encode("utf-8"), np.uint8)
+    buffer.data = np.frombuffer(text.encode("utf-8"), np.uint8)
     model.buffers.append(buffer)
     metadata = schema_fb.MetadataT()
-    metadata.name = LABELS_METADATA
+    metadata.name = name
     metadata.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != LABELS_METADATA.encode()] + [metadata]
+    model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()] + [metadata]
     return flatbuffer_utils.convert_object_to_bytearray(model)
+
+
+def read_metadata(tflite_bytes: bytes, name: str) -> Optional[str]:
+    """The text of the TFLite metadata entry `name`, or None."""
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    for metadata in model.metadata or []:
+        if metadata.name in (name, name.encode()):
+            return bytes(np.asarray(model.buffers[metadata.buffer].data, np.uint8)).decode("utf-8")
+    return None
+
+
+def with_labels(tflite_bytes: bytes, labels: Sequence[str]) -> bytes:
+    """The same model with its class labels stored as TFLite metadata (`tfqat_labels`)."""
+    return with_metadata(tflite_bytes, LABELS_METADATA, "\n".join(labels))
 
 
 def read_labels_metadata(tflite_bytes: bytes) -> Optional[list]:
     """Class labels stored by `with_labels`, or None."""
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    for metadata in model.metadata or []:
-        if metadata.name in (LABELS_METADATA, LABELS_METADATA.encode()):
-            data = model.buffers[metadata.buffer].data
-            return bytes(np.asarray(data, np.uint8)).decode("utf-8").split("\n")
-    return None
+    text = read_metadata(tflite_bytes, LABELS_METADATA)
+    return None if text is None else text.split("\n")
+
+
+def read_target_metadata(tflite_bytes: bytes) -> Optional[str]:
+    """The runtime the file was trained for (`tfqat.targets`), as `export_tflite` records it, or None."""
+    return read_metadata(tflite_bytes, TARGET_METADATA)
 
 
 def save_tflite(tflite_bytes: bytes, path, labels: Optional[Sequence[str]] = None) -> Path:
@@ -121,6 +138,8 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
       labels: class names, stored in the model's metadata and beside it.
       verify: refuse (ExportError, nothing written) a conversion that is not
         fully int8 with power-of-two, shift-only requantization.
+    The runtime the model was quantized for (`quantize_model(target=...)`) is recorded in the file's
+    metadata (`read_target_metadata`).
     Returns:
       The path written.
     """
@@ -140,4 +159,7 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
                 "is it a model from tfqat.quantize_model, calibrated or trained?"
             )
             raise ExportError(msg)
+    target = model_target(qat_model)
+    if target is not None:
+        tflite = with_metadata(tflite, TARGET_METADATA, target)
     return save_tflite(tflite, path, labels)

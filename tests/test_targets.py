@@ -1,0 +1,115 @@
+"""Tests for tfqat.targets and the Keras model trained for a target: it rounds as that runtime does.
+
+The Keras model's rounding (tfqat.quantization.pow2.requantize) must equal the integer executor's
+(tfqat.integer.rounding.shift_round) for every rule, and a small model quantized for a target must give
+that runtime's int8 outputs bit for bit (LiteRT's builtin and reference kernels, XNNPACK, TFLite Micro).
+"""
+
+from tfqat._keras import keras
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfqat
+from tfqat.integer.compare import RuntimeTensors
+from tfqat.integer.rounding import shift_round
+from tfqat.quantization import pow2
+from tfqat.quantization.options import QuantizeOptions
+from tfqat.quantization.quantizers import Pow2ActivationQuantizer
+from tfqat.quantization.tensors import quantized_tensors
+from tfqat.targets import RULES, TARGETS, LaneSplit, single_rule, target_named
+from tfqat.tflite import export, litert
+
+layers = keras.layers
+SIZE = 8  # 8x8 feature maps: MEAN over 4x4 = 16 values after the stride-2 conv, a shift
+
+
+@pytest.mark.parametrize("rule", [*RULES, LaneSplit("double_half_up", 8, "tflite_double")], ids=str)
+def test_keras_rounding_equals_the_integer_executors_for_every_rule(rule):
+    rng = np.random.default_rng(0)
+    channels = 12  # 8 vector channels and 4 left over for the LaneSplit
+    n = rng.integers(0, 9, channels)  # one shift per channel, some 0 (exact)
+    ties = (rng.integers(-40, 40, (64, channels)) * 2 + 1) * (1 << np.maximum(n, 1)) // 2  # exact halves
+    accumulators = np.concatenate([rng.integers(-5000, 5000, (256, channels)), ties]).astype(np.int64)
+    accumulator_exponent = -10.0 - n
+    got = pow2.requantize(
+        tf.constant(accumulators * 2.0 ** accumulator_exponent, tf.float32),
+        tf.constant(accumulator_exponent, tf.float32), tf.constant(-10.0), rule,
+    ).numpy()
+    np.testing.assert_array_equal(got / 2.0**-10, shift_round(accumulators, n, rule))
+
+
+@pytest.mark.parametrize("rule", ["half_away_from_zero", "half_up", "half_even"])
+def test_single_roundings_of_real_values(rule):
+    values = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -2.4, 2.6, 3.0], np.float32)
+    expected = {
+        "half_away_from_zero": [-3, -2, -1, 1, 2, 3, -2, 3, 3],
+        "half_up": [-2, -1, 0, 1, 2, 3, -2, 3, 3],
+        "half_even": [-2, -2, 0, 0, 2, 2, -2, 3, 3],
+    }[rule]
+    np.testing.assert_array_equal(pow2.round_ties(tf.constant(values), rule).numpy(), expected)
+
+
+def test_targets_name_their_rules_and_refuse_unknown_names():
+    for target in TARGETS.values():
+        for op in ("*", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN"):
+            assert single_rule(target.rule(op)) in ("half_away_from_zero", "half_up", "half_even")
+    with pytest.raises(ValueError, match=r"target='cmsis' is not one of \['builtin'"):
+        target_named("cmsis")
+    with pytest.raises(ValueError, match="target='tpu'"):
+        QuantizeOptions(target="tpu")
+    with pytest.raises(ValueError, match="target='tpu'"):
+        tfqat.quantize_model(_model(), target="tpu")
+
+
+def _model():
+    """Conv + ReLU6, depthwise, residual Add, a product (MUL), MEAN over 16 and a Dense: the ops whose
+    rounding targets differ on."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.ReLU(6.0)(layers.Conv2D(12, 3, strides=2, padding="same")(inputs))
+    y = layers.DepthwiseConv2D(3, padding="same")(x)
+    x = layers.Add()([x, y])
+    gate = layers.Conv2D(12, 1, activation="sigmoid")(x)
+    x = layers.Multiply()([x, gate])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5)(x))
+
+
+def _images(n, seed):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _mismatches(target, runtime, tmp_path) -> int:
+    """Output elements where a small model quantized for `target` and run on `runtime` differs from Keras."""
+    qat = tfqat.quantize_model(_model(), target=target)
+    tfqat.calibrate(qat, _images(64, 1))
+    assert {t.quantizer.target for t in quantized_tensors(qat) if isinstance(t.quantizer, Pow2ActivationQuantizer)} == {target}
+    path = tfqat.export_tflite(qat, tmp_path / f"{target}.tflite")
+    io = litert.describe(path)
+    images = _images(48, 2)
+    keras_steps = np.round(qat.predict(images, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
+    runner = RuntimeTensors(path, runtime)
+    output = _output_index(path)
+    got = np.concatenate([
+        runner.run([litert.quantize(image[None], io.inputs[0])], [output])[output] for image in images
+    ])
+    return int(np.count_nonzero(got.reshape(keras_steps.shape) != keras_steps))
+
+
+@pytest.mark.parametrize("target", ["builtin", "reference", "xnnpack", "micro"])
+def test_a_model_quantized_for_a_target_is_bit_exact_with_its_runtime(target, tmp_path):
+    assert _mismatches(target, TARGETS[target].runtime, tmp_path) == 0
+    assert export.read_target_metadata((tmp_path / f"{target}.tflite").read_bytes()) == target
+
+
+def test_a_model_quantized_for_another_runtime_is_not(tmp_path):
+    """The targets matter: the builtin kernels' model run by XNNPACK or the reference kernels differs."""
+    assert _mismatches("builtin", "xnnpack", tmp_path) > 0
+    assert _mismatches("builtin", "reference", tmp_path) > 0
+
+
+def _output_index(path) -> int:
+    interpreter = litert.load_interpreter(path)
+    return interpreter.get_output_details()[0]["index"]

@@ -1,0 +1,135 @@
+"""The runtimes a model can be trained for: how each rounds each op's requantization, one row per target.
+
+With power-of-two scales every requantization divides an integer accumulator by
+2**n; runtimes differ only in how they round (one rounding or two, and which way
+a tie goes). A target names the rule of each op, so the Keras QAT model
+(`tfqat.quantization`) and the integer executor (`tfqat.integer`) round as that
+runtime does. The rows for LiteRT and TFLite Micro are measured
+(`benchmarks/executor.py --rules`, ai-edge-litert 2.3.0 and tflite-micro
+0.dev20261023182759 on x86-64; evidence in benchmarks/results/executor.md); the
+half-up and half-to-even rows are the single roundings of CMSIS-NN and
+ESP32-S3, and of ESP32-P4. Pure Python: read without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+Rule = Literal["half_away_from_zero", "half_up", "half_even", "tflite_double", "double_half_up"]
+
+RULES: dict[str, str] = {
+    "half_away_from_zero": "one rounding, ties away from zero (std::round; ARM's rounding shift on magnitudes)",
+    "half_up": "one rounding, ties toward +infinity ((x + 2^(n-1)) >> n: CMSIS-NN, ESP32-S3)",
+    "half_even": "one rounding, ties to the even neighbour (IEEE round-to-nearest-even: ESP32-P4, float32 kernels)",
+    "tflite_double": "TFLite's MultiplyByQuantizedMultiplier with the Q31 multiplier 0.5: halve rounding ties up, "
+    "then divide by 2^(n-1) rounding ties away from zero",
+    "double_half_up": "halve rounding ties up, then divide by 2^(n-1) rounding ties up again",
+}
+# A double rounding's second step, which is also how such a runtime rounds a value that is no accumulator.
+SECOND_STEP = {"tflite_double": "half_away_from_zero", "double_half_up": "half_up"}
+
+
+@dataclass(frozen=True)
+class LaneSplit:
+    """A kernel whose vector loop takes `lanes` channels at a time and rounds them by `rule`, and rounds
+    the channels left over (the last C mod lanes) by `leftover` (LiteRT's built-in DEPTHWISE_CONV_2D)."""
+
+    rule: str
+    lanes: int
+    leftover: str
+
+
+RoundingRule = Union[str, LaneSplit]
+
+
+def check_rule(rule) -> RoundingRule:
+    """Returns the rule (a name or a LaneSplit), or raises ValueError naming the valid choices."""
+    if isinstance(rule, LaneSplit):
+        check_rule(rule.rule)
+        check_rule(rule.leftover)
+        if rule.lanes < 1:
+            raise ValueError(f"LaneSplit lanes={rule.lanes} is not valid; use an integer >= 1")
+        return rule
+    if rule not in RULES:
+        msg = f"ties={rule!r} is not a rounding rule; choose one of {sorted(RULES)}"
+        raise ValueError(msg)
+    return rule
+
+
+def single_rule(rule: RoundingRule) -> str:
+    """The one rounding a rule applies to a value that is no integer accumulator (its last step)."""
+    if isinstance(rule, LaneSplit):
+        rule = rule.leftover
+    return SECOND_STEP.get(rule, rule)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One runtime's rounding: TFLite op name -> rule ("*" for every other op), and how its ops that are
+    not shifts (LOGISTIC, SOFTMAX, MEAN over other counts) are computed: "litert" or "micro".
+
+    `runtime` names the LiteRT kernels (`tfqat.tflite.litert`) or "micro" that run it here; None for a
+    chip whose runtime is not on this machine.
+    """
+
+    name: str
+    rules: dict = field(default_factory=dict)
+    named: str = "litert"
+    runtime: Optional[str] = None
+    description: str = ""
+
+    def rule(self, op: str) -> RoundingRule:
+        return self.rules.get(op, self.rules["*"])
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target(
+            "builtin",
+            {
+                "*": "tflite_double",
+                "CONV_2D": "double_half_up",
+                "FULLY_CONNECTED": "double_half_up",
+                "DEPTHWISE_CONV_2D": LaneSplit("double_half_up", 8, "tflite_double"),
+                "MEAN": LaneSplit("double_half_up", 16, "tflite_double"),
+            },
+            "litert", "builtin",
+            "LiteRT's optimized CPU kernels without a delegate: the conv and fully-connected paths round "
+            "their second step half up; depthwise and MEAN do so on whole groups of 8 and 16 channels only",
+        ),
+        Target(
+            "reference",
+            {"*": "tflite_double", "FULLY_CONNECTED": "half_away_from_zero"},
+            "litert", "reference",
+            "LiteRT's reference kernels (BUILTIN_REF): MultiplyByQuantizedMultiplier's double rounding; "
+            "FULLY_CONNECTED requantizes in double precision with round()",
+        ),
+        Target(
+            "xnnpack",
+            {"*": "half_even", "ADD": "half_up", "SUB": "half_up"},
+            "litert", "xnnpack",
+            "XNNPACK (LiteRT's default delegate): float32 requantization, round to nearest even; its "
+            "ADD rounds ties up; a MEAN over a count that is not a power of two is not reproduced",
+        ),
+        Target(
+            "micro",
+            {"*": "tflite_double"},
+            "micro", "micro",
+            "TFLite Micro's reference kernels: MultiplyByQuantizedMultiplier's double rounding everywhere; "
+            "LOGISTIC in gemmlowp fixed point",
+        ),
+        Target("half_up", {"*": "half_up"}, "litert", None, "one rounding, ties up: CMSIS-NN, ESP32-S3"),
+        Target("half_even", {"*": "half_even"}, "litert", None, "one rounding, ties to even: ESP32-P4"),
+    )
+}
+DEFAULT_TARGET = "builtin"
+
+
+def target_named(name: str) -> Target:
+    """The target of this name; a ValueError lists the valid names."""
+    if name not in TARGETS:
+        msg = f"target={name!r} is not one of {sorted(TARGETS)}"
+        raise ValueError(msg)
+    return TARGETS[name]
