@@ -125,6 +125,7 @@ def test_the_graph_check_sees_a_planted_cycle(tmp_path):
 # The sub-commands that work on any model, and the cli helpers they call; only `run` and `study` belong to the workflow.
 GENERIC_COMMANDS = (
     "_verify", "_evaluate", "_export", "_quantize", "_debug", "_export_and_verify", "_load_float_model", "_execute",
+    "_micro",
 )
 
 

@@ -468,6 +468,34 @@ def _execute(args: argparse.Namespace) -> int:
     return EXIT_FAILED if differ else EXIT_OK
 
 
+def _add_micro(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "micro",
+        help="write a fully int8 .tflite as C source for TensorFlow Lite Micro, with its measured tensor arena",
+        description="Write OUT_DIR/<name>_data.h and <name>_data.c (the model as a 16-byte aligned const byte array "
+        "and its length, and <NAME>_ARENA_SIZE: the smallest tensor arena with which TFLite Micro's interpreter "
+        "allocates and runs the model, plus --margin) and <name>_ops.h (the MicroMutableOpResolver calls for the "
+        "ops the model uses). Refuses a model that is not fully int8 or uses an op TFLite Micro lacks.",
+    )
+    parser.add_argument("model", help="the fully int8 .tflite file")
+    parser.add_argument("out_dir", help="folder for the C files (created if missing)")
+    parser.add_argument("--name", default="model", help="C identifier prefix of the array and macros (default model)")
+    parser.add_argument("--margin", type=int, default=None, help="bytes added to the measured arena (default 1024)")
+    parser.set_defaults(handler=_micro)
+
+
+def _micro(args: argparse.Namespace) -> int:
+    from tfqat.tflite.micro import ARENA_MARGIN, export_micro
+
+    margin = ARENA_MARGIN if args.margin is None else args.margin
+    result = export_micro(args.model, args.out_dir, name=args.name, margin=margin)
+    print(f"wrote {', '.join(str(path) for path in result.paths)}")
+    print(f"{args.name}_tflite: {result.length} bytes, 16-byte aligned")
+    print(f"ops ({len(result.ops)}): {', '.join(f'{op} {method}()' for op, method in zip(result.ops, result.methods))}")
+    print(f"{args.name.upper()}_ARENA_SIZE {result.arena_size} bytes (measured {result.arena_measured} + margin {margin})")
+    return EXIT_OK
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
     _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
@@ -488,6 +516,7 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_export,
     _add_verify,
     _add_execute,
+    _add_micro,
     _add_evaluate,
 )
 
