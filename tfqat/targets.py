@@ -111,7 +111,8 @@ TARGETS: dict[str, Target] = {
             {"*": "half_even", "ADD": "half_up", "SUB": "half_up"},
             "litert", "xnnpack",
             "XNNPACK (LiteRT's default delegate): float32 requantization, round to nearest even; its "
-            "ADD rounds ties up; a MEAN over a count that is not a power of two is not reproduced",
+            "ADD rounds ties up; a MEAN over a count that is not a power of two is not reproduced (the "
+            "Keras model computes it as LiteRT's kernels do)",
         ),
         Target(
             "micro",

@@ -126,8 +126,9 @@ def _link_mean(wrapper) -> bool:
     """Hand a global average pool's output quantizer the exponent of LiteRT's MEAN accumulator.
 
     MEAN sums its H*W inputs in int32 and requantizes the sum, at scale s_input / (H*W), as a conv
-    does its accumulator (its last channels as a MUL does: `pow2.litert_requantize`); only a
-    power-of-two H*W keeps that a shift.
+    does its accumulator (by the target's MEAN rule); only a power-of-two H*W keeps that a shift. Any
+    other count multiplies the sum by a Q31 multiplier (`pow2.mean_requantize`): the quantizer is
+    given the count and the input's exponent.
     """
     if not isinstance(wrapper.layer, keras.layers.GlobalAveragePooling2D):
         return False
@@ -135,10 +136,12 @@ def _link_mean(wrapper) -> bool:
     count = shape[1] * shape[2] if None not in shape[1:3] else 0
     source = _scale_exponent(_producer(wrapper))
     outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
-    if count < 1 or count & (count - 1) or source is None or not outputs:
+    if count < 1 or source is None or not outputs:
         return False
+    power_of_two = not count & (count - 1)
     for quantizer in outputs:
-        quantizer.accumulator_exponent = lambda: source() - math.log2(count)
+        quantizer.accumulator_exponent = (lambda: source() - math.log2(count)) if power_of_two else source
+        quantizer.average_count = None if power_of_two else count
         quantizer.kernel = "mean"
     return True
 

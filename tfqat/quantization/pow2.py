@@ -118,7 +118,7 @@ def round_half_away_from_zero(values):
 
 def fake_quant_activations(
     values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False,
-    rule: Optional[RoundingRule] = None,
+    rule: Optional[RoundingRule] = None, average_count: Optional[int] = None,
 ):
     """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned;
     `unsigned` may be a boolean tensor).
@@ -129,7 +129,9 @@ def fake_quant_activations(
     With an `accumulator_exponent` too, the values are the int32 accumulator of a conv/dense, MUL or MEAN
     and are requantized as `requantize` does (a double rule applies both its roundings); without one, the
     value is rounded once, by the rule's last step (`tfqat.targets.single_rule`). Without a `rule`, the
-    builtin kernels' CONV_2D rule for an accumulator, else one rounding half away from zero. Gradients stay
+    builtin kernels' CONV_2D rule for an accumulator, else one rounding half away from zero. With an
+    `average_count` that is not a power of two, the values are a MEAN of inputs at 2**accumulator_exponent,
+    requantized as `mean_requantize` does (no shift can divide by such a count). Gradients stay
     straight-through. The graph handed to the TFLite converter must not carry these extra ops (it reads
     the ranges off FakeQuant alone).
     """
@@ -139,6 +141,8 @@ def fake_quant_activations(
     if litert_rounding:
         if accumulator_exponent is None:
             rounded = round_ties(values / scale, single_rule(rule)) * scale
+        elif average_count is not None:
+            rounded = mean_requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), average_count)
         else:
             rounded = requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), rule)
         values = values + tf.stop_gradient(rounded - values)
@@ -192,6 +196,33 @@ def requantize(values, accumulator_exponent, exponent, rule: RoundingRule):
         shifted = _shift_round(accumulator, n, rule)
     steps = tf.where(n >= 1.0, shifted, accumulator * tf.pow(2.0, -n))
     return steps * tf.pow(2.0, exponent)
+
+
+def mean_requantize(values, input_exponent, exponent, count: int):
+    """A MEAN over `count` int8 inputs at 2**input_exponent, to the grid 2**exponent, as TFLite's MEAN computes
+    it when `count` is not a power of two (LiteRT's kernels and TFLite Micro alike).
+
+    The int32 sum is multiplied by a Q31 multiplier of (s_in / s_out) / count, made by dividing the
+    multiplier of s_in / s_out (2**30, a power of two) shifted left by up to log2(count) bits, with
+    truncation, by the count; then MultiplyByQuantizedMultiplier's two roundings, half away from zero.
+    Computed in float64, exact: the sum times the multiplier stays below 2**53.
+    """
+    values, input_exponent, exponent = (tf.cast(v, tf.float64) for v in (values, input_exponent, exponent))
+
+    def two(power):
+        return tf.pow(tf.constant(2.0, tf.float64), power)
+
+    total = round_half_away_from_zero(values * count * two(-input_exponent))
+    shift = input_exponent - exponent + 1.0  # QuantizeMultiplier(2**d) = (2**30, d + 1)
+    extra = tf.minimum(tf.constant(float(count.bit_length() - 1), tf.float64), tf.minimum(tf.constant(32.0, tf.float64), 31.0 + shift))
+    multiplier = tf.floor(two(30.0 + extra) / count)
+    shift = shift - extra
+    product = total * two(tf.maximum(shift, 0.0)) * multiplier
+    nudge = tf.where(product >= 0, tf.constant(2.0**30, tf.float64), tf.constant(1.0 - 2.0**30, tf.float64))
+    nudged = (product + nudge) / 2.0**31
+    high = tf.where(nudged >= 0, tf.floor(nudged), tf.math.ceil(nudged))  # SaturatingRoundingDoublingHighMul
+    steps = round_half_away_from_zero(high * two(-tf.maximum(-shift, 0.0)))
+    return tf.cast(steps * two(exponent), tf.float32)
 
 
 # The op kinds whose accumulator a QAT model's quantizers requantize, as TFLite names the op.

@@ -156,6 +156,9 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         self.accumulator_exponent = None
         # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_OPS); "add" for an unlinked ADD's.
         self.kernel = "conv"
+        # Set by linking for a MEAN over a count that is not a power of two (then the accumulator exponent
+        # is the input's): pow2.mean_requantize.
+        self.average_count = None
         # Set by tfqat.quantization.linking when this tensor meets others in a concatenation: the
         # ScaleGroup of every tensor that must share one scale (this one's included).
         self.scale_group = None
@@ -228,7 +231,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
         return pow2.fake_quant_activations(
             inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator,
-            unsigned=self.grid_unsigned(weights), rule=self.rounding_rule(),
+            unsigned=self.grid_unsigned(weights), rule=self.rounding_rule(), average_count=self.average_count,
         )
 
     def get_config(self):
