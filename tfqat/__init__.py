@@ -25,6 +25,7 @@ _API = {
     "quantize_scope": "tfqat.api",
     "equalize": "tfqat.post_training.equalize",
     "execute_tflite": "tfqat.integer.executor",
+    "export_micro": "tfqat.tflite.micro",
     "export_tflite": "tfqat.tflite.export",
     "fold_batch_norms": "tfqat.graph.folding",
     "Pow2QuantizeScheme": "tfqat.quantization.scheme",
