@@ -74,6 +74,7 @@ def _add_run_options(parser, *, stages) -> None:
         "--unsigned-activations", action="store_true",
         help="ReLU outputs on [0, 255] * 2^k, int8 zero point -128 (default signed [-128, 127] * 2^k)",
     )
+    _add_target(parser)
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px and one epoch per phase: a smoke test")
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default="default",
@@ -175,6 +176,7 @@ def run_options(args: argparse.Namespace):
         per_channel=args.per_channel,
         trained_thresholds=args.trained_thresholds,
         unsigned_activations=args.unsigned_activations,
+        target=args.target,
         peers=not getattr(args, "no_peers", False),
         quick=args.quick,
         strategy=args.strategy,
@@ -342,9 +344,20 @@ def _add_quantize(subparsers) -> None:
     parser.add_argument("--no-adaround", action="store_true", help="round to nearest instead of AdaRound")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per tensor)")
     parser.add_argument("--unsigned-activations", action="store_true", help="ReLU outputs on [0, 255] * 2^k")
+    _add_target(parser)
     parser.add_argument("--save-model", default=None, help="also save the quantized Keras model here (.keras or .h5)")
     parser.add_argument("--labels", default=None, help="labels file to store with the .tflite")
     parser.set_defaults(handler=_quantize)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    from tfqat.targets import DEFAULT_TARGET, TARGETS
+
+    parser.add_argument(
+        "--target", choices=sorted(TARGETS), default=DEFAULT_TARGET,
+        help=f"the runtime the file will run on; the Keras model rounds as it does (default {DEFAULT_TARGET}: "
+        "LiteRT's CPU kernels without a delegate)",
+    )
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -362,6 +375,7 @@ def _quantize(args: argparse.Namespace) -> int:
     qat = ptq(
         model, images, equalize=not args.no_equalize, bias_correction=not args.no_bias_correction,
         adaround=not args.no_adaround, per_channel=args.per_channel, unsigned_activations=args.unsigned_activations,
+        target=args.target,
     )
     if args.save_model:
         qat.save(args.save_model)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfqat.distribute import STRATEGIES
+from tfqat.targets import DEFAULT_TARGET, TARGETS
 from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, STAGES
 
 
@@ -33,6 +34,7 @@ class RunOptions:
     per_channel: bool = False
     trained_thresholds: bool = False  # tfqat's QAT methods learn their power-of-two scales (TQT)
     unsigned_activations: bool = False  # tfqat's methods quantize ReLU outputs unsigned ([0, 255] * 2**k)
+    target: str = DEFAULT_TARGET  # the runtime tfqat's Keras models round as (tfqat.targets), checked on its kernels
     peers: bool = True
     seed: int = 0
     quick: bool = False
@@ -47,6 +49,8 @@ class RunOptions:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
+        if self.target not in TARGETS:
+            raise ValueError(f"RunOptions.target={self.target!r} is not one of {sorted(TARGETS)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"RunOptions.strategy={self.strategy!r} is not one of {STRATEGIES}")
         unknown = [stage for stage in self.stages if stage not in STAGES]

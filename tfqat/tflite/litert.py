@@ -24,6 +24,7 @@ Kernels = Literal["builtin", "reference", "xnnpack"]
 # rounding ties, which power-of-two scales make common: XNNPACK requantizes in
 # float32 with round-half-even, and on the test model the reference
 # FULLY_CONNECTED rounds some ties differently from the optimized one.
+KERNELS = ("builtin", "reference", "xnnpack")  # the kernel sets `load_interpreter(kernels=...)` runs
 _RESOLVERS = {
     "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     "reference": OpResolverType.BUILTIN_REF,
