@@ -181,6 +181,8 @@ def test_the_measured_arena_is_the_smallest_that_runs(tiny):
     path, result = tiny
     assert arena_fits(path, result.arena_measured)
     assert not arena_fits(path, result.arena_measured - 1)
+    with pytest.raises(MicroExportError, match="TFLite Micro cannot run the model: ValueError: Invalid model file path"):
+        arena_fits(path.parent / "missing.tflite", result.arena_size)  # a failure that is not the arena's is raised
 
 
 def _with_op(path, old: str, new: int) -> bytes:

@@ -184,15 +184,25 @@ print("ok")
 
 
 def arena_fits(path: str | os.PathLike, size: int, inputs: int = 1) -> bool:
-    """Whether TFLite Micro's interpreter allocates and runs the model in an arena of `size` bytes."""
+    """Whether TFLite Micro's interpreter allocates and runs the model in an arena of `size` bytes.
+
+    Raises:
+      MicroExportError: TFLite Micro fails for another reason than the arena's size (its last line).
+    """
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, os.fspath(path), str(size), str(inputs)],
         capture_output=True, text=True, timeout=600,
     )
-    return result.returncode == 0 and result.stdout.strip() == "ok"
+    if result.returncode == 0 and result.stdout.strip() == "ok":
+        return True
+    # Too small an arena: TFLM reports "Failed to allocate ..." and then raises or crashes.
+    if "failed to allocate" in result.stderr.lower():
+        return False
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    raise MicroExportError(f"TFLite Micro cannot run the model: {lines[-1] if lines else f'exit code {result.returncode}'}")
 
 
-def measure_arena(content: bytes) -> int:
+def measure_arena(content: bytes, limit: int = 1 << 30) -> int:
     """The smallest arena, to the byte, with which TFLite Micro's interpreter allocates and runs the model."""
     inputs = schema.Model.GetRootAs(content, 0).Subgraphs(0).InputsLength()
     with tempfile.TemporaryDirectory(prefix="tfqat-micro-") as folder:
@@ -200,9 +210,9 @@ def measure_arena(content: bytes) -> int:
         path.write_bytes(content)
         low, high = 0, 16 * 1024  # low never fits, high fits
         while not arena_fits(path, high, inputs):
-            low, high = high, high * 4
-            if high > 1 << 32:
-                raise MicroExportError("TFLite Micro cannot allocate the model in an arena of 4 GiB")
+            if high >= limit:
+                raise MicroExportError(f"TFLite Micro cannot allocate the model in an arena of {limit} bytes")
+            low, high = high, min(high * 4, limit)
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (low, middle) if arena_fits(path, middle, inputs) else (middle, high)
