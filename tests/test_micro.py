@@ -215,6 +215,14 @@ def test_an_op_without_a_micro_kernel_is_refused(tiny, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_truncated_file_is_refused(tiny, tmp_path):
+    path, _ = tiny
+    content = path.read_bytes()
+    with pytest.raises(MicroExportError, match="the model buffer is a corrupt or truncated TFLite flatbuffer"):
+        export_micro(content[: len(content) // 3], tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def test_names_and_margins_are_checked(tiny, tmp_path):
     path, _ = tiny
     with pytest.raises(ValueError, match=r"name='9lives' is not valid; use a C identifier"):

@@ -138,21 +138,34 @@ def export_micro(model: str | os.PathLike | bytes, out_dir: str | os.PathLike, *
 
 def model_ops(content: bytes, label: str = "the model") -> tuple[str, ...]:
     """The builtin ops a fully int8 model's operators use, in first-use order; MicroExportError otherwise."""
-    root = schema.Model.GetRootAs(content, 0)
+    try:
+        codes = _operator_codes(content, label)
+    except MicroExportError:
+        raise
+    except Exception:  # noqa: BLE001  (a truncated or corrupt flatbuffer fails anywhere inside)
+        raise MicroExportError(f"{label} is a corrupt or truncated TFLite flatbuffer") from None
     ops: list[str] = []
+    for number, custom in codes:
+        op = _OPERATOR_NAMES.get(number, f"builtin {number}")
+        if number == schema.BuiltinOperator.CUSTOM:
+            op = f"CUSTOM '{custom}'"
+        if op not in MICRO_OPS:
+            raise MicroExportError(f"{label} uses the op {op}, which TFLite Micro has no kernel for")
+        ops += [op] if op not in ops else []
+    return tuple(ops)
+
+
+def _operator_codes(content: bytes, label: str) -> list[tuple[int, str]]:
+    """(builtin number, custom name) of every operator of every subgraph, after checking its tensors."""
+    root = schema.Model.GetRootAs(content, 0)
+    codes = []
     for g in range(root.SubgraphsLength()):
         graph = root.Subgraphs(g)
         _check_int8(root, graph, label)
         for i in range(graph.OperatorsLength()):
             code = root.OperatorCodes(graph.Operators(i).OpcodeIndex())
-            number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            op = _OPERATOR_NAMES.get(number, f"builtin {number}")
-            if number == schema.BuiltinOperator.CUSTOM:
-                op = f"CUSTOM '{(code.CustomCode() or b'').decode()}'"
-            if op not in MICRO_OPS:
-                raise MicroExportError(f"{label} uses the op {op}, which TFLite Micro has no kernel for")
-            ops += [op] if op not in ops else []
-    return tuple(ops)
+            codes.append((max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), (code.CustomCode() or b"").decode()))
+    return codes
 
 
 def _check_int8(root, graph, label: str) -> None:
