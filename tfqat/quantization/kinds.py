@@ -95,9 +95,7 @@ _BY_OP = {kind.tflite_op: kind for kind in KERNEL_KINDS}
 
 
 def kernel_kind(layer) -> Optional[KernelKind]:
-    """The kind of a layer with a kernel (unwrapping a TFMOT QuantizeWrapper), or None for any other layer."""
-    if isinstance(layer, keras.layers.Wrapper):
-        layer = layer.layer
+    """The kind of a layer with a kernel, or None for any other layer (a wrapper included: unwrap it first)."""
     return _BY_TYPE.get(type(layer))
 
 

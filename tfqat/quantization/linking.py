@@ -97,8 +97,10 @@ def _fused_output_quantizers(wrapper, consumers) -> list:
 
 
 def _mark_add(wrapper, consumers) -> None:
-    """An Add's output quantizer (or its fused ReLU's) rounds as the target's ADD does."""
-    if isinstance(wrapper.layer, keras.layers.Add):
+    """An Add's output quantizer (or its fused ReLU's) rounds as the target's ADD does; so does a ScalarOp
+    adding a number (x + 3 in a hard-swish), which TFLite runs as ADD too."""
+    layer = wrapper.layer
+    if isinstance(layer, keras.layers.Add) or (isinstance(layer, ScalarOp) and layer.op == "add"):
         for quantizer in _fused_output_quantizers(wrapper, consumers):
             quantizer.kernel = "add"
 
@@ -234,6 +236,6 @@ def link_accumulators(qat_model) -> int:
             weights[tensors.BIAS].quantizer.accumulator_exponent = exponent
         for quantizer in _output_quantizers(layer, consumers):
             quantizer.accumulator_exponent = exponent
-            quantizer.kernel = kernel_kind(layer).requantize
+            quantizer.kernel = kernel_kind(layer.layer).requantize
         linked += 1
     return linked

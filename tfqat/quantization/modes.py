@@ -41,11 +41,21 @@ def _objects(targets) -> list:
     for target in targets:
         if hasattr(target, "layers"):  # a model: its quantizers, and its layers (tfqat's Sigmoid, ScalarOp)
             found += [tensor.quantizer for tensor in quantized_tensors(target)]
-            found += [layer.layer if isinstance(layer, Wrapper) else layer for layer in target.layers]
+            found += [layer.layer if isinstance(layer, Wrapper) else layer for layer in _all_layers(target)]
         else:
             found.append(target)
     unique = {id(obj): obj for obj in found}  # a quantizer shared by two tensors counts once
     return list(unique.values())
+
+
+def _all_layers(model) -> list:
+    """The layers of a model and of the models nested in it."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers") and not isinstance(layer, Wrapper):
+            found += _all_layers(layer)
+    return found
 
 
 @contextlib.contextmanager

@@ -56,13 +56,15 @@ class QuantizeOptions:
             if not isinstance(getattr(self, name), bool):
                 msg = f"QuantizeOptions {name}={getattr(self, name)!r} must be True or False"
                 raise ValueError(msg)
-        if self.thresholds not in QUANTIZER_METHODS:
+        if not isinstance(self.thresholds, str) or self.thresholds not in QUANTIZER_METHODS:
             msg = f"QuantizeOptions thresholds={self.thresholds!r} is not one of {tuple(QUANTIZER_METHODS)}"
             raise ValueError(msg)
-        if isinstance(self.ema_decay, bool) or not 0.0 <= float(self.ema_decay) < 1.0:
+        if not isinstance(self.ema_decay, (int, float)) or isinstance(self.ema_decay, bool) or not 0.0 <= self.ema_decay < 1.0:
             msg = f"ema_decay={self.ema_decay!r} must be in [0, 1)"
             raise ValueError(msg)
         object.__setattr__(self, "ema_decay", float(self.ema_decay))
+        if not isinstance(self.target, str):
+            raise ValueError(f"QuantizeOptions target={self.target!r} must be a target's name")
         target_named(self.target)  # a ValueError naming the valid targets
 
     @classmethod
@@ -70,6 +72,12 @@ class QuantizeOptions:
                     **fields) -> "QuantizeOptions":
         """`options` itself, or options from keyword fields (`trained_thresholds=True` names the "trained" method)."""
         if options is not None:
+            if not isinstance(options, QuantizeOptions):
+                msg = (
+                    f"options={options!r} is not a QuantizeOptions; pass the options' fields by keyword "
+                    "(per_channel=..., thresholds=..., unsigned_activations=..., ema_decay=..., target=...)"
+                )
+                raise ValueError(msg)
             if fields or trained_thresholds is not None:
                 msg = f"pass either options or its fields, not both (got options and {sorted(fields)})"
                 raise ValueError(msg)

@@ -147,8 +147,9 @@ def row_named(class_name: str) -> Optional[Row]:
 
 
 def relu_producers() -> str:
-    """The serialized class names of the types TFLite fuses a ReLU into, as a TFMOT layer pattern."""
-    return "|".join(name for name, row in _BY_NAME.items() if row.fuses_relu)
+    """The serialized class names of the types TFLite fuses a ReLU into, as a TFMOT layer pattern (grouped:
+    TFMOT anchors it as ^...$, which would otherwise bind to the first and last names only)."""
+    return "(?:" + "|".join(name for name, row in _BY_NAME.items() if row.fuses_relu) + ")"
 
 
 def unsupported_reason(layer) -> Optional[str]:

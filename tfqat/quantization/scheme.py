@@ -58,7 +58,10 @@ class FuseReLU(transforms.Transform):
         activation = producer.layer["config"].get("activation", "linear")
         if not registry.fusable_relu(relu) or activation not in ("linear", None):
             return match_layer
-        if registry.row_named(producer.layer["class_name"]).role == registry.KERNEL:
+        row = registry.row_named(producer.layer["class_name"])
+        if row is None:  # not a type the scheme quantizes: the registry refuses it by name
+            return match_layer
+        if row.role == registry.KERNEL:
             producer.metadata["quantize_config"] = configs.KernelQuantizeConfig(self.options, quantize_output=False)
         else:
             producer.metadata["quantize_config"] = configs.PassThroughQuantizeConfig()

@@ -81,9 +81,12 @@ def layer_tensors(layer) -> list:
 
 
 def quantized_tensors(model) -> Iterator[QuantizedTensor]:
-    """Every quantized tensor of a QAT model, layer by layer."""
+    """Every quantized tensor of a QAT model, layer by layer (a QAT model nested in another included)."""
     for layer in model.layers:
-        yield from layer_tensors(layer)
+        if hasattr(layer, "layers") and not is_quantized(layer):
+            yield from quantized_tensors(layer)
+        else:
+            yield from layer_tensors(layer)
 
 
 
