@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tfqat.integer.compare import RUNTIMES, RuntimeTensors, compare, run_local
+from tfqat.integer.compare import RUNTIMES, RuntimeTensors, compare, fed, run_local
 from tfqat.integer.executor import IntegerModel
 from tfqat.integer.rounding import RULES, LaneSplit
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "MEAN (named)",
-             "AVERAGE_POOL_2D", "LOGISTIC", "SOFTMAX", "QUANTIZE")
+TABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "MEAN (keep_dims)",
+             "MEAN (named)", "AVERAGE_POOL_2D", "LOGISTIC", "SOFTMAX", "QUANTIZE")
 
 
 def build_zoo(path, per_channel: bool = False, seed: int = 0) -> Path:
@@ -57,17 +57,22 @@ def build_zoo(path, per_channel: bool = False, seed: int = 0) -> Path:
     softmax = layers.Dense(10, activation="softmax", name="softmax")(layers.Flatten(name="flat")(reshaped))
     leftover = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw12")(inputs)  # 8 + 4 channels
     wide = layers.Dense(64, name="dense_wide")(layers.Flatten(name="flat_wide")(leftover))
+    conv24 = layers.Conv2D(24, 1, name="conv24")(pooled)  # 24 channels: 16 + 8 left over
+    kept = layers.GlobalAveragePooling2D(keepdims=True, name="mean_keep")(layers.MaxPooling2D(3, name="maxpool24")(conv24))
+    gated = layers.Multiply(name="mul_broadcast")([conv24, kept])  # squeeze-and-excitation's broadcast MUL
     outputs = [conv, linear, depthwise, strided, added, product, pooled, average, padded, joined, mean, mean4,
-               dense, sigmoid, softmax, leftover, wide]
+               dense, sigmoid, softmax, leftover, wide, conv24, kept, gated]
     qat = tfqat.quantize_model(keras.Model(inputs, outputs), per_channel=per_channel)
     tfqat.calibrate(qat, np.random.default_rng(seed + 1).uniform(-1, 1, (16, 12, 12, 6)).astype(np.float32))
     return tfqat.export_tflite(qat, path)
 
 
-# LiteRT's built-in depthwise kernel: its vector loop's channels round one way, the channels left over another.
-LANES, LANE_SPLIT = "double_half_up on 8-channel groups + tflite_double on the rest", LaneSplit(
-    "double_half_up", 8, "tflite_double"
-)
+# LiteRT's built-in depthwise and keep-dims MEAN kernels: their vector loop's channels round one way, the
+# channels left over another.
+LANE_SPLITS = {
+    f"double_half_up in {lanes}-channel groups": LaneSplit("double_half_up", lanes, "tflite_double")
+    for lanes in (8, 16)
+}
 
 
 def random_inputs(program: IntegerModel, count: int, seed: int = 0) -> np.ndarray:
@@ -76,21 +81,17 @@ def random_inputs(program: IntegerModel, count: int, seed: int = 0) -> np.ndarra
 
 
 def _op_label(program: IntegerModel, op) -> str:
-    return f"{op.name} (named)" if op.name == "MEAN" and program.steps[op.index][1] else op.name
-
-
-def _fed(program: IntegerModel, op, theirs: dict) -> bool:
-    """Whether the runtime exposed every input of the op (XNNPACK shows only the model's outputs)."""
-    graph = program.graph
-    return all(i in theirs or i in graph.inputs or graph.tensors[i].data is not None for i in op.inputs if i >= 0)
+    if op.name == "MEAN" and program.steps[op.index][1]:
+        return "MEAN (named)"
+    return "MEAN (keep_dims)" if op.name == "MEAN" and op.options.get("keepDims") else op.name
 
 
 def measure_rules(paths, count: int) -> dict:
     """runtime -> op -> {rule or flavour: [elements, mismatched, ties]} with each op fed the runtime's inputs."""
     table: dict = {}
-    candidates = [(rule, "litert") for rule in RULES] + [(LANES, "litert"), ("tflite_double", "micro")]
+    candidates = [(rule, "litert") for rule in [*RULES, *LANE_SPLITS]] + [("tflite_double", "micro")]
     for path in paths:
-        programs = {c: IntegerModel(path, ties=LANE_SPLIT if c[0] == LANES else c[0], named=c[1]) for c in candidates}
+        programs = {c: IntegerModel(path, ties=LANE_SPLITS.get(c[0], c[0]), named=c[1]) for c in candidates}
         first = programs[candidates[0]]
         inputs = random_inputs(first, count)
         wanted = [op.outputs[0] for op in first.graph.operators]
@@ -103,7 +104,7 @@ def measure_rules(paths, count: int) -> dict:
                     ours, ties = run_local(program, theirs, x)
                     for op in program.graph.operators:
                         i = op.outputs[0]
-                        if i not in theirs or not _fed(program, op, theirs):
+                        if i not in theirs or not fed(program, op, theirs):
                             continue
                         label = _op_label(program, op)
                         named = bool(program.steps[op.index][1])
@@ -191,6 +192,41 @@ def _applications(folder: Path) -> list[Path]:
     return paths
 
 
+PARTS = ("rules", "zoo", "applications", "published")
+
+NOTES = """How to read the tables:
+
+- Each runtime is compared with the executor under that runtime's measured profile (`tfqat.integer.profiles`,
+  `tfqat execute MODEL --compare RUNTIME`). "Chained": both run the same input and every op output is
+  compared, so a difference would propagate as on a device. "Differing elements" counts int8 values over
+  all inputs; "ties" counts the requantized values whose accumulator lay exactly halfway between two
+  output steps (where tie rules can disagree).
+- XNNPACK runs the whole graph as one delegate node; LiteRT exposes only the model's outputs then, so
+  only those are compared (tensors compared: 1). The MobileNetV2 flowers models end in a MEAN over 7 x 7 =
+  49 values, which XNNPACK computes in its own way (not reproduced, see the rule table): their logits
+  differ by one step on 10-18 % of values. The applications at 32-64 px average over powers of two.
+- Rule table: every op of the executor is fed the runtime's own input tensors ("local"), under every
+  rule; a cell lists the rules with which no value differs, with how many values and exact ties were
+  compared (a rule left out of a cell was contradicted by the data). XNNPACK cells count only ops whose
+  inputs are model outputs. The rules: `tflite_double` is TFLite's MultiplyByQuantizedMultiplier with
+  the Q31 multiplier 0.5 (x / 2 rounded half up, then / 2^(n-1) half away from zero); `double_half_up`
+  rounds the second step half up too; `half_away_from_zero`, `half_up`, `half_even` round once.
+  `double_half_up in 8-channel groups` (or 16) rounds the channels a kernel's vector loop takes, whole
+  groups of 8 (16), by `double_half_up` and the channels left over by `tflite_double`.
+- ADD: TFLite's kernels scale both inputs up by 2^20 before the output's multiplier, so the first halving
+  is exact: `tflite_double` and `half_away_from_zero` coincide (one rounding of the exact sum).
+- FULLY_CONNECTED differs between LiteRT's reference kernel (it requantizes in double precision with
+  round(): one rounding, half away from zero) and TFLite Micro's (`tflite_double`); they disagree where
+  the first halving lands on a tie (14271 / 2^7 = 111.49: reference 111, TFLite Micro 112).
+- LOGISTIC: LiteRT (reference and built-in) looks up a table of float32 1 / (1 + exp(-x)); TFLite Micro
+  computes gemmlowp's fixed-point logistic; they differ on about 1 value in 1,000.
+- QUANTIZE (int8 to int8) in the zoo rescales by a power of two >= 1: no rounding, every rule agrees.
+- Not reproduced or not measured: XNNPACK's MEAN over a count that is not a power of two (it does not
+  divide by a Q31 multiplier as LiteRT does); LiteRT built-in's MEAN that keeps its dimensions over a
+  count that is not a power of two (its optimized kernel folds the count into its own multiplier: no
+  export here has one); uint8 models and float inputs (tfqat exports neither)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
@@ -198,35 +234,56 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=256, help="photos per published model")
     parser.add_argument("--rule-inputs", type=int, default=64, help="random inputs per zoo model for the rule table")
     parser.add_argument("--app-inputs", type=int, default=32, help="random inputs per application")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {','.join(PARTS)} to (re)measure; the "
+                        "others are kept from an earlier executor.json in --out")
     args = parser.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    if set(parts) - set(PARTS):
+        parser.error(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "executor.json"
+    result = json.loads(earlier.read_text()) if earlier.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        zoo = [build_zoo(tmp / "zoo_per_tensor.tflite"), build_zoo(tmp / "zoo_per_channel.tflite", per_channel=True)]
-        rules = measure_rules(zoo, args.rule_inputs)
-        zoo_rows = check_models(zoo, lambda p: random_inputs(p, args.rule_inputs))
-        apps = _applications(tmp)
-        app_rows = check_models(apps, lambda p: random_inputs(p, args.app_inputs))
-    from tfqat.data.images import folder_images
-    from tfqat.tflite.litert import describe, quantize
+        if "rules" in parts or "zoo" in parts:
+            zoo = [build_zoo(tmp / "zoo_per_tensor.tflite"), build_zoo(tmp / "zoo_per_channel.tflite", per_channel=True)]
+            if "rules" in parts:
+                result["rules"] = measure_rules(zoo, args.rule_inputs)
+            if "zoo" in parts:
+                result["zoo"] = check_models(zoo, lambda p: random_inputs(p, args.rule_inputs))
+        if "applications" in parts:
+            result["applications"] = check_models(_applications(tmp), lambda p: random_inputs(p, args.app_inputs))
+    if "published" in parts:
+        from tfqat.data.images import folder_images
+        from tfqat.tflite.litert import describe, quantize
 
-    published = sorted((ROOT / "export").glob("*int8*.tflite"))
-    photos = folder_images(args.images, args.count)
-    published_rows = check_models(published, lambda p: quantize(photos, describe(p.content).inputs[0]))
-    result = {"rules": rules, "zoo": zoo_rows, "applications": app_rows, "published": published_rows,
-              "photos": len(photos), "images": args.images}
-    (out / "executor.json").write_text(json.dumps(result, indent=1))
+        published = sorted((ROOT / "export").glob("*int8*.tflite"))
+        photos = folder_images(args.images, args.count)
+        result["published"] = check_models(published, lambda p: quantize(photos, describe(p.content).inputs[0]))
+        result["photos"] = {"folder": args.images, "count": len(photos)}
+    earlier.write_text(json.dumps(result, indent=1))
+    sections = [
+        ("Tie rule per runtime and op (op zoo, each op fed the runtime's own inputs)", "rules", rules_markdown),
+        ("Published models, every tensor", "published", models_markdown),
+        ("The seven applications (tiny, random weights), every tensor", "applications", models_markdown),
+        ("The op zoo, every tensor", "zoo", models_markdown),
+    ]
+    photos = result.get("photos", {})
     text = [
         "# The integer reference executor against LiteRT and TFLite Micro", "",
-        f"Command: `python benchmarks/executor.py --out {args.out} --images {args.images} --count {args.count}`", "",
-        "## Tie rule per runtime and op (op zoo, each op fed the runtime's own inputs)", "", rules_markdown(rules), "",
-        "## Published models, every tensor", "", models_markdown(published_rows), "",
-        "## The seven applications (tiny, random weights), every tensor", "", models_markdown(app_rows), "",
-        "## The op zoo, every tensor", "", models_markdown(zoo_rows), "",
+        "Command: `python benchmarks/executor.py --out benchmarks/results` (defaults: `--images "
+        "/work/shared/data/flower_photos --count 256 --rule-inputs 64 --app-inputs 32`; `--parts` re-measures "
+        "some parts and keeps the others). ai-edge-litert 2.3.0, tflite-micro 0.dev20261023182759, x86-64.", "",
+        f"Published models: {photos.get('count', '?')} photos from {photos.get('folder', '?')}, evenly spaced in "
+        "sorted file order (tfqat.data.images.folder_images), quantized with each model's input scale.", "",
+        NOTES, "",
     ]
+    for title, key, render in sections:
+        if key in result:
+            text += [f"## {title}", "", render(result[key]), ""]
     (out / "executor.md").write_text("\n".join(text))
-    print(f"wrote {out / 'executor.md'} and {out / 'executor.json'}")
+    print(f"wrote {out / 'executor.md'} and {earlier}")
 
 
 if __name__ == "__main__":

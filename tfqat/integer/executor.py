@@ -107,6 +107,9 @@ class IntegerModel:
             why = f"divides by {count} averaged elements" if count else "a nonlinear function"
             why = "divides by its window size" if op.name == "AVERAGE_POOL_2D" else why
             how = named.HOW[op.name, self.flavour]
+            for t in tensors:
+                if np.issubdtype(t.dtype, np.floating):
+                    raise ExecutorError(f"{t.label} is {t.dtype}: the executor runs fully integer models")
             return NAMED_KERNELS[op.name], f"{label}: {why}, not a shift; computed as {self.flavour} does: {how}"
         if op.name not in SHIFT_KERNELS:
             known = "not a shift" if kind is not None and kind.arithmetic == "named" else "not implemented"
@@ -153,7 +156,8 @@ class IntegerModel:
         return values[index]
 
     def _requantizer(self, op: Operator, ties: dict[int, int]):
-        rule = self.profile.rule(op.name)
+        variant = f"{op.name} keep_dims" if op.options.get("keepDims") else op.name
+        rule = self.profile.rule(variant, op.name)
 
         def requantize(acc: np.ndarray, n, out: Tensor, fused: int) -> np.ndarray:
             ties[out.index] = ties.get(out.index, 0) + count_ties(acc, n)

@@ -15,14 +15,16 @@ from tfqat.integer.rounding import LaneSplit
 
 @dataclass(frozen=True)
 class Profile:
-    """One runtime's rounding: op name -> rule ("*" for every other op) and the named ops' flavour."""
+    """One runtime's rounding: op name (or variant: "MEAN keep_dims") -> rule ("*" for every other op) and the
+    named ops' flavour."""
 
     rules: dict = field(default_factory=dict)
     named: str = "litert"
     description: str = ""
 
-    def rule(self, op: str):
-        return self.rules.get(op, self.rules["*"])
+    def rule(self, *keys: str):
+        """The rule of the first key the row has (an op's variant, e.g. "MEAN keep_dims", then its name), else "*"."""
+        return next((self.rules[k] for k in keys if k in self.rules), self.rules["*"])
 
 
 PROFILES: dict[str, Profile] = {
@@ -38,10 +40,12 @@ PROFILES: dict[str, Profile] = {
             "CONV_2D": "double_half_up",
             "FULLY_CONNECTED": "double_half_up",
             "DEPTHWISE_CONV_2D": LaneSplit("double_half_up", 8, "tflite_double"),
+            "MEAN keep_dims": LaneSplit("double_half_up", 16, "tflite_double"),
         },
         "litert",
         "LiteRT's optimized CPU kernels without a delegate: the conv and fully-connected paths round "
-        "their second step half up; depthwise does so on whole groups of 8 channels only",
+        "their second step half up; depthwise does so on whole groups of 8 channels only, a MEAN that keeps "
+        "its dimensions (squeeze-and-excitation) on whole groups of 16",
     ),
     "xnnpack": Profile(
         {"*": "half_even", "ADD": "half_up", "SUB": "half_up"},
