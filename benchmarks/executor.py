@@ -8,8 +8,8 @@ too; per-tensor and per-channel weights) run on random int8 inputs; every op of 
 runtime's own input tensors ("local") under each tie rule, and a rule reproduces a runtime's op when no
 element differs. Models: the published export/*int8*.tflite on --count photos (tfqat.data.images.folder_images:
 evenly spaced in sorted file order), and the applications (benchmarks/applications.py, tiny, random
-weights) on random inputs, every tensor compared "chained" with each runtime's measured profile
-(tfqat.integer.profiles). Writes executor.md and executor.json; the tests (tests/test_integer_executor.py)
+weights) on random inputs, every tensor compared "chained" with each runtime's measured row of
+tfqat.targets. Writes executor.md and executor.json; the tests (tests/test_integer_executor.py)
 build the same zoo.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from tfqat.integer.compare import RUNTIMES, RuntimeTensors, compare, fed, run_local
 from tfqat.integer.executor import IntegerModel
-from tfqat.integer.rounding import RULES, LaneSplit
+from tfqat.targets import RULES, LaneSplit
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "MEAN (keep_dims)",
@@ -60,8 +60,10 @@ def build_zoo(path, per_channel: bool = False, seed: int = 0) -> Path:
     conv24 = layers.Conv2D(24, 1, name="conv24")(pooled)  # 24 channels: 16 + 8 left over
     kept = layers.GlobalAveragePooling2D(keepdims=True, name="mean_keep")(layers.MaxPooling2D(3, name="maxpool24")(conv24))
     gated = layers.Multiply(name="mul_broadcast")([conv24, kept])  # squeeze-and-excitation's broadcast MUL
+    signed = layers.Conv2D(40, 3, strides=3, name="conv_strided")(inputs)  # 4 x 4, signed, 40 channels
+    signed_mean = layers.GlobalAveragePooling2D(name="mean_signed")(signed)  # over 16, dimensions dropped
     outputs = [conv, linear, depthwise, strided, added, product, pooled, average, padded, joined, mean, mean4,
-               dense, sigmoid, softmax, leftover, wide, conv24, kept, gated]
+               dense, sigmoid, softmax, leftover, wide, conv24, kept, gated, signed, signed_mean]
     qat = tfqat.quantize_model(keras.Model(inputs, outputs), per_channel=per_channel)
     tfqat.calibrate(qat, np.random.default_rng(seed + 1).uniform(-1, 1, (16, 12, 12, 6)).astype(np.float32))
     return tfqat.export_tflite(qat, path)
@@ -140,7 +142,7 @@ def rules_markdown(table: dict) -> str:
 
 
 def check_models(paths, inputs_of, runtimes=RUNTIMES) -> list[dict]:
-    """Every tensor of each model against each runtime, chained, with the runtime's measured profile."""
+    """Every tensor of each model against each runtime, chained, with the runtime's measured row of tfqat.targets."""
     rows = []
     for path in paths:
         for runtime in runtimes:
@@ -196,7 +198,7 @@ PARTS = ("rules", "zoo", "applications", "published")
 
 NOTES = """How to read the tables:
 
-- Each runtime is compared with the executor under that runtime's measured profile (`tfqat.integer.profiles`,
+- Each runtime is compared with the executor under that runtime's measured row (`tfqat.targets`,
   `tfqat execute MODEL --compare RUNTIME`). "Chained": both run the same input and every op output is
   compared, so a difference would propagate as on a device. "Differing elements" counts int8 values over
   all inputs; "ties" counts the requantized values whose accumulator lay exactly halfway between two
@@ -218,6 +220,10 @@ NOTES = """How to read the tables:
 - FULLY_CONNECTED differs between LiteRT's reference kernel (it requantizes in double precision with
   round(): one rounding, half away from zero) and TFLite Micro's (`tflite_double`); they disagree where
   the first halving lands on a tie (14271 / 2^7 = 111.49: reference 111, TFLite Micro 112).
+- MEAN on LiteRT's built-in kernels: the optimized MEAN runs only for a 4-D MEAN over height and width
+  that keeps its dimensions (squeeze-and-excitation), and rounds in 16-channel groups; every other MEAN
+  (tfqat's global average pooling drops the dimensions) runs the reference kernel, `tflite_double`.
+  tfqat.targets' builtin row holds the first; the executor gives the others the reference row's rule.
 - LOGISTIC: LiteRT (reference and built-in) looks up a table of float32 1 / (1 + exp(-x)); TFLite Micro
   computes gemmlowp's fixed-point logistic; they differ on about 1 value in 1,000.
 - QUANTIZE (int8 to int8) in the zoo rescales by a power of two >= 1: no rounding, every rule agrees.

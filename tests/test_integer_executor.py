@@ -1,5 +1,5 @@
 """The integer executor equals LiteRT's kernels and TFLite Micro on every tensor of an op zoo (every op tfqat
-exports, per-tensor and per-channel weights), each runtime with its measured rounding profile; counts ties;
+exports, per-tensor and per-channel weights), each runtime with its measured row of tfqat.targets; counts ties;
 names the ops that are not shifts; refuses float-scale files naming the tensor; and its CLI."""
 
 import sys
@@ -31,7 +31,7 @@ def _inputs(path, count=INPUTS):
 @pytest.mark.parametrize("runtime", ["reference", "builtin", "micro"])
 def test_every_tensor_equals_the_runtime(zoo, runtime):
     agreement = compare(zoo, _inputs(zoo), runtime)
-    assert len(agreement.tensors) == 25
+    assert len(agreement.tensors) == 27
     assert agreement.mismatched == 0, agreement.summary()
 
 
@@ -84,8 +84,8 @@ def test_ops_that_are_not_shifts_are_named(zoo):
 def test_execute_tflite_returns_outputs_tensors_and_ties(zoo):
     x = _inputs(zoo, 3)
     result = execute_tflite(zoo, x, ties="micro")
-    assert len(result.outputs) == 20 and all(o.dtype == np.int8 and len(o) == 3 for o in result.outputs)
-    assert len(result.tensors) == 26  # the input and 25 op outputs, no constants
+    assert len(result.outputs) == 22 and all(o.dtype == np.int8 and len(o) == 3 for o in result.outputs)
+    assert len(result.tensors) == 28  # the input and 27 op outputs, no constants
     assert sum(result.ties.values()) > 0
     assert not execute_tflite(zoo, x, keep_tensors=False).tensors
 
@@ -96,7 +96,7 @@ def test_bad_inputs_and_options_are_explained(zoo):
         program.run(np.zeros((1, 12, 12, 6), np.float32))
     with pytest.raises(ValueError, match=r"has shape \[N, 12, 12, 6\]"):
         program.run(np.zeros((1, 12, 12, 5), np.int8))
-    with pytest.raises(ValueError, match=r"neither a runtime \(\['builtin', 'micro', 'reference', 'xnnpack'\]\)"):
+    with pytest.raises(ValueError, match=r"neither a target \(\['builtin', 'half_even', 'half_up', 'micro', 'reference'"):
         IntegerModel(zoo, ties="nearest")
     with pytest.raises(ValueError, match="named='tflm' is not valid"):
         IntegerModel(zoo, named="tflm")

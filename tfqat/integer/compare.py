@@ -118,7 +118,7 @@ def compare(
 
     Args:
       model: an IntegerModel (its tie rule and named flavour are used), or a path/bytes (then the
-        runtime's own measured profile is used).
+        runtime's own measured row of tfqat.targets is used).
       inputs: integer inputs [N, ...] for a single-input model.
       runtime: "reference", "builtin", "xnnpack" (outputs only) or "micro".
       local: feed every op the runtime's own inputs instead of the executor's.

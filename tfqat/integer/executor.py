@@ -17,8 +17,8 @@ import numpy as np
 from tfqat.integer import kernels, named
 from tfqat.integer.kernels import activation_range, exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, model_bytes, read_graph
-from tfqat.integer.profiles import PROFILES, Profile
-from tfqat.integer.rounding import RULES, LaneSplit, check_rule, count_ties, shift_round
+from tfqat.integer.rounding import count_ties, shift_round
+from tfqat.targets import RULES, TARGETS, LaneSplit, Target, check_rule
 from tfqat.tflite.ops import op_kind
 
 Ties = Union[str, LaneSplit, Mapping[str, Union[str, LaneSplit]]]
@@ -69,19 +69,19 @@ class IntegerModel:
 
     Args:
       model: path to a .tflite file or its bytes.
-      ties: a runtime's measured rounding ("reference", "builtin", "xnnpack", "micro": see
-        tfqat.integer.profiles), one tie rule for every shift (tfqat.integer.rounding.RULES), or a
+      ties: a target's rounding (tfqat.targets.TARGETS: "reference", "builtin", "xnnpack", "micro" as
+        measured, "half_up", "half_even"), one tie rule for every shift (tfqat.targets.RULES), or a
         mapping op name -> rule ("*" for the other ops; default "tflite_double").
       named: how the ops that are not shifts are computed: "litert" (LiteRT's kernels) or "micro"
-        (TFLite Micro); they differ on LOGISTIC only. Default: the profile's, else "litert".
+        (TFLite Micro); they differ on LOGISTIC only. Default: the target's, else "litert".
 
     Raises:
       ExecutorError: junk bytes, a float or non-power-of-two tensor (named), or an op the executor lacks.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, *, ties: Ties = DEFAULT_TIES, named: str | None = None):
-        self.profile = _profile(ties)
-        named = self.profile.named if named is None else named
+        self.target = _target(ties)
+        named = self.target.named if named is None else named
         if named not in NAMED_FLAVOURS:
             raise ValueError(f"named={named!r} is not valid; choose one of {list(NAMED_FLAVOURS)}")
         self.flavour = named
@@ -156,8 +156,11 @@ class IntegerModel:
         return values[index]
 
     def _requantizer(self, op: Operator, ties: dict[int, int]):
-        variant = f"{op.name} keep_dims" if op.options.get("keepDims") else op.name
-        rule = self.profile.rule(variant, op.name)
+        rule = self.target.rule(op.name)
+        if op.name == "MEAN" and self.target.runtime == "builtin" and not _optimized_mean(op, self.graph):
+            # LiteRT's optimized MEAN runs only for a 4-D MEAN over axes 1 and 2 that keeps its dimensions;
+            # every other MEAN runs the reference kernel, whatever the resolver (measured: benchmarks/executor.py).
+            rule = TARGETS["reference"].rule("MEAN")
 
         def requantize(acc: np.ndarray, n, out: Tensor, fused: int) -> np.ndarray:
             ties[out.index] = ties.get(out.index, 0) + count_ties(acc, n)
@@ -173,7 +176,7 @@ def execute_tflite(model, inputs, *, ties: Ties = DEFAULT_TIES, named: str | Non
     Args:
       model: path, bytes or an IntegerModel (parsed once; reuse it for many inputs).
       inputs: one array per model input, in its integer dtype (int8), any batch size.
-      ties: a runtime's profile, one tie rule for every shift, or a mapping op name -> rule (see IntegerModel).
+      ties: a target's rounding, one tie rule for every shift, or a mapping op name -> rule (see IntegerModel).
       named: "litert" or "micro": how the ops that are not shifts are computed.
       keep_tensors: keep every intermediate tensor in the result (for comparing with a runtime).
 
@@ -184,15 +187,20 @@ def execute_tflite(model, inputs, *, ties: Ties = DEFAULT_TIES, named: str | Non
     return program.run(inputs, keep_tensors=keep_tensors)
 
 
-def _profile(ties: Ties) -> Profile:
-    if isinstance(ties, str) and ties in PROFILES:
-        return PROFILES[ties]
+def _target(ties: Ties) -> Target:
+    if isinstance(ties, str) and ties in TARGETS:
+        return TARGETS[ties]
     if isinstance(ties, (str, LaneSplit)):
         if isinstance(ties, str) and ties not in RULES:
-            msg = f"ties={ties!r} is neither a runtime ({sorted(PROFILES)}) nor a rounding rule ({sorted(RULES)})"
+            msg = f"ties={ties!r} is neither a target ({sorted(TARGETS)}) nor a rounding rule ({sorted(RULES)})"
             raise ValueError(msg)
-        return Profile({"*": check_rule(ties)})
-    return Profile({"*": "tflite_double", **{op: check_rule(rule) for op, rule in ties.items()}})
+        return Target("custom", {"*": check_rule(ties)})
+    return Target("custom", {"*": "tflite_double", **{op: check_rule(rule) for op, rule in ties.items()}})
+
+
+def _optimized_mean(op: Operator, graph: Graph) -> bool:
+    axes = {int(a) % 4 for a in np.ravel(graph.tensors[op.inputs[1]].data)}
+    return bool(op.options.get("keepDims")) and len(graph.tensors[op.inputs[0]].shape) == 4 and axes == {1, 2}
 
 
 def _power_of_two(count: int) -> bool:

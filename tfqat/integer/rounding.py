@@ -2,7 +2,8 @@
 
 A shift-only requantization divides the int32 accumulator by 2**n and rounds. Runtimes agree except on
 ties (a remainder of exactly half a step) and, for a double rounding, on the values its first rounding
-moves onto a tie; the rule is a parameter so that one executor reproduces each of them.
+moves onto a tie; the rule (named in tfqat.targets.RULES) is a parameter so that one executor reproduces
+each of them.
 
 numpy's `>>` on signed integers is an arithmetic shift (floor division by 2**n) and `&` of a negative
 number is taken in two's complement, so `x & (2**n - 1)` is the non-negative remainder of that floor.
@@ -10,45 +11,9 @@ number is taken in two's complement, so `x & (2**n - 1)` is the non-negative rem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
-Rule = Literal["half_away_from_zero", "half_up", "half_even", "tflite_double", "double_half_up"]
-
-RULES: dict[str, str] = {
-    "half_away_from_zero": "one rounding, ties away from zero (std::round; ARM's rounding shift on magnitudes)",
-    "half_up": "one rounding, ties toward +infinity ((x + 2^(n-1)) >> n: CMSIS-NN, ESP32-S3)",
-    "half_even": "one rounding, ties to the even neighbour (IEEE round-to-nearest-even: ESP32-P4, float32 kernels)",
-    "tflite_double": "TFLite's MultiplyByQuantizedMultiplier with the Q31 multiplier 0.5: halve rounding ties up, "
-    "then divide by 2^(n-1) rounding ties away from zero",
-    "double_half_up": "halve rounding ties up, then divide by 2^(n-1) rounding ties up again",
-}
-
-
-@dataclass(frozen=True)
-class LaneSplit:
-    """A kernel whose vector loop takes `lanes` channels at a time and rounds them by `rule`, and rounds
-    the channels left over (the last C mod lanes) by `leftover` (LiteRT's built-in DEPTHWISE_CONV_2D)."""
-
-    rule: str
-    lanes: int
-    leftover: str
-
-
-def check_rule(rule):
-    """Returns the rule (a name or a LaneSplit), or raises ValueError naming the valid choices."""
-    if isinstance(rule, LaneSplit):
-        check_rule(rule.rule)
-        check_rule(rule.leftover)
-        if rule.lanes < 1:
-            raise ValueError(f"LaneSplit lanes={rule.lanes} is not valid; use an integer >= 1")
-        return rule
-    if rule not in RULES:
-        msg = f"ties={rule!r} is not a rounding rule; choose one of {sorted(RULES)}"
-        raise ValueError(msg)
-    return rule
+from tfqat.targets import LaneSplit
 
 
 def _floor_and_remainder(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
