@@ -137,3 +137,25 @@ def test_mean_requantize_is_tflites_multiplier_arithmetic():
         means = tf.constant(totals * 2.0**input_exponent / count, tf.float32)
         got = pow2.mean_requantize(means, tf.constant(float(input_exponent)), tf.constant(float(exponent)), count)
         np.testing.assert_array_equal(got.numpy() / 2.0**exponent, expected)
+
+
+@pytest.mark.parametrize("keepdims", [False, True], ids=["drops_dims", "keeps_dims"])
+@pytest.mark.parametrize("target", ["builtin", "reference", "micro"])
+def test_a_mean_of_signed_values_rounds_as_its_runtimes_mean_kernel(target, keepdims, tmp_path):
+    """LiteRT's builtin kernels run their optimized MEAN (16-channel groups rounded half up) only for a MEAN
+    that keeps its dimensions; global average pooling that drops them runs the reference kernel. Signed
+    inputs over 40 channels tell the two apart (non-negative ones round alike)."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(40, 3, strides=2, padding="same")(inputs)
+    x = layers.GlobalAveragePooling2D(keepdims=keepdims)(x)
+    model = keras.Model(inputs, layers.Dense(5)(layers.Flatten()(x)))
+    qat = tfqat.quantize_model(model, target=target)
+    tfqat.calibrate(qat, _images(64, 1))
+    path = tfqat.export_tflite(qat, tmp_path / "mean.tflite")
+    io = litert.describe(path)
+    images = _images(48, 2)
+    keras_steps = np.round(qat.predict(images, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
+    runner, output = RuntimeTensors(path, TARGETS[target].runtime), _output_index(path)
+    got = np.concatenate([runner.run([litert.quantize(i[None], io.inputs[0])], [output])[output] for i in images])
+    np.testing.assert_array_equal(got.reshape(keras_steps.shape), keras_steps)

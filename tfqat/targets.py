@@ -26,6 +26,9 @@ RULES: dict[str, str] = {
     "then divide by 2^(n-1) rounding ties away from zero",
     "double_half_up": "halve rounding ties up, then divide by 2^(n-1) rounding ties up again",
 }
+# LiteRT's optimized MEAN (a 4-D MEAN over height and width that keeps its dimensions) rounds otherwise than
+# every other MEAN: a rule key of its own.
+MEAN_KEEP_DIMS = "MEAN keep_dims"
 # A double rounding's second step, which is also how such a runtime rounds a value that is no accumulator.
 SECOND_STEP = {"tflite_double": "half_away_from_zero", "double_half_up": "half_up"}
 
@@ -80,6 +83,8 @@ class Target:
     description: str = ""
 
     def rule(self, op: str) -> RoundingRule:
+        if op == MEAN_KEEP_DIMS and op not in self.rules:
+            op = "MEAN"
         return self.rules.get(op, self.rules["*"])
 
 
@@ -93,11 +98,13 @@ TARGETS: dict[str, Target] = {
                 "CONV_2D": "double_half_up",
                 "FULLY_CONNECTED": "double_half_up",
                 "DEPTHWISE_CONV_2D": LaneSplit("double_half_up", 8, "tflite_double"),
-                "MEAN": LaneSplit("double_half_up", 16, "tflite_double"),
+                MEAN_KEEP_DIMS: LaneSplit("double_half_up", 16, "tflite_double"),
             },
             "litert", "builtin",
             "LiteRT's optimized CPU kernels without a delegate: the conv and fully-connected paths round "
-            "their second step half up; depthwise and MEAN do so on whole groups of 8 and 16 channels only",
+            "their second step half up; depthwise and a MEAN that keeps its dimensions (squeeze-and-"
+            "excitation) do so on whole groups of 8 and 16 channels only; a MEAN that drops them (global "
+            "average pooling) runs the reference kernel",
         ),
         Target(
             "reference",

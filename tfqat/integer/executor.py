@@ -18,7 +18,7 @@ from tfqat.integer import kernels, named
 from tfqat.integer.kernels import activation_range, exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, model_bytes, read_graph
 from tfqat.integer.rounding import count_ties, shift_round
-from tfqat.targets import RULES, TARGETS, LaneSplit, Target, check_rule
+from tfqat.targets import MEAN_KEEP_DIMS, RULES, TARGETS, LaneSplit, Target, check_rule
 from tfqat.tflite.ops import op_kind
 
 Ties = Union[str, LaneSplit, Mapping[str, Union[str, LaneSplit]]]
@@ -156,11 +156,9 @@ class IntegerModel:
         return values[index]
 
     def _requantizer(self, op: Operator, ties: dict[int, int]):
-        rule = self.target.rule(op.name)
-        if op.name == "MEAN" and self.target.runtime == "builtin" and not _optimized_mean(op, self.graph):
-            # LiteRT's optimized MEAN runs only for a 4-D MEAN over axes 1 and 2 that keeps its dimensions;
-            # every other MEAN runs the reference kernel, whatever the resolver (measured: benchmarks/executor.py).
-            rule = TARGETS["reference"].rule("MEAN")
+        # LiteRT's optimized MEAN runs only for a 4-D MEAN over axes 1 and 2 that keeps its dimensions, a row of
+        # its own in the targets (measured: benchmarks/executor.py).
+        rule = self.target.rule(MEAN_KEEP_DIMS if op.name == "MEAN" and _optimized_mean(op, self.graph) else op.name)
 
         def requantize(acc: np.ndarray, n, out: Tensor, fused: int) -> np.ndarray:
             ties[out.index] = ties.get(out.index, 0) + count_ties(acc, n)

@@ -144,7 +144,8 @@ def _link_mean(wrapper) -> bool:
     for quantizer in outputs:
         quantizer.accumulator_exponent = (lambda: source() - math.log2(count)) if power_of_two else source
         quantizer.average_count = None if power_of_two else count
-        quantizer.kernel = "mean"
+        # LiteRT's optimized MEAN (its own rounding) runs only for one that keeps its dimensions.
+        quantizer.kernel = "mean_keep_dims" if wrapper.layer.keepdims else "mean"
     return True
 
 

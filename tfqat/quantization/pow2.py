@@ -18,7 +18,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfqat.targets import SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
+from tfqat.targets import MEAN_KEEP_DIMS, SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 ACTIVATION_QMIN, ACTIVATION_QMAX = -128, 127
@@ -228,6 +228,7 @@ def mean_requantize(values, input_exponent, exponent, count: int):
 # The op kinds whose accumulator a QAT model's quantizers requantize, as TFLite names the op.
 REQUANTIZING_OPS = {
     "conv": "CONV_2D", "dense": "FULLY_CONNECTED", "depthwise": "DEPTHWISE_CONV_2D", "mul": "MUL", "mean": "MEAN",
+    "mean_keep_dims": MEAN_KEEP_DIMS,
 }
 REQUANTIZING_KERNELS = tuple(REQUANTIZING_OPS)
 
