@@ -124,7 +124,17 @@ def _link_product(wrapper, consumers) -> bool:
     return True
 
 
-def _link_mean(wrapper) -> bool:
+def _keeps_dims(wrapper, consumers) -> bool:
+    """Whether the exported MEAN keeps its dimensions: keepdims=True, or a pooling whose only user reshapes it
+    back to an image (EfficientNet's squeeze-and-excitation), which the converter folds into the MEAN."""
+    if wrapper.layer.keepdims:
+        return True
+    users = consumers.get(id(wrapper), [])
+    reshape = users[0].layer if len(users) == 1 and isinstance(users[0], _Wrapper) else None
+    return isinstance(reshape, keras.layers.Reshape) and len(reshape.target_shape) == 3
+
+
+def _link_mean(wrapper, consumers) -> bool:
     """Hand a global average pool's output quantizer the exponent of LiteRT's MEAN accumulator.
 
     MEAN sums its H*W inputs in int32 and requantizes the sum, at scale s_input / (H*W), as a conv
@@ -145,7 +155,7 @@ def _link_mean(wrapper) -> bool:
         quantizer.accumulator_exponent = (lambda: source() - math.log2(count)) if power_of_two else source
         quantizer.average_count = None if power_of_two else count
         # LiteRT's optimized MEAN (its own rounding) runs only for one that keeps its dimensions.
-        quantizer.kernel = "mean_keep_dims" if wrapper.layer.keepdims else "mean"
+        quantizer.kernel = "mean_keep_dims" if _keeps_dims(wrapper, consumers) else "mean"
     return True
 
 
@@ -222,7 +232,7 @@ def link_accumulators(qat_model) -> int:
     for layer in qat_model.layers:
         if isinstance(layer, _Wrapper):
             _mark_add(layer, consumers)
-        if isinstance(layer, _Wrapper) and (_link_product(layer, consumers) or _link_mean(layer)):
+        if isinstance(layer, _Wrapper) and (_link_product(layer, consumers) or _link_mean(layer, consumers)):
             linked += 1
             continue
         if not isinstance(layer, _Wrapper) or not isinstance(layer.quantize_config, KernelQuantizeConfig):
