@@ -223,7 +223,7 @@ NOTES = """How to read the tables:
 - MEAN on LiteRT's built-in kernels: the optimized MEAN runs only for a 4-D MEAN over height and width
   that keeps its dimensions (squeeze-and-excitation), and rounds in 16-channel groups; every other MEAN
   (tfqat's global average pooling drops the dimensions) runs the reference kernel, `tflite_double`.
-  tfqat.targets' builtin row holds the first; the executor gives the others the reference row's rule.
+  tfqat.targets' builtin row holds the first under its own key ("MEAN keep_dims"), the second as its "*" rule.
 - LOGISTIC: LiteRT (reference and built-in) looks up a table of float32 1 / (1 + exp(-x)); TFLite Micro
   computes gemmlowp's fixed-point logistic; they differ on about 1 value in 1,000.
 - QUANTIZE (int8 to int8) in the zoo rescales by a power of two >= 1: no rounding, every rule agrees.
