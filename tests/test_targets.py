@@ -87,16 +87,18 @@ def _mismatches(target, runtime, tmp_path, size=SIZE, unsigned=False) -> int:
     qat = tfqat.quantize_model(_model(size), target=target, unsigned_activations=unsigned)
     tfqat.calibrate(qat, _images(64, 1, size))
     assert {t.quantizer.target for t in quantized_tensors(qat) if isinstance(t.quantizer, Pow2ActivationQuantizer)} == {target}
-    path = tfqat.export_tflite(qat, tmp_path / f"{target}.tflite")
+    got, keras_steps = _runtime_and_keras_steps(qat, tmp_path / f"{target}.tflite", runtime, _images(48, 2, size))
+    return int(np.count_nonzero(got != keras_steps))
+
+
+def _runtime_and_keras_steps(qat, path, runtime, images):
+    """The int8 outputs of the QAT model's export run by `runtime`, and the Keras model's, in output steps."""
+    path = tfqat.export_tflite(qat, path)
     io = litert.describe(path)
-    images = _images(48, 2, size)
     keras_steps = np.round(qat.predict(images, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
-    runner = RuntimeTensors(path, runtime)
-    output = _output_index(path)
-    got = np.concatenate([
-        runner.run([litert.quantize(image[None], io.inputs[0])], [output])[output] for image in images
-    ])
-    return int(np.count_nonzero(got.reshape(keras_steps.shape) != keras_steps))
+    runner, output = RuntimeTensors(path, runtime), _output_index(path)
+    got = np.concatenate([runner.run([litert.quantize(i[None], io.inputs[0])], [output])[output] for i in images])
+    return got.reshape(keras_steps.shape), keras_steps
 
 
 @pytest.mark.parametrize("target", ["builtin", "reference", "xnnpack", "micro"])
@@ -152,10 +154,5 @@ def test_a_mean_of_signed_values_rounds_as_its_runtimes_mean_kernel(target, keep
     model = keras.Model(inputs, layers.Dense(5)(layers.Flatten()(x)))
     qat = tfqat.quantize_model(model, target=target)
     tfqat.calibrate(qat, _images(64, 1))
-    path = tfqat.export_tflite(qat, tmp_path / "mean.tflite")
-    io = litert.describe(path)
-    images = _images(48, 2)
-    keras_steps = np.round(qat.predict(images, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
-    runner, output = RuntimeTensors(path, TARGETS[target].runtime), _output_index(path)
-    got = np.concatenate([runner.run([litert.quantize(i[None], io.inputs[0])], [output])[output] for i in images])
-    np.testing.assert_array_equal(got.reshape(keras_steps.shape), keras_steps)
+    got, keras_steps = _runtime_and_keras_steps(qat, tmp_path / "mean.tflite", TARGETS[target].runtime, _images(48, 2))
+    np.testing.assert_array_equal(got, keras_steps)

@@ -135,6 +135,12 @@ TARGETS: dict[str, Target] = {
 DEFAULT_TARGET = "builtin"
 
 
+def target_config(name: str) -> dict:
+    """{"target": name} for a config, or {} for the default target, so configs saved before targets existed
+    still compare equal."""
+    return {} if name == DEFAULT_TARGET else {"target": name}
+
+
 def target_named(name: str) -> Target:
     """The target of this name; a ValueError lists the valid names."""
     if name not in TARGETS:

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
-from tfqat.targets import DEFAULT_TARGET
+from tfqat.targets import DEFAULT_TARGET, target_config
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -149,8 +149,10 @@ class OutputQuantizeConfig(_Pow2Config):
 
     def get_config(self):
         o = self.options
-        target = {} if o.target == DEFAULT_TARGET else {"target": o.target}
-        return {"ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations, **target}
+        return {
+            "ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations,
+            **target_config(o.target),
+        }
 
     def get_output_quantizers(self, layer):
         return [self.options.activation_quantizer(non_negative=True)]

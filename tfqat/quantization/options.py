@@ -13,7 +13,7 @@ from typing import Optional
 
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer
 from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
-from tfqat.targets import DEFAULT_TARGET, target_named
+from tfqat.targets import DEFAULT_TARGET, target_config, target_named
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,5 @@ class QuantizeOptions:
     def as_dict(self) -> dict:
         """The fields, the target only when not the default (configs saved before it existed compare equal)."""
         fields = asdict(self)
-        if self.target == DEFAULT_TARGET:
-            del fields["target"]
-        return fields
+        del fields["target"]
+        return {**fields, **target_config(self.target)}

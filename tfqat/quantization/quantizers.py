@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
-from tfqat.targets import DEFAULT_TARGET, target_named
+from tfqat.targets import DEFAULT_TARGET, target_config, target_named
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -237,10 +237,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
     def get_config(self):
         # Unsigned and the target only when not the default, so configs saved before these options existed
         # still compare equal.
-        return {
-            "ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {}),
-            **({"target": self.target} if self.target != DEFAULT_TARGET else {}),
-        }
+        return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {}), **target_config(self.target)}
 
 
 @_register
@@ -261,7 +258,7 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
         return weights["min_var"] >= 0.0
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, **({"target": self.target} if self.target != DEFAULT_TARGET else {})}
+        return {"ema_decay": self.ema_decay, **target_config(self.target)}
 
 
 @_register

@@ -24,12 +24,12 @@ Kernels = Literal["builtin", "reference", "xnnpack"]
 # rounding ties, which power-of-two scales make common: XNNPACK requantizes in
 # float32 with round-half-even, and on the test model the reference
 # FULLY_CONNECTED rounds some ties differently from the optimized one.
-KERNELS = ("builtin", "reference", "xnnpack")  # the kernel sets `load_interpreter(kernels=...)` runs
 _RESOLVERS = {
     "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     "reference": OpResolverType.BUILTIN_REF,
     "xnnpack": OpResolverType.AUTO,
 }
+KERNELS = tuple(_RESOLVERS)  # the kernel sets `load_interpreter(kernels=...)` runs
 
 # A TFLite flatbuffer carries this file identifier at bytes 4..8.
 _TFLITE_IDENTIFIER = b"TFL3"
