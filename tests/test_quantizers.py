@@ -77,8 +77,10 @@ class _Owner(keras.layers.Layer):
     """A bare layer to own quantizer variables, as QuantizeWrapper/QuantizeLayer do."""
 
 
-def built_activation_quantizer(ema_decay=0.9):
-    quantizer = Pow2ActivationQuantizer(ema_decay)
+def built_activation_quantizer(ema_decay=0.9, target="builtin"):
+    """A quantizer for LiteRT's builtin kernels: an activation not linked to an accumulator rounds once, ties
+    away from zero (the rounding these tests pin down; tests/test_targets.py covers the other targets)."""
+    quantizer = Pow2ActivationQuantizer(ema_decay, target=target)
     weights = quantizer.build(tf.TensorShape([None, 4]), "act", _Owner())
     return quantizer, weights
 

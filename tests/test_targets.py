@@ -63,6 +63,21 @@ def test_targets_name_their_rules_and_refuse_unknown_names():
         tfqat.quantize_model(_model(), target="tpu")
 
 
+def test_configs_record_their_target_and_old_ones_read_as_the_builtin_kernels():
+    """The default target is XNNPACK; a config saved before configs recorded their target was made for the
+    builtin kernels (the only target then) and must keep rounding so."""
+    from tfqat.quantization.configs import KernelQuantizeConfig, OutputQuantizeConfig
+    from tfqat.quantization.thresholds import TQTActivationQuantizer
+    from tfqat.targets import DEFAULT_TARGET, SAVED_WITHOUT_TARGET
+
+    assert (DEFAULT_TARGET, SAVED_WITHOUT_TARGET) == ("xnnpack", "builtin")
+    for made in (Pow2ActivationQuantizer(), TQTActivationQuantizer(), OutputQuantizeConfig(), KernelQuantizeConfig()):
+        config = made.get_config()
+        assert config["target"] == "xnnpack" and type(made).from_config(config) == made
+        old = type(made).from_config({k: v for k, v in config.items() if k != "target"})
+        assert old.get_config()["target"] == "builtin" and old != made
+
+
 def _model(size=SIZE):
     """Conv + ReLU6, depthwise, residual Add, a product (MUL), MEAN over (size / 2)**2 and a Dense: the ops
     whose rounding targets differ on."""
@@ -119,11 +134,17 @@ def _output_index(path) -> int:
 
 
 @pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
-@pytest.mark.parametrize("target", ["builtin", "reference", "micro"])
+@pytest.mark.parametrize("target", ["builtin", "reference", "xnnpack", "micro"])
 def test_a_mean_over_a_count_that_is_not_a_power_of_two_is_bit_exact(target, unsigned, tmp_path):
-    """Global average pooling over 3x3 = 9 values (49 at 224 px): a Q31 multiplier, not a shift. XNNPACK
-    computes this MEAN another way, not reproduced yet (140 of 240 outputs of this model differ)."""
+    """Global average pooling over 3x3 = 9 values (49 at 224 px): a Q31 multiplier on LiteRT's kernels and
+    TFLite Micro, a float32 scale on XNNPACK; not a shift."""
     assert _mismatches(target, TARGETS[target].runtime, tmp_path, size=6, unsigned=unsigned) == 0
+
+
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_the_two_mean_arithmetics_differ_on_this_model(unsigned, tmp_path):
+    """Non-vacuity of the test above: the model quantized for the Q31 MEAN (builtin) run by XNNPACK differs."""
+    assert _mismatches("builtin", "xnnpack", tmp_path, size=6, unsigned=unsigned) > 0
 
 
 def test_mean_requantize_is_tflites_multiplier_arithmetic():
@@ -139,6 +160,27 @@ def test_mean_requantize_is_tflites_multiplier_arithmetic():
         means = tf.constant(totals * 2.0**input_exponent / count, tf.float32)
         got = pow2.mean_requantize(means, tf.constant(float(input_exponent)), tf.constant(float(exponent)), count)
         np.testing.assert_array_equal(got.numpy() / 2.0**exponent, expected)
+
+
+def test_float32_mean_requantize_is_the_executors_xnnpack_mean():
+    from tfqat.integer import named
+    from tfqat.integer.model import Operator, Tensor
+
+    rng, differ = np.random.default_rng(6), 0
+    for count, input_exponent, exponent, in_zero, out_zero in [(9, -7, -6, 0, 0), (49, -5, -5, -128, -128),
+                                                               (49, -6, -3, -128, 0), (25, -4, -7, 0, -128)]:
+        raw = rng.integers(-128, 128, (300, count, 1, 1))
+        raw[:3] = in_zero  # all-zero inputs
+        x_t = Tensor(0, "x", np.dtype(np.int8), (1, count, 1, 1), (2.0**input_exponent,), (in_zero,), 0)
+        out = Tensor(2, "y", np.dtype(np.int8), (1, 1, 1, 1), (2.0**exponent,), (out_zero,), 0)
+        op = Operator(0, "MEAN", (0, 1), (2,), {"keepDims": True})
+        expected = named.mean(op, [x_t, None, out], [raw, np.array([1, 2])], "xnnpack").ravel()
+        means = tf.constant((raw - in_zero).sum(axis=(1, 2, 3)) * 2.0**input_exponent / count, tf.float32)
+        got = pow2.mean_requantize(means, tf.constant(float(input_exponent)), tf.constant(float(exponent)), count,
+                                   "float32", float(in_zero), float(out_zero))
+        np.testing.assert_array_equal(np.clip(got.numpy() / 2.0**exponent + out_zero, -128, 127), expected)
+        differ += np.count_nonzero(expected != named.mean(op, [x_t, None, out], [raw, np.array([1, 2])], "litert").ravel())
+    assert differ > 0  # the two arithmetics round differently
 
 
 @pytest.mark.parametrize("keepdims", [False, True], ids=["drops_dims", "keeps_dims"])

@@ -356,7 +356,7 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", choices=sorted(TARGETS), default=DEFAULT_TARGET,
         help=f"the runtime the file will run on; the Keras model rounds as it does (default {DEFAULT_TARGET}: "
-        "LiteRT's CPU kernels without a delegate)",
+        "XNNPACK, which LiteRT's Interpreter applies by default on desktop and Android)",
     )
 
 

@@ -29,6 +29,12 @@ RULES: dict[str, str] = {
 # LiteRT's optimized MEAN (a 4-D MEAN over height and width that keeps its dimensions) rounds otherwise than
 # every other MEAN: a rule key of its own.
 MEAN_KEEP_DIMS = "MEAN keep_dims"
+# How each flavour of kernels (a target's `named`) computes a MEAN over a count that is not a power of two:
+# "q31", the sum less the zero point times a Q31 multiplier (LiteRT's kernels, TFLite Micro), or "float32",
+# the raw sum times a float32 scale plus a float32 offset, rounded half to even (XNNPACK; measured:
+# tests/test_targets.py). Every other op that is not a shift is computed alike by "litert" and "xnnpack".
+MEAN_ARITHMETIC = {"litert": "q31", "micro": "q31", "xnnpack": "float32"}
+NAMED_FLAVOURS = tuple(MEAN_ARITHMETIC)
 # A double rounding's second step, which is also how such a runtime rounds a value that is no accumulator.
 SECOND_STEP = {"tflite_double": "half_away_from_zero", "double_half_up": "half_up"}
 
@@ -70,7 +76,7 @@ def single_rule(rule: RoundingRule) -> str:
 @dataclass(frozen=True)
 class Target:
     """One runtime's rounding: TFLite op name -> rule ("*" for every other op), and how its ops that are
-    not shifts (LOGISTIC, SOFTMAX, MEAN over other counts) are computed: "litert" or "micro".
+    not shifts (LOGISTIC, SOFTMAX, MEAN over other counts) are computed: "litert", "xnnpack" or "micro".
 
     `runtime` names the LiteRT kernels (`tfqat.tflite.litert`) or "micro" that run it here; None for a
     chip whose runtime is not on this machine.
@@ -81,6 +87,10 @@ class Target:
     named: str = "litert"
     runtime: Optional[str] = None
     description: str = ""
+
+    @property
+    def mean_arithmetic(self) -> str:
+        return MEAN_ARITHMETIC[self.named]
 
     def rule(self, op: str) -> RoundingRule:
         if op == MEAN_KEEP_DIMS and op not in self.rules:
@@ -116,10 +126,10 @@ TARGETS: dict[str, Target] = {
         Target(
             "xnnpack",
             {"*": "half_even", "ADD": "half_up", "SUB": "half_up"},
-            "litert", "xnnpack",
+            "xnnpack", "xnnpack",
             "XNNPACK (LiteRT's default delegate): float32 requantization, round to nearest even; its "
-            "ADD rounds ties up; a MEAN over a count that is not a power of two is not reproduced (the "
-            "Keras model computes it as LiteRT's kernels do)",
+            "ADD rounds ties up; a MEAN over a count that is not a power of two scales the raw int32 sum "
+            "in float32",
         ),
         Target(
             "micro",
@@ -132,13 +142,11 @@ TARGETS: dict[str, Target] = {
         Target("half_even", {"*": "half_even"}, "litert", None, "one rounding, ties to even: ESP32-P4"),
     )
 }
-DEFAULT_TARGET = "builtin"
-
-
-def target_config(name: str) -> dict:
-    """{"target": name} for a config, or {} for the default target, so configs saved before targets existed
-    still compare equal."""
-    return {} if name == DEFAULT_TARGET else {"target": name}
+# LiteRT's default path (`Interpreter(model_path=...)` on desktop and Android applies XNNPACK): what most
+# users of a .tflite file run. Micro-controller and chip users name their target.
+DEFAULT_TARGET = "xnnpack"
+# What a config saved before it recorded its target meant (LiteRT's builtin kernels, then the only target).
+SAVED_WITHOUT_TARGET = "builtin"
 
 
 def target_named(name: str) -> Target:

@@ -32,7 +32,6 @@ from tfqat.flowers.methods import FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITL
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.tflite import export, litert, verify
-from tfqat.targets import TARGETS
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.post_training.equalize import equalize
 from tfqat.graph.canonical import canonical_model
@@ -220,12 +219,6 @@ class Run:
         self._calibrated[key] = qat.get_weights()
         return qat
 
-    def _kernels(self) -> str:
-        """The LiteRT kernels the run's target names, for checking its files; LiteRT's builtin kernels for a
-        target LiteRT does not run (TFLite Micro, a chip)."""
-        runtime = TARGETS[self.options.target].runtime
-        return runtime if runtime in litert.KERNELS else "builtin"
-
     def _validation_metrics(self, model) -> dict:
         """Top-1 accuracy and mean cross-entropy of a Keras model on the validation split, the only split
         training choices may look at."""
@@ -313,7 +306,7 @@ class Run:
         stage = method.name
         path = export.save_tflite(tflite, self.out / method.file, labels=self.flowers.classes)
         report = verify.verify_tflite(path)
-        outputs = litert.predict(path, self.test_images, kernels=self._kernels(), progress=f"{stage} LiteRT")
+        outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
         result = self._test_metrics(outputs)
         result.update(
             title=self._title(stage),

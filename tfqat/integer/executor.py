@@ -18,11 +18,10 @@ from tfqat.integer import kernels, named
 from tfqat.integer.kernels import activation_range, exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, model_bytes, read_graph
 from tfqat.integer.rounding import count_ties, shift_round
-from tfqat.targets import MEAN_KEEP_DIMS, RULES, TARGETS, LaneSplit, Target, check_rule
+from tfqat.targets import MEAN_KEEP_DIMS, NAMED_FLAVOURS, RULES, TARGETS, LaneSplit, Target, check_rule
 from tfqat.tflite.ops import op_kind
 
 Ties = Union[str, LaneSplit, Mapping[str, Union[str, LaneSplit]]]
-NAMED_FLAVOURS = ("litert", "micro")
 
 SHIFT_KERNELS = {
     "CONV_2D": kernels.conv_2d,
@@ -72,8 +71,9 @@ class IntegerModel:
       ties: a target's rounding (tfqat.targets.TARGETS: "reference", "builtin", "xnnpack", "micro" as
         measured, "half_up", "half_even"), one tie rule for every shift (tfqat.targets.RULES), or a
         mapping op name -> rule ("*" for the other ops; default "tflite_double").
-      named: how the ops that are not shifts are computed: "litert" (LiteRT's kernels) or "micro"
-        (TFLite Micro); they differ on LOGISTIC only. Default: the target's, else "litert".
+      named: how the ops that are not shifts are computed: "litert" (LiteRT's kernels), "xnnpack" (its MEAN
+        over a count that is not a power of two) or "micro" (TFLite Micro's LOGISTIC). Default: the
+        target's, else "litert".
 
     Raises:
       ExecutorError: junk bytes, a float or non-power-of-two tensor (named), or an op the executor lacks.

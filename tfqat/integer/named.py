@@ -4,8 +4,9 @@ SOFTMAX: gemmlowp fixed point (input x beta rescaled to Q5.26, exp on negative v
 Q12.19, its reciprocal, a rounding shift to 1/256 steps), in LiteRT's reference kernels and in TFLite
 Micro. LOGISTIC: LiteRT fills a 256-entry table with float32 1 / (1 + exp(-x)) rounded half away from
 zero ("litert"); TFLite Micro computes gemmlowp's fixed-point logistic from Q4.27 ("micro"). MEAN over
-a count that is not a power of two: the sum times a Q31 multiplier (s_in / s_out) / count. And
-AVERAGE_POOL_2D: the window's sum divided by the number of in-bounds elements, ties away from zero.
+a count that is not a power of two: the sum times a Q31 multiplier (s_in / s_out) / count, or on XNNPACK
+("xnnpack") the raw sum times a float32 scale. And AVERAGE_POOL_2D: the window's sum divided by the number
+of in-bounds elements, ties away from zero. "xnnpack" computes every other op as "litert".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from tfqat.integer import fixedpoint as fp
 from tfqat.integer.kernels import activation_range, reduced_axes, windows
 from tfqat.integer.model import Operator, Tensor
+from tfqat.targets import MEAN_ARITHMETIC
 
 HOW = {
     ("SOFTMAX", "litert"): "gemmlowp fixed-point exp and reciprocal",
@@ -27,7 +29,10 @@ HOW = {
     ("MEAN", "micro"): "the sum times a Q31 multiplier (s_in / s_out) / count",
     ("AVERAGE_POOL_2D", "litert"): "the window's sum divided by its element count",
     ("AVERAGE_POOL_2D", "micro"): "the window's sum divided by its element count",
+    ("MEAN", "xnnpack"): "the raw sum times the float32 scale (s_in / s_out) * (1 / count), rounded half to even",
 }
+for _op in ("SOFTMAX", "LOGISTIC", "AVERAGE_POOL_2D"):
+    HOW[_op, "xnnpack"] = HOW[_op, "litert"]
 """How each named op is computed, per flavour (the executor's report quotes it)."""
 
 _SOFTMAX_DIFF_BITS, _SOFTMAX_SUM_BITS = 5, 12
@@ -86,7 +91,14 @@ def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour:
     x_t, out = tensors[0], tensors[-1]
     axes = reduced_axes(op, values, values[0].ndim)
     count = int(np.prod([values[0].shape[a] for a in axes]))
-    total = np.sum(values[0] - x_t.zero_point, axis=axes, keepdims=bool(op.options.get("keepDims")))
+    keep = bool(op.options.get("keepDims"))
+    if MEAN_ARITHMETIC[flavour] == "float32":
+        f32 = np.float32
+        scale = f32(x_t.scales[0]) / f32(out.scales[0]) * (f32(1) / f32(count))
+        offset = f32(out.zero_point) - f32(count * x_t.zero_point) * scale
+        raw_sum = np.sum(values[0], axis=axes, keepdims=keep).astype(f32)  # an int32 below 2**24: exact
+        return np.clip(np.rint(raw_sum * scale + offset), -128, 127).astype(np.int64)  # rint: half to even
+    total = np.sum(values[0] - x_t.zero_point, axis=axes, keepdims=keep)
     multiplier, shift = fp.quantize_multiplier(x_t.scales[0] / out.scales[0])
     extra = min(count.bit_length() - 1, 32, 31 + shift)
     multiplier, shift = (multiplier << extra) // count, shift - extra

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
-from tfqat.targets import DEFAULT_TARGET, target_config
+from tfqat.targets import DEFAULT_TARGET
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -85,6 +85,8 @@ class KernelQuantizeConfig(_Pow2Config):
       quantize_output: quantize the layer's output.
     """
 
+    records_target = True
+
     def __init__(self, options: QuantizeOptions = None, quantize_output: bool = True, **fields):
         self.options = QuantizeOptions.from_fields(options, **fields)
         self.quantize_output = bool(quantize_output)
@@ -132,6 +134,8 @@ class OutputQuantizeConfig(_Pow2Config):
       unsigned: the layer's output is non-negative by construction (a ReLU) and goes on the unsigned grid.
     """
 
+    records_target = True
+
     def __init__(self, ema_decay: float = 0.99, thresholds: str = None, unsigned: bool = False,
                  trained_thresholds: bool = False, target: str = DEFAULT_TARGET):
         if thresholds is None:  # `trained_thresholds`: the key of configs saved before `thresholds` existed
@@ -151,7 +155,7 @@ class OutputQuantizeConfig(_Pow2Config):
         o = self.options
         return {
             "ema_decay": o.ema_decay, "thresholds": o.thresholds, "unsigned": o.unsigned_activations,
-            **target_config(o.target),
+            "target": o.target,
         }
 
     def get_output_quantizers(self, layer):

@@ -87,6 +87,17 @@ def _scale_exponent(layer):
     return None if fixed is None else (lambda: tf.constant(fixed, tf.float32))
 
 
+def _zero_point(layer):
+    """A function giving the int8 zero point of `layer`'s output: -128 on an unsigned grid (or a sigmoid's
+    fixed [0, 1)), else 0."""
+    found = _output_quantizer(layer)
+    if found is not None:
+        quantizer, variables = found
+        return lambda: -128.0 * tf.cast(quantizer.grid_unsigned(variables), tf.float32)
+    fixed = _fixed_exponent(_scale_source(layer))
+    return lambda: tf.constant(-128.0 if fixed == -8.0 else 0.0)
+
+
 def _fused_output_quantizers(wrapper, consumers) -> list:
     """The quantizers of a layer's int8 output: its own, or those of the one ReLU TFLite fuses into its op."""
     outputs = [quantizer for quantizer, _ in _own_quantizers(wrapper)]
@@ -139,8 +150,8 @@ def _link_mean(wrapper, consumers) -> bool:
 
     MEAN sums its H*W inputs in int32 and requantizes the sum, at scale s_input / (H*W), as a conv
     does its accumulator (by the target's MEAN rule); only a power-of-two H*W keeps that a shift. Any
-    other count multiplies the sum by a Q31 multiplier (`pow2.mean_requantize`): the quantizer is
-    given the count and the input's exponent.
+    other count is scaled otherwise (`pow2.mean_requantize`): the quantizer is given the count, the input's
+    exponent and the input's zero point (which XNNPACK's float32 MEAN rounds with).
     """
     if not isinstance(wrapper.layer, keras.layers.GlobalAveragePooling2D):
         return False
@@ -154,6 +165,7 @@ def _link_mean(wrapper, consumers) -> bool:
     for quantizer in outputs:
         quantizer.accumulator_exponent = (lambda: source() - math.log2(count)) if power_of_two else source
         quantizer.average_count = None if power_of_two else count
+        quantizer.mean_input_zero_point = _zero_point(_producer(wrapper))
         # LiteRT's optimized MEAN (its own rounding) runs only for one that keeps its dimensions.
         quantizer.kernel = "mean_keep_dims" if _keeps_dims(wrapper, consumers) else "mean"
     return True

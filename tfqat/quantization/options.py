@@ -13,7 +13,7 @@ from typing import Optional
 
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer
 from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
-from tfqat.targets import DEFAULT_TARGET, target_config, target_named
+from tfqat.targets import DEFAULT_TARGET, target_named
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,5 @@ class QuantizeOptions:
         return self.method.input(self.ema_decay, target=self.target)
 
     def as_dict(self) -> dict:
-        """The fields, the target only when not the default (configs saved before it existed compare equal)."""
-        fields = asdict(self)
-        del fields["target"]
-        return {**fields, **target_config(self.target)}
+        """The fields, for a config (one saved without a target reads as `tfqat.targets.SAVED_WITHOUT_TARGET`)."""
+        return asdict(self)

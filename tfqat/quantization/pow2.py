@@ -16,6 +16,7 @@ from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlo
 
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tfqat.targets import MEAN_KEEP_DIMS, SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
@@ -118,7 +119,8 @@ def round_half_away_from_zero(values):
 
 def fake_quant_activations(
     values, exponent, litert_rounding: bool = False, accumulator_exponent=None, unsigned: bool = False,
-    rule: Optional[RoundingRule] = None, average_count: Optional[int] = None,
+    rule: Optional[RoundingRule] = None, average_count: Optional[int] = None, mean_arithmetic: str = "q31",
+    mean_input_zero_point=0.0,
 ):
     """Quantize-dequantize activations at scale 2**exponent in [-128, 127], zero point 0 ([0, 255] if unsigned;
     `unsigned` may be a boolean tensor).
@@ -131,7 +133,8 @@ def fake_quant_activations(
     value is rounded once, by the rule's last step (`tfqat.targets.single_rule`). Without a `rule`, the
     builtin kernels' CONV_2D rule for an accumulator, else one rounding half away from zero. With an
     `average_count` that is not a power of two, the values are a MEAN of inputs at 2**accumulator_exponent,
-    requantized as `mean_requantize` does (no shift can divide by such a count). Gradients stay
+    requantized as `mean_requantize` does with `mean_arithmetic` (no shift can divide by such a count; the
+    float32 arithmetic needs the input's zero point). Gradients stay
     straight-through. The graph handed to the TFLite converter must not carry these extra ops (it reads
     the ranges off FakeQuant alone).
     """
@@ -142,7 +145,11 @@ def fake_quant_activations(
         if accumulator_exponent is None:
             rounded = round_ties(values / scale, single_rule(rule)) * scale
         elif average_count is not None:
-            rounded = mean_requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), average_count)
+            output_zero_point = -128.0 * tf.cast(unsigned, tf.float32)
+            rounded = mean_requantize(
+                values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), average_count,
+                mean_arithmetic, mean_input_zero_point, output_zero_point,
+            )
         else:
             rounded = requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), rule)
         values = values + tf.stop_gradient(rounded - values)
@@ -198,21 +205,32 @@ def requantize(values, accumulator_exponent, exponent, rule: RoundingRule):
     return steps * tf.pow(2.0, exponent)
 
 
-def mean_requantize(values, input_exponent, exponent, count: int):
-    """A MEAN over `count` int8 inputs at 2**input_exponent, to the grid 2**exponent, as TFLite's MEAN computes
-    it when `count` is not a power of two (LiteRT's kernels and TFLite Micro alike).
+def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: str = "q31", input_zero_point=0.0, output_zero_point=0.0):
+    """A MEAN over `count` int8 inputs at 2**input_exponent, to the grid 2**exponent, as a runtime computes it
+    when `count` is not a power of two (no shift divides by it).
 
-    The int32 sum is multiplied by a Q31 multiplier of (s_in / s_out) / count, made by dividing the
-    multiplier of s_in / s_out (2**30, a power of two) shifted left by up to log2(count) bits, with
-    truncation, by the count; then MultiplyByQuantizedMultiplier's two roundings, half away from zero.
-    Computed in float64, exact: the sum times the multiplier stays below 2**53.
+    arithmetic "q31" (LiteRT's kernels and TFLite Micro): the int32 sum of the inputs less their zero point
+    times a Q31 multiplier of (s_in / s_out) / count, made by dividing the multiplier of s_in / s_out (2**30, a
+    power of two) shifted left by up to log2(count) bits, with truncation, by the count; then
+    MultiplyByQuantizedMultiplier's two roundings, half away from zero. Computed in float64, exact: the sum
+    times the multiplier stays below 2**53.
+    arithmetic "float32" (XNNPACK): the int32 sum of the raw int8 inputs, converted to float32, times the
+    float32 scale (s_in / s_out) * (1 / count), plus the output zero point less count * input zero point *
+    scale (each step rounded to float32), rounded half to even. The zero points (0, or -128 for an unsigned
+    grid) matter here only.
     """
+    if arithmetic not in MEAN_ARITHMETIC:
+        msg = f"mean_requantize arithmetic={arithmetic!r} is not one of {MEAN_ARITHMETIC}"
+        raise ValueError(msg)
     values, input_exponent, exponent = (tf.cast(v, tf.float64) for v in (values, input_exponent, exponent))
 
     def two(power):
         return tf.pow(tf.constant(2.0, tf.float64), power)
 
     total = round_half_away_from_zero(values * count * two(-input_exponent))
+    if arithmetic == "float32":
+        steps = _float32_mean(total, input_exponent - exponent, count, input_zero_point, output_zero_point)
+        return tf.cast(steps * two(exponent), tf.float32)
     shift = input_exponent - exponent + 1.0  # QuantizeMultiplier(2**d) = (2**30, d + 1)
     extra = tf.minimum(tf.constant(float(count.bit_length() - 1), tf.float64), tf.minimum(tf.constant(32.0, tf.float64), 31.0 + shift))
     multiplier = tf.floor(two(30.0 + extra) / count)
@@ -223,6 +241,21 @@ def mean_requantize(values, input_exponent, exponent, count: int):
     high = tf.where(nudged >= 0, tf.floor(nudged), tf.math.ceil(nudged))  # SaturatingRoundingDoublingHighMul
     steps = round_half_away_from_zero(high * two(-tf.maximum(-shift, 0.0)))
     return tf.cast(steps * two(exponent), tf.float32)
+
+
+MEAN_ARITHMETIC = ("q31", "float32")
+
+
+def _float32_mean(total, exponent_difference, count: int, input_zero_point, output_zero_point):
+    """XNNPACK's MEAN of int8 values in output steps (less the output zero point), from the sum of the values
+    less their zero point (`total`, exact in float64); float32 arithmetic, one rounding per operation."""
+    f32 = tf.float32
+    input_zero_point, output_zero_point = (tf.cast(z, f32) for z in (input_zero_point, output_zero_point))
+    scale = tf.cast(tf.pow(tf.constant(2.0, tf.float64), exponent_difference), f32) * tf.constant(np.float32(1.0) / np.float32(count), f32)  # 1.0f / count
+    raw_sum = tf.cast(total, f32) + float(count) * input_zero_point  # an int32 below 2**24: exact
+    offset = output_zero_point - (float(count) * input_zero_point) * scale
+    steps = tf.round(raw_sum * scale + offset)  # tf.round: half to even, as XNNPACK's nearbyint
+    return tf.cast(steps - output_zero_point, tf.float64)
 
 
 # The op kinds whose accumulator a QAT model's quantizers requantize, as TFLite names the op.

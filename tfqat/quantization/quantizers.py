@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
-from tfqat.targets import DEFAULT_TARGET, target_config, target_named
+from tfqat.targets import DEFAULT_TARGET, SAVED_WITHOUT_TARGET, target_named
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -23,11 +23,15 @@ _register = keras.utils.register_keras_serializable(package="tfqat")
 class ConfigEquality:
     """Serialization and equality for classes whose constructor arguments are their config."""
 
+    records_target = False  # its config names a target (`tfqat.targets`)
+
     def get_config(self):
         return {}
 
     @classmethod
     def from_config(cls, config):
+        if cls.records_target and "target" not in config:
+            config = {**config, "target": SAVED_WITHOUT_TARGET}  # saved before configs recorded their target
         return cls(**config)
 
     def __eq__(self, other):
@@ -144,6 +148,8 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         zero point -128 in the int8 model, twice the resolution of [-128, 127] * 2**k.
     """
 
+    records_target = True
+
     def __init__(self, ema_decay: float = 0.99, unsigned: bool = False, target: str = DEFAULT_TARGET):
         if not 0.0 <= float(ema_decay) < 1.0:
             msg = f"Pow2ActivationQuantizer ema_decay={ema_decay!r} must be in [0, 1)"
@@ -159,6 +165,8 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # Set by linking for a MEAN over a count that is not a power of two (then the accumulator exponent
         # is the input's): pow2.mean_requantize.
         self.average_count = None
+        # ... and a function giving that input's int8 zero point (XNNPACK's float32 MEAN rounds with it).
+        self.mean_input_zero_point = None
         # Set by tfqat.quantization.linking when this tensor meets others in a concatenation: the
         # ScaleGroup of every tensor that must share one scale (this one's included).
         self.scale_group = None
@@ -229,15 +237,17 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # match the int8 model, pays for it.
         litert_rounding = not training and not is_in(self, EXPORTING)
         accumulator = self.accumulator_exponent() if litert_rounding and self.accumulator_exponent else None
+        mean_zero_point = self.mean_input_zero_point() if accumulator is not None and self.average_count else 0.0
         return pow2.fake_quant_activations(
             inputs, exponent, litert_rounding=litert_rounding, accumulator_exponent=accumulator,
             unsigned=self.grid_unsigned(weights), rule=self.rounding_rule(), average_count=self.average_count,
+            mean_arithmetic=target_named(self.target).mean_arithmetic, mean_input_zero_point=mean_zero_point,
         )
 
     def get_config(self):
-        # Unsigned and the target only when not the default, so configs saved before these options existed
-        # still compare equal.
-        return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {}), **target_config(self.target)}
+        # Unsigned only when set, so configs saved before it existed still compare equal; the target always
+        # (a config without one was saved for SAVED_WITHOUT_TARGET: see ConfigEquality.from_config).
+        return {"ema_decay": self.ema_decay, **({"unsigned": True} if self.unsigned else {}), "target": self.target}
 
 
 @_register
@@ -258,7 +268,7 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
         return weights["min_var"] >= 0.0
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, **target_config(self.target)}
+        return {"ema_decay": self.ema_decay, "target": self.target}
 
 
 @_register

@@ -64,7 +64,7 @@ def keras_tflite_agreement(
     batch_size: int = 32,
     step: float | None = None,
     num_threads: int | None = None,
-    kernels: Kernels = "builtin",
+    kernels: Kernels | None = None,
 ) -> AgreementReport:
     """Runs both models on the same float images and compares their outputs.
 
@@ -75,7 +75,8 @@ def keras_tflite_agreement(
       batch_size: images per Keras call and per LiteRT invoke.
       step: size of one output step; defaults to the TFLite output scale and
         must be given for a float TFLite model, which has none.
-      num_threads, kernels: LiteRT options (see tfqat.tflite.litert.load_interpreter).
+      num_threads, kernels: LiteRT options (see tfqat.tflite.litert.load_interpreter; by default the kernels
+        of the target the file was made for).
     """
     images = np.asarray(images, np.float32)
     if len(images) == 0:

@@ -29,7 +29,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tfqat._keras import keras
 from tfqat.tflite.debug_report import DebugReport
 from tfqat.tflite.litert import (
-    TFLiteModelError, TensorSpec, _checked_images, describe, load_interpreter, model_label, quantize,
+    TFLiteModelError, TensorSpec, _checked_images, describe, load_interpreter, model_label, quantize, target_kernels,
 )
 from tfqat.quantization.kinds import kind_of_op
 from tfqat.tflite.ops import op_kind
@@ -156,7 +156,10 @@ def _output_fits(layer, details: dict, tf_op: str) -> bool:
 
 
 def _debug_interpreter(model, num_threads: int | None) -> Interpreter:
-    interpreter = load_interpreter(model, num_threads=num_threads, preserve_all_tensors=True)
+    # XNNPACK (a file made for it, or none) hides every tensor inside its delegate: the builtin kernels show them.
+    kernels = None if isinstance(model, Interpreter) else target_kernels(model)
+    kernels = "builtin" if kernels == "xnnpack" else kernels
+    interpreter = load_interpreter(model, num_threads=num_threads, kernels=kernels, preserve_all_tensors=True)
     try:
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:

@@ -21,9 +21,9 @@ from tfqat.files import write_atomic
 from tfqat.quantization.modes import tracing_for_export
 from tfqat.quantization.tensors import model_target
 from tfqat.tflite.constants import requantize_shared_constants
+from tfqat.tflite.litert import TARGET_METADATA, read_metadata
 
 LABELS_METADATA = "tfqat_labels"
-TARGET_METADATA = "tfqat_target"  # the runtime whose rounding the Keras model reproduced (tfqat.targets)
 
 
 class ExportError(RuntimeError):
@@ -83,15 +83,6 @@ def with_metadata(tflite_bytes: bytes, name: str, text: str) -> bytes:
     metadata.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()] + [metadata]
     return flatbuffer_utils.convert_object_to_bytearray(model)
-
-
-def read_metadata(tflite_bytes: bytes, name: str) -> Optional[str]:
-    """The text of the TFLite metadata entry `name`, or None."""
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    for metadata in model.metadata or []:
-        if metadata.name in (name, name.encode()):
-            return bytes(np.asarray(model.buffers[metadata.buffer].data, np.uint8)).decode("utf-8")
-    return None
 
 
 def with_labels(tflite_bytes: bytes, labels: Sequence[str]) -> bytes:

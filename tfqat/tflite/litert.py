@@ -19,17 +19,18 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 ModelSource = Union[str, os.PathLike, bytes, Interpreter]
 Kernels = Literal["builtin", "reference", "xnnpack"]
 
-# "builtin" (LiteRT's optimized CPU kernels, no delegate) is the default: it is
-# what the model computes on a CPU. The kernels disagree by one step at some
-# rounding ties, which power-of-two scales make common: XNNPACK requantizes in
-# float32 with round-half-even, and on the test model the reference
-# FULLY_CONNECTED rounds some ties differently from the optimized one.
+# The kernel sets disagree by one step at some rounding ties, which power-of-two scales make common
+# (tfqat.targets measures each): a model is run by default on the kernels of the target it was made for
+# (`target_kernels`), and a file without one on LiteRT's own default, XNNPACK.
 _RESOLVERS = {
     "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     "reference": OpResolverType.BUILTIN_REF,
     "xnnpack": OpResolverType.AUTO,
 }
 KERNELS = tuple(_RESOLVERS)  # the kernel sets `load_interpreter(kernels=...)` runs
+
+LITERT_DEFAULT: Kernels = "xnnpack"  # what `Interpreter(model_path=...)` applies
+TARGET_METADATA = "tfqat_target"  # the runtime whose rounding the Keras model reproduced (tfqat.targets)
 
 # A TFLite flatbuffer carries this file identifier at bytes 4..8.
 _TFLITE_IDENTIFIER = b"TFL3"
@@ -89,8 +90,31 @@ def read_model_bytes(model: str | os.PathLike | bytes) -> bytes:
     return content
 
 
+def read_metadata(model: str | os.PathLike | bytes, name: str) -> str | None:
+    """The text of the TFLite metadata entry `name`, or None (the schema's generated reader: no TensorFlow)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(read_model_bytes(model), 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if (entry.Name() or b"").decode() == name:
+            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8")
+    return None
+
+
+def target_kernels(model: str | os.PathLike | bytes) -> Kernels:
+    """The LiteRT kernels that compute as the file's recorded target (`tfqat.targets`) does: that target's
+    runtime where LiteRT runs it; the reference kernels for TFLite Micro (its kernels are their ports; they
+    differ on FULLY_CONNECTED's ties and LOGISTIC); else (a chip, or no target recorded) LiteRT's default."""
+    from tfqat.targets import TARGETS
+
+    target = TARGETS.get(read_metadata(model, TARGET_METADATA) or "")
+    runtime = None if target is None else target.runtime
+    return "reference" if runtime == "micro" else runtime if runtime in _RESOLVERS else LITERT_DEFAULT
+
+
 def load_interpreter(
-    model: ModelSource, *, num_threads: int | None = None, kernels: Kernels = "builtin",
+    model: ModelSource, *, num_threads: int | None = None, kernels: Kernels | None = None,
     preserve_all_tensors: bool = False,
 ) -> Interpreter:
     """Loads a TFLite model from a path or bytes into a LiteRT Interpreter.
@@ -99,7 +123,8 @@ def load_interpreter(
       model: path to a .tflite file, its bytes, or an Interpreter (returned as is).
       num_threads: CPU threads for LiteRT kernels; None lets LiteRT choose.
       kernels: "builtin" (LiteRT CPU kernels, no delegate), "reference"
-        (LiteRT reference kernels, slow) or "xnnpack" (LiteRT's default delegate).
+        (LiteRT reference kernels, slow) or "xnnpack" (LiteRT's default delegate); None: the kernels of
+        the target the file was made for (`target_kernels`).
       preserve_all_tensors: keep every intermediate tensor readable after invoke (the debugger's need).
 
     Raises:
@@ -107,11 +132,12 @@ def load_interpreter(
     """
     if isinstance(model, Interpreter):
         return model
-    if kernels not in _RESOLVERS:
+    if kernels is not None and kernels not in _RESOLVERS:
         raise ValueError(f"kernels={kernels!r} is not valid; choose one of {sorted(_RESOLVERS)}")
     if num_threads is not None and num_threads < 1:
         raise ValueError(f"num_threads={num_threads} is not valid; use None or an integer >= 1")
     content = read_model_bytes(model)
+    kernels = target_kernels(content) if kernels is None else kernels
     try:
         with warnings.catch_warnings():
             # LiteRT warns that keeping every tensor costs memory: asked for, it is the point.
@@ -150,7 +176,7 @@ def _spec(details: dict) -> TensorSpec:
 
 def describe(model: ModelSource) -> ModelIO:
     """Describes a model's inputs and outputs (shape -1 marks a resizable dimension)."""
-    interpreter = load_interpreter(model)
+    interpreter = load_interpreter(model, kernels="builtin")  # any kernels describe it; no delegate to set up
     return ModelIO(
         inputs=tuple(_spec(d) for d in interpreter.get_input_details()),
         outputs=tuple(_spec(d) for d in interpreter.get_output_details()),
@@ -190,7 +216,7 @@ def predict(
     *,
     batch_size: int = ...,
     num_threads: int | None = ...,
-    kernels: Kernels = ...,
+    kernels: Kernels | None = ...,
     return_raw: Literal[False] = ...,
     progress: str = ...,
 ) -> np.ndarray: ...
@@ -203,13 +229,13 @@ def predict(
     *,
     batch_size: int = ...,
     num_threads: int | None = ...,
-    kernels: Kernels = ...,
+    kernels: Kernels | None = ...,
     return_raw: Literal[True],
     progress: str = ...,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def predict(model, float_images, *, batch_size=32, num_threads=None, kernels="builtin", return_raw=False, progress=""):
+def predict(model, float_images, *, batch_size=32, num_threads=None, kernels=None, return_raw=False, progress=""):
     """Runs a single-input, single-output TFLite model on float images.
 
     Quantized models get their input quantized with the model's own scale and
