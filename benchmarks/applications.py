@@ -32,10 +32,10 @@ CALIBRATION_IMAGES = 32
 
 
 def _app(name, **kwargs):
-    def build(size):
+    def build(size, **overrides):
         constructor = getattr(keras.applications, name)
         return constructor(
-            input_shape=(size, size, 3), weights=None, classes=CLASSES, **kwargs
+            input_shape=(size, size, 3), weights=None, classes=CLASSES, **{**kwargs, **overrides}
         )
 
     return build

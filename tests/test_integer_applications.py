@@ -1,5 +1,6 @@
-"""The integer executor on the seven Keras applications (tiny, random weights, as benchmarks/applications.py builds
-them): every tensor equals LiteRT's reference kernels and TFLite Micro."""
+"""The seven Keras applications (tiny, random weights, as benchmarks/applications.py builds them) on every runtime:
+the Keras model quantized for each target gives that runtime's int8 outputs bit for bit, and the integer
+executor equals LiteRT's reference kernels and TFLite Micro on every tensor."""
 
 import sys
 from pathlib import Path
@@ -7,25 +8,56 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfqat.integer.compare import compare
+from tfqat.integer.compare import RuntimeTensors, compare
 from tfqat.integer.executor import IntegerModel
+from tfqat.targets import TARGETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import applications  # noqa: E402
 import executor as bench  # noqa: E402
 
+RUNTIME_TARGETS = ("xnnpack", "builtin", "reference", "micro")
 
-@pytest.mark.parametrize("name", list(applications.NETWORKS))
-def test_every_tensor_equals_reference_and_micro(name, tmp_path):
+
+def _calibrated(name, **overrides):
     import tfqat
     from tfqat._keras import keras
 
     build, size, (low, high) = applications.NETWORKS[name]
     keras.utils.set_random_seed(0)
-    model = build(size)
+    model = build(size, **overrides)
     applications.randomize_batch_norms(model)
+    applications.sharpen_head(model)
     qat = tfqat.quantize_model(model)
-    tfqat.calibrate(qat, np.random.default_rng(1).uniform(low, high, (8, size, size, 3)).astype(np.float32))
+    images = np.random.default_rng(1).uniform(low, high, (16, size, size, 3)).astype(np.float32)
+    tfqat.calibrate(qat, images[:8])
+    return qat, images[8:]
+
+
+@pytest.mark.parametrize("name", list(applications.NETWORKS))
+def test_the_model_for_each_target_is_bit_exact_with_its_runtime(name, tmp_path):
+    """Logits heads: the Keras model does not compute SOFTMAX's fixed point (the executor does, below)."""
+    import tfqat
+    from tfqat.tflite import litert
+
+    qat, images = _calibrated(name, classifier_activation=None)
+    path = tfqat.export_tflite(qat, tmp_path / f"{name}.tflite")
+    io = litert.describe(path)
+    quantized = litert.quantize(images, io.inputs[0])
+    for target in RUNTIME_TARGETS:
+        model = tfqat.retarget(qat, target)
+        expected = np.round(model.predict(images, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
+        runtime = RuntimeTensors(path, TARGETS[target].runtime)
+        [output] = [t.index for t in IntegerModel(path, ties=target).outputs]
+        got = np.concatenate([runtime.run([x[None]], [output])[output] for x in quantized])
+        assert np.count_nonzero(got.reshape(expected.shape) != expected) == 0, f"{name} on {target}"
+
+
+@pytest.mark.parametrize("name", list(applications.NETWORKS))
+def test_every_tensor_equals_reference_and_micro(name, tmp_path):
+    import tfqat
+
+    qat, _ = _calibrated(name)
     path = tfqat.export_tflite(qat, tmp_path / f"{name}.tflite")
     for runtime in ("reference", "micro"):
         program = IntegerModel(path, ties=runtime)

@@ -58,6 +58,12 @@ def test_run_writes_every_artifact(quick_run):
     assert "flowers_mobilenet_v2_int8_ptq_tuned.tflite" in published
     assert {"debug_ptq.md", "debug_ptq.png", "debug_ptq_tuned.png"} <= set(published)
     assert "flowers_mobilenet_v2_int8_tflite_ptq.tflite" not in published
+    # tfqat's files record the target their Keras models round for (LiteRT then runs them on its kernels).
+    from tfqat.targets import DEFAULT_TARGET
+    from tfqat.tflite.litert import TARGET_METADATA, read_metadata
+
+    assert read_metadata(out / "export" / methods.METHODS[QAT].file, TARGET_METADATA) == DEFAULT_TARGET
+    assert read_metadata(out / methods.METHODS["tfmot_qat"].file, TARGET_METADATA) is None
 
 
 @needs_shared

@@ -198,3 +198,32 @@ def test_a_mean_of_signed_values_rounds_as_its_runtimes_mean_kernel(target, keep
     tfqat.calibrate(qat, _images(64, 1))
     got, keras_steps = _runtime_and_keras_steps(qat, tmp_path / "mean.tflite", TARGETS[target].runtime, _images(48, 2))
     np.testing.assert_array_equal(got, keras_steps)
+
+
+def test_retarget_keeps_the_weights_and_rounds_as_the_new_runtime(tmp_path):
+    """A model calibrated for the builtin kernels, retargeted to XNNPACK, is bit-exact with XNNPACK."""
+    qat = tfqat.quantize_model(_model(6), target="builtin", unsigned_activations=True)
+    tfqat.calibrate(qat, _images(64, 1, 6))
+    moved = tfqat.retarget(qat, "xnnpack")
+    assert {t.quantizer.target for t in quantized_tensors(moved) if isinstance(t.quantizer, Pow2ActivationQuantizer)} == {"xnnpack"}
+    assert all(np.array_equal(a, b) for a, b in zip(qat.get_weights(), moved.get_weights()))
+    got, keras_steps = _runtime_and_keras_steps(moved, tmp_path / "moved.tflite", "xnnpack", _images(48, 2, 6))
+    np.testing.assert_array_equal(got, keras_steps)
+    assert export.read_target_metadata((tmp_path / "moved.tflite").read_bytes()) == "xnnpack"
+    assert export.convert_int8(qat) == export.convert_int8(moved)  # the same int8 file
+    with pytest.raises(ValueError, match="target='esp'"):
+        tfqat.retarget(qat, "esp")
+
+
+@pytest.mark.parametrize("target", ["xnnpack", "half_even", "builtin"])
+def test_the_model_input_rounds_as_the_image_contract_for_every_target(target):
+    """The int8 input is quantized before the runtime sees it (litert.quantize: half away from zero), so the
+    input quantizer rounds ties so under every target, half-to-even ones included."""
+    qat = tfqat.quantize_model(_model(), target=target)
+    tfqat.calibrate(qat, _images(64, 1))
+    [spec_scale] = {2.0 ** float(t.quantizer.exponent(t.variables)) for t in quantized_tensors(qat) if t.role == "input"}
+    ties = (np.arange(-40, 40) + 0.5).astype(np.float32) * np.float32(spec_scale)  # every value halfway
+    images = np.resize(ties, (1, SIZE, SIZE, 3)).astype(np.float32)
+    first = keras.Model(qat.inputs, qat.layers[1].output)
+    got = first.predict(images, verbose=0) / spec_scale
+    np.testing.assert_array_equal(got, np.trunc(images / spec_scale + np.copysign(0.5, images)))

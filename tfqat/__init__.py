@@ -23,6 +23,7 @@ _API = {
     "ptq": "tfqat.api",
     "quantize_model": "tfqat.api",
     "quantize_scope": "tfqat.api",
+    "retarget": "tfqat.api",
     "equalize": "tfqat.post_training.equalize",
     "execute_tflite": "tfqat.integer.executor",
     "export_micro": "tfqat.tflite.micro",

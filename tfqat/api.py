@@ -20,7 +20,7 @@ from tfqat.quantization.rounding import ITERATIONS
 from tfqat.quantization.registry import unsupported_reason
 from tfqat.quantization.scheme import Pow2QuantizeScheme
 from tfqat.quantization.tensors import quantized_tensors
-from tfqat.targets import DEFAULT_TARGET
+from tfqat.targets import DEFAULT_TARGET, TARGETS, target_named
 from tfqat.quantization.thresholds import init_thresholds
 
 
@@ -164,6 +164,35 @@ def load_model(path, **kwargs):
     _check_saved_model_file(path)
     with quantize_scope():
         model = keras.models.load_model(path, **kwargs)
+    link_accumulators(model)
+    return model
+
+
+def retarget(qat_model, target: str):
+    """A copy of a tfqat QAT model with the same weights whose inference rounds as another runtime does.
+
+    Training never uses the exact rounding (only inference and the export's metadata do), so a model
+    trained for one target is, with its weights unchanged, the model for another: `retarget` it before
+    checking it against, or exporting it for, that runtime. The int8 file's tensors are the same.
+
+    Args:
+      qat_model: a model from `quantize_model`, `ptq` or `load_model`.
+      target: a key of `tfqat.targets.TARGETS`.
+    """
+    target = target_named(target).name
+    if not quantized_tensors(qat_model):
+        raise ValueError(f"model {qat_model.name!r} has no tfqat quantizers; retarget takes a tfqat QAT model")
+
+    def with_target(node):
+        if isinstance(node, dict):
+            return {k: target if k == "target" and v in TARGETS else with_target(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(with_target(v) for v in node)
+        return node
+
+    with quantize_scope(), functional.autograph_off():
+        model = type(qat_model).from_config(with_target(qat_model.get_config()))
+    model.set_weights(qat_model.get_weights())
     link_accumulators(model)
     return model
 

@@ -35,6 +35,9 @@ MEAN_KEEP_DIMS = "MEAN keep_dims"
 # tests/test_targets.py). Every other op that is not a shift is computed alike by "litert" and "xnnpack".
 MEAN_ARITHMETIC = {"litert": "q31", "micro": "q31", "xnnpack": "float32"}
 NAMED_FLAVOURS = tuple(MEAN_ARITHMETIC)
+# The model's int8 input is quantized before any runtime sees it, by the image contract: rounded half away
+# from zero, as LiteRT's QUANTIZE and tfqat.tflite.litert.quantize do, whatever the target.
+MODEL_INPUT_RULE = "half_away_from_zero"
 # A double rounding's second step, which is also how such a runtime rounds a value that is no accumulator.
 SECOND_STEP = {"tflite_double": "half_away_from_zero", "double_half_up": "half_up"}
 

@@ -94,7 +94,7 @@ def _pow2(run, method: Method) -> QuantizedModel:
     if recipe.train:
         run.fit(model, method.name, recipe)
         model.save_weights(str(run.out / f"{method.name}.weights.h5"))
-    return QuantizedModel(export.convert_int8(model), model)
+    return QuantizedModel(export.with_target(export.convert_int8(model), model), model)
 
 
 def _tflite_ptq(run, method: Method) -> QuantizedModel:

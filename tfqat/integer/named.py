@@ -78,7 +78,12 @@ def _logistic_table(in_scale: float, in_zero: int, out_scale: float, out_zero: i
 
 
 def _logistic_fixed_point(x_t: Tensor, x: np.ndarray) -> np.ndarray:
-    mantissa, left_shift = math.frexp(x_t.scales[0] * 2.0 ** (31 - _LOGISTIC_INPUT_BITS))
+    return micro_logistic_steps(x, x_t.scales[0])
+
+
+def micro_logistic_steps(x: np.ndarray, scale: float) -> np.ndarray:
+    """TFLite Micro's int8 LOGISTIC of inputs x (less their zero point) at `scale`: output steps, zero point -128."""
+    mantissa, left_shift = math.frexp(scale * 2.0 ** (31 - _LOGISTIC_INPUT_BITS))
     multiplier = int(math.floor(mantissa * 2**31 + 0.5))
     radius = _input_radius(_LOGISTIC_INPUT_BITS, left_shift)
     q4 = fp.multiply_by_quantized_multiplier(x, multiplier, left_shift)

@@ -18,11 +18,13 @@ turns into LOGISTIC.
 
 from tfqat._keras import keras
 
+import numpy as np
 import tensorflow as tf
 from tf_keras.src.utils import control_flow_util
 
 from tfqat.quantization import pow2
 from tfqat.quantization.modes import EXPORTING, is_in
+from tfqat.targets import SAVED_WITHOUT_TARGET, target_named
 
 OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -65,11 +67,14 @@ class ScalarOp(keras.layers.Layer):
 @_register
 class Sigmoid(keras.layers.Layer):
     """`Activation('sigmoid')`; with `litert_table` (set in QAT models by the scheme's layout), its
-    inference outside export gives the values of LiteRT's LOGISTIC table."""
+    inference outside export gives the int8 LOGISTIC of its `target` (`tfqat.targets`): LiteRT's table,
+    or TFLite Micro's fixed point (which needs the input's exponent: `input_exponent`, set by linking)."""
 
-    def __init__(self, litert_table: bool = False, **kwargs):
+    def __init__(self, litert_table: bool = False, target: str = SAVED_WITHOUT_TARGET, **kwargs):
         super().__init__(**kwargs)
         self.litert_table = bool(litert_table)
+        self.target = target_named(target).name
+        self.input_exponent = None  # a function giving the exponent of the input's int8 scale
 
     def call(self, inputs, training=None):
         if not self.litert_table or is_in(self, EXPORTING):
@@ -77,10 +82,36 @@ class Sigmoid(keras.layers.Layer):
         if training is None:
             training = keras.backend.learning_phase()
         # Training keeps tf.sigmoid, whose gradient stays finite where exp(-x) overflows.
-        return control_flow_util.smart_cond(training, lambda: tf.sigmoid(inputs), lambda: litert_logistic(inputs))
+        return control_flow_util.smart_cond(training, lambda: tf.sigmoid(inputs), lambda: self._int8_logistic(inputs))
+
+    def _int8_logistic(self, inputs):
+        if target_named(self.target).named != "micro":
+            return litert_logistic(inputs)
+        if self.input_exponent is None and not tf.executing_eagerly():
+            return litert_logistic(inputs)  # building the model's graph, before linking gives the input's scale
+        if self.input_exponent is None:
+            msg = f"Sigmoid '{self.name}' for TFLite Micro needs its input's scale; it is set when the QAT model is linked"
+            raise ValueError(msg)
+        return micro_logistic(inputs, self.input_exponent())
 
     def get_config(self):
-        return {**super().get_config(), "litert_table": self.litert_table}
+        return {**super().get_config(), "litert_table": self.litert_table, "target": self.target}
+
+
+def micro_logistic(values, input_exponent):
+    """TFLite Micro's LOGISTIC on int8 inputs at 2**input_exponent, in output steps of 1/256: gemmlowp's
+    fixed-point logistic of the Q4.27 input, computed by the integer executor's numpy arithmetic
+    (`tfqat.integer.named`; inference only, no gradient)."""
+
+    def steps(x, exponent):
+        from tfqat.integer import named
+
+        scale = float(2.0 ** float(exponent))
+        integers = np.round(np.asarray(x, np.float64) / scale).astype(np.int64)
+        return (named.micro_logistic_steps(integers, scale) + 128).astype(np.float32)
+
+    out = tf.numpy_function(steps, [values, tf.cast(input_exponent, tf.float32)], tf.float32, stateful=False)
+    return tf.reshape(tf.cast(out, values.dtype), tf.shape(values)) / OUTPUT_STEPS
 
 
 def litert_logistic(values):

@@ -23,7 +23,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantizers imp
 from tfqat.quantization import tensors
 from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantizeConfig
 from tfqat.quantization.kinds import kernel_kind
-from tfqat.quantization.layers import ScalarOp
+from tfqat.quantization.layers import ScalarOp, Sigmoid
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, ScaleGroup
 
 _Wrapper = tensors.Wrapper
@@ -145,6 +145,12 @@ def _keeps_dims(wrapper, consumers) -> bool:
     return isinstance(reshape, keras.layers.Reshape) and len(reshape.target_shape) == 3
 
 
+def _link_sigmoid(wrapper) -> None:
+    """Hand a Sigmoid its input's exponent: TFLite Micro's fixed-point LOGISTIC depends on the input's scale."""
+    if isinstance(wrapper.layer, Sigmoid):
+        wrapper.layer.input_exponent = _scale_exponent(_producer(wrapper))
+
+
 def _link_mean(wrapper, consumers) -> bool:
     """Hand a global average pool's output quantizer the exponent of LiteRT's MEAN accumulator.
 
@@ -235,6 +241,9 @@ def link_accumulators(qat_model) -> int:
     its input really has.
     """
     share_concatenation_scales(qat_model)
+    for tensor in tensors.quantized_tensors(qat_model):
+        if tensor.role == tensors.INPUT and isinstance(tensor.quantizer, Pow2ActivationQuantizer):
+            tensor.quantizer.kernel = "input"  # quantized outside the runtime (MODEL_INPUT_RULE)
     consumers = {}
     for layer in qat_model.layers:
         producer = _producer(layer)
@@ -244,6 +253,7 @@ def link_accumulators(qat_model) -> int:
     for layer in qat_model.layers:
         if isinstance(layer, _Wrapper):
             _mark_add(layer, consumers)
+            _link_sigmoid(layer)
         if isinstance(layer, _Wrapper) and (_link_product(layer, consumers) or _link_mean(layer, consumers)):
             linked += 1
             continue

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
-from tfqat.targets import DEFAULT_TARGET, SAVED_WITHOUT_TARGET, target_named
+from tfqat.targets import DEFAULT_TARGET, MODEL_INPUT_RULE, SAVED_WITHOUT_TARGET, target_named
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _register = keras.utils.register_keras_serializable(package="tfqat")
@@ -160,7 +160,8 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # Set by tfqat.quantization.linking when this quantizes a conv/dense output: returns the
         # exponent of that layer's int32 accumulator, for the target's exact rounding.
         self.accumulator_exponent = None
-        # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_OPS); "add" for an unlinked ADD's.
+        # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_OPS); "add" for an unlinked ADD's;
+        # "input" for the model's input.
         self.kernel = "conv"
         # Set by linking for a MEAN over a count that is not a power of two (then the accumulator exponent
         # is the input's): pow2.mean_requantize.
@@ -174,6 +175,8 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
     def rounding_rule(self):
         """The target's rule for the op that makes this tensor (`tfqat.targets`): the linked accumulator's op,
         ADD, or any other op's ("*")."""
+        if self.kernel == "input":
+            return MODEL_INPUT_RULE
         if self.accumulator_exponent is not None:
             op = pow2.REQUANTIZING_OPS[self.kernel]
         else:

@@ -72,18 +72,19 @@ class FuseReLU(transforms.Transform):
 
 
 class QuantizedForm(transforms.Transform):
-    """A tfqat layer => the same with its int8 behaviour switched on (a flag in its config): a QAT model's
-    Sigmoid rounds as LiteRT's LOGISTIC table, its ScalarOp computes with the power-of-two constant."""
+    """A tfqat layer => the same with its int8 behaviour switched on (a flag in its config, and any `fields`):
+    a QAT model's Sigmoid computes its target's LOGISTIC, its ScalarOp computes with the power-of-two constant."""
 
-    def __init__(self, class_name: str, flag: str):
+    def __init__(self, class_name: str, flag: str, **fields):
         self.class_name = class_name
         self.flag = flag
+        self.fields = fields
 
     def pattern(self):
         return LayerPattern(self.class_name)
 
     def replacement(self, match_layer):
-        match_layer.layer["config"][self.flag] = True
+        match_layer.layer["config"].update({self.flag: True, **self.fields})
         return match_layer
 
     def custom_objects(self):
@@ -98,7 +99,7 @@ class Pow2LayoutTransform(tfmot.quantization.keras.QuantizeLayoutTransform):
         steps = [
             InputQuantize(self.options),
             FuseReLU(self.options),
-            QuantizedForm("tfqat>Sigmoid", "litert_table"),
+            QuantizedForm("tfqat>Sigmoid", "litert_table", target=self.options.target),
             QuantizedForm("tfqat>ScalarOp", "pow2_constant"),
         ]
         return model_transformer.ModelTransformer(

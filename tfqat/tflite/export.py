@@ -150,7 +150,11 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
                 "is it a model from tfqat.quantize_model, calibrated or trained?"
             )
             raise ExportError(msg)
+    return save_tflite(with_target(tflite, qat_model), path, labels)
+
+
+def with_target(tflite_bytes: bytes, qat_model) -> bytes:
+    """The model with the target its QAT model rounds for recorded in its metadata (`tfqat_target`), so that
+    LiteRT runs it on that target's kernels by default (`tfqat.tflite.litert.target_kernels`)."""
     target = model_target(qat_model)
-    if target is not None:
-        tflite = with_metadata(tflite, TARGET_METADATA, target)
-    return save_tflite(tflite, path, labels)
+    return tflite_bytes if target is None else with_metadata(tflite_bytes, TARGET_METADATA, target)
