@@ -91,7 +91,7 @@ def _op_label(program: IntegerModel, op) -> str:
 def measure_rules(paths, count: int) -> dict:
     """runtime -> op -> {rule or flavour: [elements, mismatched, ties]} with each op fed the runtime's inputs."""
     table: dict = {}
-    candidates = [(rule, "litert") for rule in [*RULES, *LANE_SPLITS]] + [("tflite_double", "micro")]
+    candidates = [(rule, "litert") for rule in [*RULES, *LANE_SPLITS]] + [("tflite_double", "micro"), ("tflite_double", "xnnpack")]
     for path in paths:
         programs = {c: IntegerModel(path, ties=LANE_SPLITS.get(c[0], c[0]), named=c[1]) for c in candidates}
         first = programs[candidates[0]]
@@ -111,7 +111,7 @@ def measure_rules(paths, count: int) -> dict:
                         label = _op_label(program, op)
                         named = bool(program.steps[op.index][1])
                         key = flavour if named else rule
-                        if named and rule != "tflite_double" or not named and flavour == "micro":
+                        if named and rule != "tflite_double" or not named and flavour != "litert":
                             continue
                         cell = table.setdefault(runtime, {}).setdefault(label, {}).setdefault(key, [0, 0, 0])
                         cell[0] += theirs[i].size
@@ -196,6 +196,14 @@ def _applications(folder: Path) -> list[Path]:
 
 PARTS = ("rules", "zoo", "applications", "published")
 
+
+def _merged(earlier: list[dict], rows: list[dict], models: list[str]) -> list[dict]:
+    """The new rows, and the earlier rows of these models for the runtimes not measured now, in model order."""
+    measured = {(r["model"], r["runtime"]) for r in rows}
+    kept = [r for r in earlier if r["model"] in models and (r["model"], r["runtime"]) not in measured]
+    order = {(m, rt): i for i, (m, rt) in enumerate((m, rt) for m in models for rt in RUNTIMES)}
+    return sorted(kept + rows, key=lambda r: order.get((r["model"], r["runtime"]), len(order)))
+
 NOTES = """How to read the tables:
 
 - Each runtime is compared with the executor under that runtime's measured row (`tfqat.targets`,
@@ -205,8 +213,8 @@ NOTES = """How to read the tables:
   output steps (where tie rules can disagree).
 - XNNPACK runs the whole graph as one delegate node; LiteRT exposes only the model's outputs then, so
   only those are compared (tensors compared: 1). The MobileNetV2 flowers models end in a MEAN over 7 x 7 =
-  49 values, which XNNPACK computes in its own way (not reproduced, see the rule table): their logits
-  differ by one step on 10-18 % of values. The applications at 32-64 px average over powers of two.
+  49 values, which XNNPACK scales in float32 (the "xnnpack" flavour of the named ops). The applications at
+  32-64 px average over powers of two.
 - Rule table: every op of the executor is fed the runtime's own input tensors ("local"), under every
   rule; a cell lists the rules with which no value differs, with how many values and exact ties were
   compared (a rule left out of a cell was contradicted by the data). XNNPACK cells count only ops whose
@@ -227,8 +235,9 @@ NOTES = """How to read the tables:
 - LOGISTIC: LiteRT (reference and built-in) looks up a table of float32 1 / (1 + exp(-x)); TFLite Micro
   computes gemmlowp's fixed-point logistic; they differ on about 1 value in 1,000.
 - QUANTIZE (int8 to int8) in the zoo rescales by a power of two >= 1: no rounding, every rule agrees.
-- Not reproduced or not measured: XNNPACK's MEAN over a count that is not a power of two (it does not
-  divide by a Q31 multiplier as LiteRT does); LiteRT built-in's MEAN that keeps its dimensions over a
+- MEAN (named): a MEAN over a count that is not a power of two, the sum times a Q31 multiplier on LiteRT's
+  kernels and TFLite Micro ("litert", "micro"), the raw sum times a float32 scale on XNNPACK ("xnnpack").
+- Not reproduced or not measured: LiteRT built-in's MEAN that keeps its dimensions over a
   count that is not a power of two (its optimized kernel folds the count into its own multiplier: no
   export here has one); uint8 models and float inputs (tfqat exports neither)."""
 
@@ -240,12 +249,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=256, help="photos per published model")
     parser.add_argument("--rule-inputs", type=int, default=64, help="random inputs per zoo model for the rule table")
     parser.add_argument("--app-inputs", type=int, default=32, help="random inputs per application")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="the runtimes to compare (the rows of "
+                        "others are kept from an earlier executor.json)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {','.join(PARTS)} to (re)measure; the "
                         "others are kept from an earlier executor.json in --out")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         parser.error(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
+    runtimes = tuple(r for r in args.runtimes.split(",") if r)
+    if not runtimes or set(runtimes) - set(RUNTIMES):
+        parser.error(f"--runtimes {args.runtimes!r}: choose from {','.join(RUNTIMES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     earlier = out / "executor.json"
@@ -257,16 +271,20 @@ def main() -> None:
             if "rules" in parts:
                 result["rules"] = measure_rules(zoo, args.rule_inputs)
             if "zoo" in parts:
-                result["zoo"] = check_models(zoo, lambda p: random_inputs(p, args.rule_inputs))
+                rows = check_models(zoo, lambda p: random_inputs(p, args.rule_inputs), runtimes)
+                result["zoo"] = _merged(result.get("zoo", []), rows, [p.name for p in zoo])
         if "applications" in parts:
-            result["applications"] = check_models(_applications(tmp), lambda p: random_inputs(p, args.app_inputs))
+            apps = _applications(tmp)
+            rows = check_models(apps, lambda p: random_inputs(p, args.app_inputs), runtimes)
+            result["applications"] = _merged(result.get("applications", []), rows, [p.name for p in apps])
     if "published" in parts:
         from tfqat.data.images import folder_images
         from tfqat.tflite.litert import describe, quantize
 
         published = sorted((ROOT / "export").glob("*int8*.tflite"))
         photos = folder_images(args.images, args.count)
-        result["published"] = check_models(published, lambda p: quantize(photos, describe(p.content).inputs[0]))
+        rows = check_models(published, lambda p: quantize(photos, describe(p.content).inputs[0]), runtimes)
+        result["published"] = _merged(result.get("published", []), rows, [p.name for p in published])
         result["photos"] = {"folder": args.images, "count": len(photos)}
     earlier.write_text(json.dumps(result, indent=1))
     sections = [

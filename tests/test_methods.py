@@ -14,18 +14,21 @@ def test_every_method_has_its_own_stage_file_and_label():
 
 
 def test_the_default_run_and_the_published_files_are_the_reference_tables():
-    assert methods.DEFAULT_METHODS == ("ptq", "ptq_equalized", "ptq_tuned", "qat_tqt", "tflite_ptq", "tfmot_qat")
+    assert methods.DEFAULT_METHODS == (
+        "float_continued", "ptq", "ptq_equalized", "ptq_tuned", "qat_tqt", "tflite_ptq", "tfmot_qat",
+    )
     published = ["ptq", "ptq_equalized", "ptq_tuned", "qat_tqt", "qat_tqt_per_channel"]  # + the per-channel row
     assert [n for n, m in METHODS.items() if m.published] == published
     assert methods.DEFAULT_QAT == "qat_tqt"  # chosen over seeds 0-2 on validation (docs/experiments.md)
     assert {n for n, m in METHODS.items() if m.peer} == {"tflite_ptq", "tfmot_qat"}
-    # tfqat's own methods are shift-only power-of-two recipes; the peers have none.
-    assert all((m.recipe is None) == m.peer for m in METHODS.values())
+    # tfqat's own methods are shift-only power-of-two recipes; the peers and the float control have none.
+    assert all((m.recipe is None) == (m.peer or m.control) for m in METHODS.values())
+    assert [n for n, m in METHODS.items() if m.control] == [methods.CONTROL] == ["float_continued"]
 
 
 def test_parse_methods_keeps_order_drops_repeats_and_names_the_valid_choices():
     assert methods.parse_methods("qat, ptq,qat") == ("qat", "ptq")
-    with pytest.raises(ValueError, match="unknown method 'qta'; choose from ptq, ptq_equalized"):
+    with pytest.raises(ValueError, match="unknown method 'qta'; choose from float_continued, ptq, ptq_equalized"):
         methods.parse_methods("qat,qta")
     with pytest.raises(ValueError, match="no method named"):
         methods.parse_methods(" , ")

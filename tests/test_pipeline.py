@@ -93,13 +93,13 @@ def test_results_are_consistent(quick_run):
         low, high = result["accuracy_interval"]
         assert low <= result["accuracy"] <= high
     # Every fit logged its epochs (the quick run trains one epoch per fit) and the epoch it kept.
-    fits = {"float": ["head", "fine_tune"], QAT: [QAT], "tfmot_qat": ["tfmot_qat"]}
+    fits = {"float": ["head", "fine_tune"], methods.CONTROL: [methods.CONTROL], QAT: [QAT], "tfmot_qat": ["tfmot_qat"]}
     for stage, names in fits.items():
         assert list(models[stage]["training"]) == names
         for record in models[stage]["training"].values():
             assert [row["epoch"] for row in record["epochs"]] == [1] and record["kept_epoch"] == 1
             assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record["epochs"][0])
-    for name in ("float/head.csv", "float/fine_tune.csv", f"{QAT}.csv", "tfmot_qat.csv"):
+    for name in ("float/head.csv", "float/fine_tune.csv", f"{methods.CONTROL}.csv", f"{QAT}.csv", "tfmot_qat.csv"):
         assert (out / "history" / name).is_file(), name
     # Every other model against float on the same images: the counts give the accuracies' difference exactly.
     assert set(results["versus_float"]) == set(methods.DEFAULT_METHODS)
@@ -109,6 +109,13 @@ def test_results_are_consistent(quick_run):
         assert gained == pytest.approx(models[stage]["accuracy"] - models["float"]["accuracy"], abs=1e-12)
         assert paired["difference"] == pytest.approx(gained, abs=1e-12)
         assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
+    # Every quantized model against the float control (QAT's training without quantization), the same way.
+    assert set(results["versus_control"]) == set(methods.DEFAULT_METHODS) - {methods.CONTROL}
+    for stage, paired in results["versus_control"].items():
+        gained = (paired["only_other"] - paired["only_reference"]) / test
+        assert gained == pytest.approx(models[stage]["accuracy"] - models[methods.CONTROL]["accuracy"], abs=1e-12)
+    control = models[methods.CONTROL]
+    assert "verify" not in control and 0.0 <= control["tflite_accuracy"] <= 1.0 and control["engine"] == "Keras"
     # The power-of-two exports pass the verifier; the peers' float scales do not.
     assert models["ptq"]["verify"]["passed"] and models[QAT]["verify"]["passed"]
     assert models["ptq_equalized"]["verify"]["passed"] and models["ptq_tuned"]["verify"]["passed"]
@@ -121,7 +128,7 @@ def test_results_are_consistent(quick_run):
         assert len(debug["worst_weights"]) == 5 and (out / debug["plot"]).is_file() and (out / debug["table"]).is_file()
     # Every model with a Keras side is scored on the whole validation split; the converter's PTQ has none.
     validation = pipeline.QUICK_IMAGES["validation"]
-    for stage in ("float", "ptq", "ptq_equalized", "ptq_tuned", QAT, "tfmot_qat"):
+    for stage in ("float", methods.CONTROL, "ptq", "ptq_equalized", "ptq_tuned", QAT, "tfmot_qat"):
         correct = models[stage]["validation_accuracy"] * validation
         assert 0 <= correct <= validation and correct == pytest.approx(round(correct), abs=1e-9), stage
     assert "validation_accuracy" not in models["tflite_ptq"]
@@ -135,6 +142,7 @@ def test_results_are_consistent(quick_run):
     assert f"{models[QAT]['accuracy']:.4f}" in report
     assert "## Where the PTQ models lose precision (tfqat debug)" in report
     assert "## Against the float model (test split, paired)" in report
+    assert "## Against the float control (test split, paired)" in report
 
 
 @needs_shared

@@ -66,7 +66,7 @@ def test_a_method_not_yet_run_is_reported_as_incomplete(study):
 
 def test_markdown_has_one_row_per_method_and_one_per_method_and_seed(study, tmp_path):
     text = render_markdown(study)
-    assert "| qat | 2 | 0.9000 | **-7.50** | -10.00 to -5.00 | 3 / 0 |" in text
+    assert "| qat | 2 | 0.9000 | **-7.50** | -10.00 to -5.00 | - | 3 / 0 |" in text  # no control ran: "-"
     assert text.count("| qat | 0 |") == 1 and text.count("| qat_tqt | 1 |") == 1
     paths = write_study(study, tmp_path)
     assert json.loads(paths["json"].read_text())["methods"]["qat"]["only_float"] == 3
@@ -85,3 +85,24 @@ def test_bad_study_arguments_are_one_line_errors(argv, message, capsys, tmp_path
     assert cli.main([*argv, "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_every_method_is_also_paired_with_its_seeds_float_control():
+    """The control (float trained as long as QAT) is a row of its own, and each method's difference to it is
+    the mean over seeds of the paired difference to that seed's control."""
+    from tfqat.flowers.methods import CONTROL
+
+    results = {}
+    for seed, (control, qat) in enumerate([(_flip(LABELS, [0]), LABELS), (LABELS, _flip(LABELS, [1, 2]))]):
+        seed_results = _seed_results(LABELS, {CONTROL: control, "qat_tqt": qat}, 10.0)
+        seed_results["models"][CONTROL].pop("verify")  # a float model: nothing verified
+        seed_results["versus_control"] = {"qat_tqt": paired_difference(control == LABELS, qat == LABELS)}
+        results[seed] = seed_results
+    study = summarize(StudyOptions(seeds=(0, 1), methods=(CONTROL, "qat_tqt")), results)
+    tqt, control = study["methods"]["qat_tqt"], study["methods"][CONTROL]
+    assert [tqt["seeds"][s]["control_difference"] for s in ("0", "1")] == [pytest.approx(1 / 20), pytest.approx(-2 / 20)]
+    assert tqt["control_difference"]["mean"] == pytest.approx(-0.5 / 20)
+    assert control["difference"]["mean"] == pytest.approx(-0.5 / 20) and control["verified"] is None
+    text = render_markdown(study)
+    assert "| qat_tqt | 2 | 0.9500 | **-5.00** | -10.00 to +0.00 | -2.50 | 2 / 0 |" in text
+    assert f"| {CONTROL} | 2 |" in text and "float control" in text

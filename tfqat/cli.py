@@ -222,7 +222,8 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
     parser.add_argument("--out", default=str(StudyOptions.out), help="study folder (one run folder per seed)")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)")
+    seeds = ",".join(map(str, SEEDS))
+    parser.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default {seeds})")
     parser.add_argument(
         "--methods", default=",".join(StudyOptions.methods),
         help=f"comma-separated methods (default {','.join(StudyOptions.methods)}; all: {','.join(METHODS)})",

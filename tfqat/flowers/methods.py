@@ -83,6 +83,7 @@ class Method:
     default: bool = True  # run by `tfqat run` without --methods
     published: bool = False  # copied to --export-dir
     peer: bool = False  # another tool's method, for comparison
+    control: bool = False  # a float model, not quantized: the reference QAT is judged against (CONTROL)
     reference: Optional[float] = None  # the reference table's accuracy for this network
 
 
@@ -95,6 +96,17 @@ def _pow2(run, method: Method) -> QuantizedModel:
         run.fit(model, method.name, recipe)
         model.save_weights(str(run.out / f"{method.name}.weights.h5"))
     return QuantizedModel(export.with_target(export.convert_int8(model), model), model)
+
+
+def _float_continued(run, method: Method) -> QuantizedModel:
+    """The float model trained on for QAT's epochs with QAT's schedule, learning rate, augmentation and epoch
+    selection (`Run.fit`), without quantization: what QAT gains from training longer, it gains here too."""
+    from tfqat.tflite import export
+
+    model = run.float_copy()
+    run.fit(model, method.name, Recipe(train=True, distillation=run.options.qat_distillation))
+    model.save_weights(str(run.out / f"{method.name}.weights.h5"))
+    return QuantizedModel(export.convert_float(model), model)
 
 
 def _tflite_ptq(run, method: Method) -> QuantizedModel:
@@ -119,9 +131,16 @@ FLOAT_REFERENCE = 0.8965
 
 _FILE = "flowers_mobilenet_v2_int8_{}.tflite"
 
+CONTROL = "float_continued"
+
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
+        Method(
+            CONTROL, "float network trained on for QAT's epochs (the control: QAT's training without quantization)",
+            "float, trained as long as QAT", "flowers_mobilenet_v2_float_continued.tflite", _float_continued,
+            control=True,
+        ),
         Method(
             "ptq", "int8 via post-training quantization (power-of-two, per-tensor)", "PTQ int8",
             _FILE.format("ptq"), _pow2, Recipe(), published=True, reference=0.2943,

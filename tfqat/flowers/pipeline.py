@@ -28,7 +28,7 @@ from tfqat.data.labels import write_labels
 from tfqat.evaluation import metrics
 from tfqat.evaluation.stats import paired_difference
 from tfqat.flowers import data, models, train
-from tfqat.flowers.methods import FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
+from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.tflite import export, litert, verify
@@ -176,12 +176,17 @@ class Run:
         )
 
     def float_model(self):
+        """The float stage's model, loaded once; every method starts from it and none may change it."""
         if self._float_model is None:
-            model = self._given_float_model() if self.options.float_model else self._classifier(None)[0]
-            model.load_weights(str(self.out / "float.weights.h5"))
-            train.unfreeze(model)
-            self._float_model = model
+            self._float_model = self.float_copy()
         return self._float_model
+
+    def float_copy(self):
+        """A new copy of the float stage's model, to train on (the control) without touching the shared one."""
+        model = self._given_float_model() if self.options.float_model else self._classifier(None)[0]
+        model.load_weights(str(self.out / "float.weights.h5"))
+        train.unfreeze(model)
+        return model
 
     def _calibration_batches(self):
         """The calibration images as a dataset, built only where they are read (it copies the whole array)."""
@@ -248,20 +253,22 @@ class Run:
         result["test_split"] = self.test_split
         return result
 
-    def _versus_float(self, models: dict) -> dict:
-        """Each model's test accuracy minus the float model's, image by image (tfqat.evaluation.stats.paired_difference)."""
+    def _versus(self, models: dict, reference: str = FLOAT) -> dict:
+        """Each model's test accuracy minus the `reference` stage's (the float model, or the float control),
+        image by image (tfqat.evaluation.stats.paired_difference)."""
         # Results from before predictions were kept, or of another test split (the folder's images changed since
         # that stage ran), cannot be paired with this split's labels.
         paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
-        if "float" not in paired:
-            if "float" in models:
-                _log("report: the float model's test predictions are not of this test split; no paired comparison")
+        if reference not in paired:
+            if reference in models:
+                _log(f"report: the {reference} model's test predictions are not of this test split; no paired comparison")
             return {}
         left_out = [stage for stage in models if stage not in paired]
-        if left_out:
+        if left_out and reference == FLOAT:
             _log(f"report: {', '.join(left_out)} not compared with float: no predictions for this test split")
         correct = {stage: np.asarray(models[stage]["predictions"]) == self.test_labels for stage in paired}
-        return {stage: paired_difference(correct["float"], c) for stage, c in correct.items() if stage != "float"}
+        others = [stage for stage in correct if stage not in (FLOAT, reference)]
+        return {stage: paired_difference(correct[reference], correct[stage]) for stage in others}
 
     def fit(self, model, stage: str, recipe: Recipe):
         """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
@@ -297,6 +304,21 @@ class Run:
                 kept = train.restored_epoch(epochs, self.options.restore_best)
                 training[fit] = {"epochs": epochs, "kept_epoch": kept}
         return training
+
+    def _finish_float(self, method: Method, tflite: bytes, keras_model) -> dict:
+        """Save and evaluate a float model that is not the float stage's (the control): Keras on the test and
+        validation splits, its float .tflite with LiteRT."""
+        result = self._test_metrics(keras_model.predict(self.test_images, batch_size=self.options.batch_size, verbose=0))
+        result.update(self._validation_metrics(keras_model))
+        path = export.save_tflite(tflite, self.out / method.file, labels=self.flowers.classes)
+        tflite_result = metrics.evaluate_tflite(
+            path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{method.name} LiteRT"
+        )
+        result.update(
+            title=self._title(method.name), engine="Keras", tflite_accuracy=tflite_result["accuracy"],
+            file=method.file, size_bytes=metrics.file_size(path),
+        )
+        return result
 
     def _finish_int8(self, method: Method, tflite: bytes, keras_model=None) -> dict:
         """Save, verify and evaluate one int8 model; with its Keras model, measure agreement.
@@ -378,6 +400,8 @@ class Run:
         """Build one registered method's int8 model from the float model, then verify and evaluate it."""
         method = find_method(name)
         built = method.build(self, method)
+        if method.control:
+            return self._finish_float(method, built.tflite, built.keras_model)
         result = self._finish_int8(method, built.tflite, built.keras_model)
         if method.recipe is not None and not method.recipe.train:
             result["debug"] = self._debug(method)
@@ -464,7 +488,8 @@ class Run:
             },
             "reference": {FLOAT: FLOAT_REFERENCE, **{n: m.reference for n, m in METHODS.items() if m.reference}},
             "models": models,
-            "versus_float": self._versus_float(models),
+            "versus_float": self._versus(models),
+            "versus_control": self._versus(models, CONTROL),
             "stage_seconds": self.times,
         }
 

@@ -80,6 +80,7 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
         _data_section(results.get("data")),
         _accuracy_section(results),
         _versus_float_section(results),
+        _versus_control_section(results),
         _per_class_section(results),
         _agreement_section(results),
         _verify_section(results),
@@ -169,14 +170,32 @@ def _accuracy_section(results: Mapping[str, Any]) -> str:
 
 
 def _versus_float_section(results: Mapping[str, Any]) -> str:
-    versus = results.get("versus_float") or {}
+    return _paired_table(results, "versus_float", "## Against the float model (test split, paired)", "float")
+
+
+def _versus_control_section(results: Mapping[str, Any]) -> str:
+    table = _paired_table(
+        results, "versus_control", "## Against the float control (test split, paired)", "the control"
+    )
+    if not table:
+        return ""
+    return table + (
+        "\n\nThe control is the float model trained on for QAT's epochs, with QAT's schedule, learning rate, "
+        "augmentation and epoch selection, without quantization. QAT trains longer than the float model it "
+        "starts from, so \"QAT beats float\" may be training, not quantization; the difference to the control "
+        "is what quantization costs."
+    )
+
+
+def _paired_table(results: Mapping[str, Any], key: str, title: str, reference: str) -> str:
+    versus = results.get(key) or {}
     compared = {k: versus[k] for k in ordered_models(results) if k in versus}
     if not compared:
         return ""
     lines = [
-        "## Against the float model (test split, paired)",
+        title,
         "",
-        "| Network | Difference (points) | 95 % interval (points) | Only float right | Only this model right "
+        f"| Network | Difference (points) | 95 % interval (points) | Only {reference} right | Only this model right "
         "| McNemar p |",
         "|---|---|---|---|---|---|",
     ]
@@ -186,6 +205,8 @@ def _versus_float_section(results: Mapping[str, Any]) -> str:
             f"| {NETWORKS.get(key, key)} | {100 * c['difference']:+.2f} | {100 * low:+.2f} to {100 * high:+.2f} | "
             f"{c['only_reference']} | {c['only_other']} | {c['mcnemar_p']:.3g} |"
         )
+    if key != "versus_float":
+        return "\n".join(lines)
     lines.append(
         "\nEach model against the float model on the same test images: only the images exactly one of the two "
         "gets right tell them apart. The interval is Agresti and Min's adjusted Wald interval of a paired "

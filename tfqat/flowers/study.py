@@ -17,20 +17,20 @@ from statistics import mean, stdev
 from typing import Optional
 
 from tfqat.files import write_atomic
-from tfqat.flowers.methods import FLOAT, METHODS, method as find_method
+from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, method as find_method
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """Options of `study`; seeds 0, 1, 2 are the project's protocol for every accuracy claim."""
+    """Options of `study`; seeds 0-4 are the project's protocol for every accuracy claim."""
 
     out: Path = Path("runs/study")
     data: Optional[str] = None
     weights: Optional[str] = "imagenet"
     seeds: tuple = SEEDS
-    methods: tuple = ("ptq_tuned", "qat_tqt")
+    methods: tuple = (CONTROL, "ptq_tuned", "qat_tqt")
     quick: bool = False
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
     report_only: bool = False  # write the tables from what has finished; train and quantize nothing
@@ -79,6 +79,7 @@ def _seed_row(results: dict, name: str) -> Optional[dict]:
     if not model or not float_model:
         return None
     paired = results["versus_float"].get(name)
+    controlled = (results.get("versus_control") or {}).get(name)
     training = model.get("training", {}).get(name, {})
     kept = training.get("kept_epoch")
     return {
@@ -88,6 +89,10 @@ def _seed_row(results: dict, name: str) -> Optional[dict]:
         "only_float": None if paired is None else paired["only_reference"],
         "only_method": None if paired is None else paired["only_other"],
         "images": None if paired is None else paired["images"],
+        # The same seed's float control (QAT's training without quantization), when it has run.
+        "control_difference": None if controlled is None else controlled["difference"],
+        "only_control": None if controlled is None else controlled["only_reference"],
+        "only_method_vs_control": None if controlled is None else controlled["only_other"],
         "validation_accuracy": model.get("validation_accuracy"),
         "validation_loss": model.get("validation_loss"),
         "float_validation_accuracy": float_model.get("validation_accuracy"),
@@ -126,11 +131,13 @@ def summarize(options: StudyOptions, results: dict) -> dict:
             "complete": len(done) == len(options.seeds),
             **{
                 key: _spread([row[key] for row in done.values()])
-                for key in ("accuracy", "difference", "validation_accuracy", "validation_loss", "agreement", "seconds")
+                for key in ("accuracy", "difference", "control_difference", "validation_accuracy", "validation_loss",
+                            "agreement", "seconds")
             },
             "only_float": sum(row["only_float"] or 0 for row in done.values()),
             "only_method": sum(row["only_method"] or 0 for row in done.values()),
-            "verified": all(row["verified"] for row in done.values()) if done else None,
+            # The control is a float model: nothing to verify.
+            "verified": all(row["verified"] for row in done.values()) if done and not METHODS[name].control else None,
         }
     floats = {seed: results[seed]["models"].get(FLOAT) for seed in options.seeds}
     return {
@@ -171,7 +178,9 @@ def render_markdown(study: dict) -> str:
         "# Accuracy study: each method against its own seed's float model",
         "",
         f"Seeds {seeds}; test split; every difference is paired (the same test images, each seed's int8 model "
-        "against that seed's float model), in points. Training choices are made on validation only.",
+        "against that seed's float model, and against that seed's float control: the float model trained on "
+        f"for QAT's epochs without quantization, `{CONTROL}`), in points. Training choices are made on "
+        "validation only.",
         "",
     ]
     if study.get("command"):
@@ -184,16 +193,18 @@ def render_markdown(study: dict) -> str:
         f"Float models: test accuracy {float_accuracies} (mean {_fraction(floats['accuracy']['mean'])}).",
         "",
         "| method | seeds | mean test accuracy | mean difference to float (points) | spread (min to max) "
-        "| images only float / only method right | mean validation accuracy | mean validation loss "
+        "| mean difference to the control (points) | images only float / only method right "
+        "| mean validation accuracy | mean validation loss "
         "| Keras-LiteRT top-1 agreement (min) | verifier | mean time (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in study["methods"].items():
         d = m["difference"]
         verified = {True: "passes", False: "fails", None: "-"}[m["verified"]]
         lines.append(
             f"| {name} | {len(m['seeds'])} | {_fraction(m['accuracy']['mean'])} | **{_points(d['mean'])}** "
-            f"| {_points(d['min'])} to {_points(d['max'])} | {m['only_float']} / {m['only_method']} "
+            f"| {_points(d['min'])} to {_points(d['max'])} | {_points((m.get('control_difference') or {}).get('mean'))} "
+            f"| {m['only_float']} / {m['only_method']} "
             f"| {_fraction(m['validation_accuracy']['mean'])} | {_fraction(m['validation_loss']['mean'])} "
             f"| {_fraction(m['agreement']['min'])} | {verified} | {_whole(m['seconds']['mean'])} |"
         )
@@ -201,16 +212,18 @@ def render_markdown(study: dict) -> str:
         "",
         "## Per seed",
         "",
-        "| method | seed | test accuracy | float | difference (points) | only float / only method right "
+        "| method | seed | test accuracy | float | difference (points) | difference to the control (points) "
+        "| only float / only method right "
         "| validation accuracy | validation loss | kept epoch | agreement | verifier | time (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in study["methods"].items():
         for seed, row in m["seeds"].items():
             verified = {True: "passes", False: "fails", None: "-"}[row["verified"]]
             lines.append(
                 f"| {name} | {seed} | {row['accuracy']:.4f} | {row['float_accuracy']:.4f} "
-                f"| {_points(row['difference'])} | {row['only_float']} / {row['only_method']} "
+                f"| {_points(row['difference'])} | {_points(row.get('control_difference'))} "
+                f"| {row['only_float']} / {row['only_method']} "
                 f"| {_fraction(row['validation_accuracy'])} | {_fraction(row['validation_loss'])} "
                 f"| {row['kept_epoch'] if row['kept_epoch'] is not None else '-'} | {_fraction(row['agreement'])} "
                 f"| {verified} | {_whole(row['seconds'])} |"
