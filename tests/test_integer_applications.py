@@ -1,6 +1,6 @@
-"""The seven Keras applications (tiny, random weights, as benchmarks/applications.py builds them) on every runtime:
-the Keras model quantized for each target gives that runtime's int8 outputs bit for bit, and the integer
-executor equals LiteRT's reference kernels and TFLite Micro on every tensor."""
+"""The seven Keras applications (tiny, random weights, as benchmarks/applications.py builds them, with logits
+heads) on every runtime: the Keras model quantized for each target gives that runtime's int8 outputs bit for
+bit, and the integer executor equals LiteRT's reference kernels and TFLite Micro on every tensor."""
 
 import sys
 from pathlib import Path
@@ -35,8 +35,9 @@ def _calibrated(name, **overrides):
 
 
 @pytest.mark.parametrize("name", list(applications.NETWORKS))
-def test_the_model_for_each_target_is_bit_exact_with_its_runtime(name, tmp_path):
-    """Logits heads: the Keras model does not compute SOFTMAX's fixed point (the executor does, below)."""
+def test_each_target_is_bit_exact_and_the_executor_equals_every_tensor(name, tmp_path):
+    """Logits heads: the Keras model does not compute SOFTMAX's fixed point (the executor does: the op zoo of
+    tests/test_integer_executor.py checks it on every runtime)."""
     import tfqat
     from tfqat.tflite import litert
 
@@ -51,14 +52,6 @@ def test_the_model_for_each_target_is_bit_exact_with_its_runtime(name, tmp_path)
         [output] = [t.index for t in IntegerModel(path, ties=target).outputs]
         got = np.concatenate([runtime.run([x[None]], [output])[output] for x in quantized])
         assert np.count_nonzero(got.reshape(expected.shape) != expected) == 0, f"{name} on {target}"
-
-
-@pytest.mark.parametrize("name", list(applications.NETWORKS))
-def test_every_tensor_equals_reference_and_micro(name, tmp_path):
-    import tfqat
-
-    qat, _ = _calibrated(name)
-    path = tfqat.export_tflite(qat, tmp_path / f"{name}.tflite")
     for runtime in ("reference", "micro"):
         program = IntegerModel(path, ties=runtime)
         agreement = compare(program, bench.random_inputs(program, 2), runtime)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tfqat.integer import fixedpoint as fp
+from tfqat import fixedpoint as fp
 
 Q31 = 2.0**31
 

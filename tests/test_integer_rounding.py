@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from tfqat.integer import fixedpoint as fp
+from tfqat import fixedpoint as fp
 from tfqat.integer.rounding import count_ties, shift_round
 from tfqat.targets import RULES, LaneSplit, check_rule
 

@@ -148,7 +148,7 @@ def test_the_two_mean_arithmetics_differ_on_this_model(unsigned, tmp_path):
 
 
 def test_mean_requantize_is_tflites_multiplier_arithmetic():
-    from tfqat.integer import fixedpoint as fp
+    from tfqat import fixedpoint as fp
 
     rng = np.random.default_rng(5)
     for count, input_exponent, exponent in [(9, -7, -6), (49, -5, -5), (49, -6, -3), (25, -4, -7)]:

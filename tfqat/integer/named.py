@@ -11,11 +11,9 @@ of in-bounds elements, ties away from zero. "xnnpack" computes every other op as
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from tfqat.integer import fixedpoint as fp
+from tfqat import fixedpoint as fp
 from tfqat.integer.kernels import activation_range, reduced_axes, windows
 from tfqat.integer.model import Operator, Tensor
 from tfqat.targets import MEAN_ARITHMETIC
@@ -36,19 +34,13 @@ for _op in ("SOFTMAX", "LOGISTIC", "AVERAGE_POOL_2D"):
 """How each named op is computed, per flavour (the executor's report quotes it)."""
 
 _SOFTMAX_DIFF_BITS, _SOFTMAX_SUM_BITS = 5, 12
-_LOGISTIC_INPUT_BITS = 4
-
-
-def _input_radius(integer_bits: int, left_shift: int, total_bits: int = 31) -> int:
-    """The largest input difference that does not saturate after rescaling (TFLite's CalculateInputRadius)."""
-    return math.floor(((1 << integer_bits) - 1) * 2.0 ** (total_bits - integer_bits) / 2.0**left_shift)
 
 
 def softmax(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
     x_t = tensors[0]
     real = min(op.options.get("beta", 1.0) * x_t.scales[0] * 2.0 ** (31 - _SOFTMAX_DIFF_BITS), 2.0**31 - 1)
     multiplier, left_shift = fp.quantize_multiplier(real)
-    diff_min = -_input_radius(_SOFTMAX_DIFF_BITS, left_shift)
+    diff_min = -fp.input_radius(_SOFTMAX_DIFF_BITS, left_shift)
     x = values[0]
     diff = x - x.max(axis=-1, keepdims=True)
     valid = diff >= diff_min
@@ -78,18 +70,7 @@ def _logistic_table(in_scale: float, in_zero: int, out_scale: float, out_zero: i
 
 
 def _logistic_fixed_point(x_t: Tensor, x: np.ndarray) -> np.ndarray:
-    return micro_logistic_steps(x, x_t.scales[0])
-
-
-def micro_logistic_steps(x: np.ndarray, scale: float) -> np.ndarray:
-    """TFLite Micro's int8 LOGISTIC of inputs x (less their zero point) at `scale`: output steps, zero point -128."""
-    mantissa, left_shift = math.frexp(scale * 2.0 ** (31 - _LOGISTIC_INPUT_BITS))
-    multiplier = int(math.floor(mantissa * 2**31 + 0.5))
-    radius = _input_radius(_LOGISTIC_INPUT_BITS, left_shift)
-    q4 = fp.multiply_by_quantized_multiplier(x, multiplier, left_shift)
-    steps = fp.rounding_divide_by_pot(fp.logistic(q4, _LOGISTIC_INPUT_BITS), 31 - 8) - 128
-    steps = np.clip(steps, -128, 127)
-    return np.where(x <= -radius, -128, np.where(x >= radius, 127, steps))
+    return fp.micro_logistic_steps(x, x_t.scales[0])
 
 
 def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:

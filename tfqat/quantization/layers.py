@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tf_keras.src.utils import control_flow_util
 
+from tfqat import fixedpoint
 from tfqat.quantization import pow2
 from tfqat.quantization.modes import EXPORTING, is_in
 from tfqat.targets import SAVED_WITHOUT_TARGET, target_named
@@ -101,14 +102,12 @@ class Sigmoid(keras.layers.Layer):
 def micro_logistic(values, input_exponent):
     """TFLite Micro's LOGISTIC on int8 inputs at 2**input_exponent, in output steps of 1/256: gemmlowp's
     fixed-point logistic of the Q4.27 input, computed by the integer executor's numpy arithmetic
-    (`tfqat.integer.named`; inference only, no gradient)."""
+    (`tfqat.fixedpoint`; inference only, no gradient)."""
 
     def steps(x, exponent):
-        from tfqat.integer import named
-
         scale = float(2.0 ** float(exponent))
         integers = np.round(np.asarray(x, np.float64) / scale).astype(np.int64)
-        return (named.micro_logistic_steps(integers, scale) + 128).astype(np.float32)
+        return (fixedpoint.micro_logistic_steps(integers, scale) + 128).astype(np.float32)
 
     out = tf.numpy_function(steps, [values, tf.cast(input_exponent, tf.float32)], tf.float32, stateful=False)
     return tf.reshape(tf.cast(out, values.dtype), tf.shape(values)) / OUTPUT_STEPS

@@ -161,3 +161,22 @@ def divide_round_half_away(total, count) -> np.ndarray:
     half = count // 2
     shifted = np.where(total > 0, total + half, total - half)
     return np.sign(shifted) * (np.abs(shifted) // count)
+
+
+LOGISTIC_INPUT_BITS = 4  # TFLite Micro's LOGISTIC rescales its input to Q4.27
+
+
+def input_radius(integer_bits: int, left_shift: int, total_bits: int = 31) -> int:
+    """The largest input difference that does not saturate after rescaling (TFLite's CalculateInputRadius)."""
+    return math.floor(((1 << integer_bits) - 1) * 2.0 ** (total_bits - integer_bits) / 2.0**left_shift)
+
+
+def micro_logistic_steps(x: np.ndarray, scale: float) -> np.ndarray:
+    """TFLite Micro's int8 LOGISTIC of inputs x (less their zero point) at `scale`: output steps, zero point -128."""
+    mantissa, left_shift = math.frexp(scale * 2.0 ** (31 - LOGISTIC_INPUT_BITS))
+    multiplier = int(math.floor(mantissa * 2**31 + 0.5))
+    radius = input_radius(LOGISTIC_INPUT_BITS, left_shift)
+    q4 = multiply_by_quantized_multiplier(x, multiplier, left_shift)
+    steps = rounding_divide_by_pot(logistic(q4, LOGISTIC_INPUT_BITS), 31 - 8) - 128
+    steps = np.clip(steps, -128, 127)
+    return np.where(x <= -radius, -128, np.where(x >= radius, 127, steps))
