@@ -128,11 +128,11 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "xnnpack",
-            {"*": "half_even", "ADD": "half_up", "SUB": "half_up"},
+            {"*": "half_even", "ADD": "half_up", "SUB": "half_up", "AVERAGE_POOL_2D": "half_away_from_zero"},
             "xnnpack", "xnnpack",
             "XNNPACK (LiteRT's default delegate): float32 requantization, round to nearest even; its "
-            "ADD rounds ties up; a MEAN over a count that is not a power of two scales the raw int32 sum "
-            "in float32",
+            "ADD rounds ties up, AVERAGE_POOL_2D away from zero (measured on DenseNet121's 2x2 pools); a MEAN "
+            "over a count that is not a power of two scales the raw int32 sum in float32",
         ),
         Target(
             "micro",

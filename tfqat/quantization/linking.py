@@ -109,11 +109,15 @@ def _fused_output_quantizers(wrapper, consumers) -> list:
 
 def _mark_add(wrapper, consumers) -> None:
     """An Add's output quantizer (or its fused ReLU's) rounds as the target's ADD does; so does a ScalarOp
-    adding a number (x + 3 in a hard-swish), which TFLite runs as ADD too."""
+    adding a number (x + 3 in a hard-swish), which TFLite runs as ADD too; an AveragePooling2D's rounds as
+    the target's AVERAGE_POOL_2D."""
     layer = wrapper.layer
     if isinstance(layer, keras.layers.Add) or (isinstance(layer, ScalarOp) and layer.op == "add"):
         for quantizer in _fused_output_quantizers(wrapper, consumers):
             quantizer.kernel = "add"
+    if isinstance(layer, keras.layers.AveragePooling2D):
+        for quantizer in _fused_output_quantizers(wrapper, consumers):
+            quantizer.kernel = "average_pool"
 
 
 def _link_product(wrapper, consumers) -> bool:

@@ -161,7 +161,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         # exponent of that layer's int32 accumulator, for the target's exact rounding.
         self.accumulator_exponent = None
         # ... and the kind of op whose accumulator that is (pow2.REQUANTIZING_OPS); "add" for an unlinked ADD's;
-        # "input" for the model's input.
+        # "average_pool" for an AveragePooling2D's; "input" for the model's input.
         self.kernel = "conv"
         # Set by linking for a MEAN over a count that is not a power of two (then the accumulator exponent
         # is the input's): pow2.mean_requantize.
@@ -180,7 +180,7 @@ class Pow2ActivationQuantizer(ConfigEquality, _Quantizer):
         if self.accumulator_exponent is not None:
             op = pow2.REQUANTIZING_OPS[self.kernel]
         else:
-            op = "ADD" if self.kernel == "add" else "*"
+            op = {"add": "ADD", "average_pool": "AVERAGE_POOL_2D"}.get(self.kernel, "*")
         return target_named(self.target).rule(op)
 
     def build(self, tensor_shape, name, layer):
