@@ -290,8 +290,8 @@ def test_only_predictions_of_the_same_test_split_are_paired_with_float(tmp_path)
         "ptq": {"predictions": [0, 1, 1, 0], "test_split": "an older split"},  # same length, other images
         "tfmot_qat": {"predictions": [0, 1, 1, 0]},  # from before splits were recorded
     }
-    paired = run._versus_float(models)
+    paired = run._versus(models)
     assert list(paired) == ["qat"]
     assert (paired["qat"]["only_reference"], paired["qat"]["only_other"]) == (1, 1)
     models["float"]["test_split"] = "an older split"
-    assert run._versus_float(models) == {}
+    assert run._versus(models) == {}
