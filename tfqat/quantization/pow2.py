@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfqat.targets import MEAN_KEEP_DIMS, SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
+from tfqat.targets import MEAN_ARITHMETIC, MEAN_KEEP_DIMS, SECOND_STEP, TARGETS, LaneSplit, RoundingRule, check_rule, single_rule
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 ACTIVATION_QMIN, ACTIVATION_QMAX = -128, 127
@@ -219,8 +219,8 @@ def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: st
     scale (each step rounded to float32), rounded half to even. The zero points (0, or -128 for an unsigned
     grid) matter here only.
     """
-    if arithmetic not in MEAN_ARITHMETIC:
-        msg = f"mean_requantize arithmetic={arithmetic!r} is not one of {MEAN_ARITHMETIC}"
+    if arithmetic not in set(MEAN_ARITHMETIC.values()):
+        msg = f"mean_requantize arithmetic={arithmetic!r} is not one of {sorted(set(MEAN_ARITHMETIC.values()))}"
         raise ValueError(msg)
     values, input_exponent, exponent = (tf.cast(v, tf.float64) for v in (values, input_exponent, exponent))
 
@@ -243,17 +243,15 @@ def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: st
     return tf.cast(steps * two(exponent), tf.float32)
 
 
-MEAN_ARITHMETIC = ("q31", "float32")
-
-
 def _float32_mean(total, exponent_difference, count: int, input_zero_point, output_zero_point):
     """XNNPACK's MEAN of int8 values in output steps (less the output zero point), from the sum of the values
     less their zero point (`total`, exact in float64); float32 arithmetic, one rounding per operation."""
     f32 = tf.float32
     input_zero_point, output_zero_point = (tf.cast(z, f32) for z in (input_zero_point, output_zero_point))
     scale = tf.cast(tf.pow(tf.constant(2.0, tf.float64), exponent_difference), f32) * tf.constant(np.float32(1.0) / np.float32(count), f32)  # 1.0f / count
-    raw_sum = tf.cast(total, f32) + float(count) * input_zero_point  # an int32 below 2**24: exact
-    offset = output_zero_point - (float(count) * input_zero_point) * scale
+    zero_points_sum = float(count) * input_zero_point
+    raw_sum = tf.cast(total, f32) + zero_points_sum  # an int32 below 2**24: exact
+    offset = output_zero_point - zero_points_sum * scale
     steps = tf.round(raw_sum * scale + offset)  # tf.round: half to even, as XNNPACK's nearbyint
     return tf.cast(steps - output_zero_point, tf.float64)
 
