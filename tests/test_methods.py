@@ -4,6 +4,7 @@ import pytest
 
 from tfqat.flowers import methods
 from tfqat.flowers.methods import METHODS, Recipe
+from tfqat.flowers.options import RunOptions
 
 
 def test_every_method_has_its_own_stage_file_and_label():
@@ -52,8 +53,19 @@ def test_run_flags_switch_recipe_fields_on():
         (dict(epochs=-1, train=True), "epochs=-1"),
         (dict(learning_rate=0.0, train=True), "learning_rate=0.0"),
         (dict(distillation=True), "need train=True"),
+        (dict(train=True, frozen_threshold_epochs=2), "trained_thresholds=True"),
+        (dict(train=True, trained_thresholds=True, frozen_threshold_epochs=0), "frozen_threshold_epochs=0"),
     ],
 )
 def test_bad_recipes_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Recipe(**kwargs)
+
+
+def test_the_calibrated_start_ignores_how_qat_trains():
+    frozen = METHODS["qat_tqt_frozen"].recipe
+    assert frozen.frozen_threshold_epochs and frozen.calibration() == METHODS["qat_tqt"].recipe.calibration()
+    slow = METHODS["qat_tqt_tuned_slow"].recipe
+    assert METHODS["qat_tqt_tuned"].recipe.learning_rate is None  # the run's --qat-learning-rate
+    assert slow.learning_rate == RunOptions().qat_learning_rate / 10
+    assert slow.calibration() == METHODS["qat_tqt_tuned"].recipe.calibration()

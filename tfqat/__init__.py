@@ -29,6 +29,7 @@ _API = {
     "export_micro": "tfqat.tflite.micro",
     "export_tflite": "tfqat.tflite.export",
     "fold_batch_norms": "tfqat.graph.folding",
+    "FreezeThresholds": "tfqat.quantization.freeze",
     "Pow2QuantizeScheme": "tfqat.quantization.scheme",
     "verify_tflite": "tfqat.tflite.verify",
     "keras": "tfqat._keras",

@@ -42,6 +42,7 @@ class Recipe:
     distillation: bool = False  # QAT learns the float model's class probabilities instead of the labels
     epochs: Optional[int] = None
     learning_rate: Optional[float] = None
+    frozen_threshold_epochs: Optional[int] = None  # TQT: the last N epochs train with the thresholds held fixed
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 0:
@@ -50,10 +51,17 @@ class Recipe:
             raise ValueError(f"Recipe.learning_rate={self.learning_rate!r} must be positive")
         if not self.train and (self.distillation or self.epochs is not None or self.learning_rate is not None):
             raise ValueError("Recipe: distillation, epochs and learning_rate need train=True")
+        if self.frozen_threshold_epochs is not None:
+            if not (self.train and self.trained_thresholds):
+                raise ValueError("Recipe.frozen_threshold_epochs needs train=True and trained_thresholds=True")
+            if self.frozen_threshold_epochs < 1:
+                raise ValueError(f"Recipe.frozen_threshold_epochs={self.frozen_threshold_epochs!r} must be 1 or more")
 
     def calibration(self) -> "Recipe":
         """The fields that make the calibrated start (training's own fields reset): equal ones share it."""
-        return replace(self, train=False, distillation=False, epochs=None, learning_rate=None)
+        return replace(
+            self, train=False, distillation=False, epochs=None, learning_rate=None, frozen_threshold_epochs=None
+        )
 
     def with_run_flags(
         self, *, per_channel: bool, equalize: bool, distillation: bool, trained_thresholds: bool = False,
@@ -194,6 +202,23 @@ METHODS: dict[str, Method] = {
             "QAT int8, TQT, from AdaRound", _FILE.format("qat_tqt_tuned"), _pow2,
             Recipe(train=True, trained_thresholds=True, equalize=True, bias_correction=True, adaround=True),
             default=False,
+        ),
+        Method(
+            "qat_tqt_tuned_slow",
+            "int8 via QAT with trained thresholds from the AdaRound PTQ model at a tenth of the learning rate "
+            "(TQT; power-of-two, per-tensor)",
+            "QAT int8, TQT, from AdaRound, LR / 10", _FILE.format("qat_tqt_tuned_slow"), _pow2,
+            Recipe(
+                train=True, trained_thresholds=True, equalize=True, bias_correction=True, adaround=True,
+                learning_rate=1e-5,
+            ),
+            default=False,
+        ),
+        Method(
+            "qat_tqt_frozen",
+            "int8 via QAT with trained thresholds, held fixed for the last 3 epochs (TQT; power-of-two, per-tensor)",
+            "QAT int8, TQT, thresholds frozen late", _FILE.format("qat_tqt_frozen"), _pow2,
+            Recipe(train=True, trained_thresholds=True, frozen_threshold_epochs=3), default=False,
         ),
         Method(
             "qat_tqt_unsigned",

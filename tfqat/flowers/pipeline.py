@@ -34,6 +34,7 @@ from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IM
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.post_training.equalize import equalize
+from tfqat.quantization.freeze import FreezeThresholds
 from tfqat.graph.canonical import canonical_model
 
 
@@ -273,11 +274,15 @@ class Run:
     def fit(self, model, stage: str, recipe: Recipe):
         """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
         o = self.options
+        epochs = o.qat_epochs if recipe.epochs is None else recipe.epochs
+        callbacks = []
+        if recipe.frozen_threshold_epochs is not None:
+            callbacks.append(FreezeThresholds(max(0, epochs - recipe.frozen_threshold_epochs)))
         return train.fit(
             model,
             self.train_ds,
             self.val_ds,
-            epochs=o.qat_epochs if recipe.epochs is None else recipe.epochs,
+            epochs=epochs,
             learning_rate=o.qat_learning_rate if recipe.learning_rate is None else recipe.learning_rate,
             teacher=self.float_model() if recipe.distillation else None,
             backup_dir=self.out / "backup" / stage,
@@ -285,6 +290,7 @@ class Run:
             history_csv=self._history(stage),
             verbose=_FIT_VERBOSITY,
             run_eagerly=o.run_eagerly,
+            callbacks=callbacks,
         )
 
     def _history(self, stage: str) -> Path:
