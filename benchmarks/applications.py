@@ -73,21 +73,28 @@ def sharpen_head(model, factor: float = 4.0) -> None:
     head.set_weights([kernel * factor, *rest])
 
 
-def check(name: str, out_dir: Path) -> dict:
-    """Quantize, train one step, export, verify and compare one network; raises what quantize_model raises."""
-    build, size, (low, high) = NETWORKS[name]
+def check(name: str, out_dir: Path, *, size: int = None, trained: bool = True) -> dict:
+    """Quantize, train one step, export, verify and compare one network; raises what quantize_model raises.
+
+    `trained=False` is a user's first try: the network as built (untrained batch normalizations), calibrated
+    only, no training step; `size` replaces the network's smallest input size.
+    """
+    build, smallest, (low, high) = NETWORKS[name]
+    size = size or smallest
     keras.utils.set_random_seed(0)
     model = build(size)
-    randomize_batch_norms(model)
+    if trained:
+        randomize_batch_norms(model)
     sharpen_head(model)
     rng = np.random.default_rng(1)
     images = rng.uniform(low, high, (IMAGES, size, size, 3)).astype(np.float32)
     start = time.perf_counter()
     qat = tfqat.quantize_model(model)
     tfqat.calibrate(qat, images[:CALIBRATION_IMAGES])
-    # One eager step: tracing the train step of a 400-layer QAT model costs more than the step.
-    qat.compile(keras.optimizers.Adam(1e-5), keras.losses.SparseCategoricalCrossentropy(), run_eagerly=True)
-    qat.fit(images[:8], rng.integers(0, CLASSES, 8), batch_size=8, epochs=1, verbose=0)
+    if trained:
+        # One eager step: tracing the train step of a 400-layer QAT model costs more than the step.
+        qat.compile(keras.optimizers.Adam(1e-5), keras.losses.SparseCategoricalCrossentropy(), run_eagerly=True)
+        qat.fit(images[:8], rng.integers(0, CLASSES, 8), batch_size=8, epochs=1, verbose=0)
     prepared = time.perf_counter() - start
     path = Path(out_dir) / f"{name}.tflite"
     start = time.perf_counter()

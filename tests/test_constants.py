@@ -75,3 +75,50 @@ def test_merged_hard_sigmoid_constants_are_requantized_and_the_model_agrees(tmp_
     assert report.passed and not report.exceptions, report.summary()
     agreement = keras_tflite_agreement(qat, path, images)
     assert agreement.top1_agreement == 1.0 and agreement.max_steps <= 1
+
+
+def _two_untrained_batch_norms_on_concatenations():
+    """DenseNet's pattern: batch normalizations on concatenations (1x1 depthwise convolutions once folded),
+    untrained, so both kernels are 1/sqrt(1 + eps) on 8 channels and round to the same 1.0."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    a, b = layers.Conv2D(4, 3, padding="same")(inputs), layers.Conv2D(4, 1)(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Concatenate()([a, b])))
+    y = layers.Conv2D(4, 1)(x)
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Concatenate()([y, a])))
+    return keras.Model(inputs, layers.Dense(5)(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_merged_kernels_go_back_to_their_power_of_two_grid_with_their_biases(tmp_path, monkeypatch):
+    """Per-tensor kernels (per-channel ones keep a FakeQuant range per channel and are not merged)."""
+    qat = tfqat.quantize_model(_two_untrained_batch_norms_on_concatenations())
+    images = np.random.default_rng(1).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
+    tfqat.calibrate(qat, images)
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "requantize_shared_constants", lambda tflite: (tflite, 0))
+        converted = convert_int8(qat)
+    report = tfqat.verify_tflite(converted)
+    assert not report.passed and "per-channel scales that are not powers of two" in report.summary()
+    assert constants.requantize_shared_constants(converted)[1] == 1
+    path = tfqat.export_tflite(qat, tmp_path / "merged.tflite")
+    report = tfqat.verify_tflite(path)
+    assert report.passed, report.summary()
+    model = flatbuffer_utils.read_model(str(path))
+    graph = model.subgraphs[0]
+    kernels = {int(op.inputs[1]) for op in graph.operators if "depthwise" in graph.tensors[op.outputs[0]].name.decode().lower()}
+    assert len(kernels) == 1  # still one shared tensor, now at 2**-6 holding 64 (1.0)
+    kernel = graph.tensors[kernels.pop()]
+    assert set(kernel.quantization.scale) == {2.0**-6}
+    assert set(np.asarray(model.buffers[kernel.buffer].data, np.uint8).view(np.int8)) == {64}
+    agreement = keras_tflite_agreement(qat, path, images)
+    assert agreement.top1_agreement == 1.0 and agreement.max_steps == 0
+
+
+def test_kernel_steps_keep_one_exponent_for_a_per_tensor_kernel_and_one_per_channel_otherwise():
+    scales = np.array([1 / 127, 0.25 / 127])
+    per_tensor = np.array([[1.0, -0.5], [0.25, 0.0]])  # channel 1 on the 2**-6 grid of the whole kernel
+    steps, exponents = constants.kernel_steps(per_tensor, scales, axis=0)
+    assert exponents.tolist() == [-6] and steps.tolist() == [[64, -32], [16, 0]]
+    per_channel = np.array([[1.0, -0.5], [0.25, 3 * 2.0**-8]])  # 3 * 2**-8 lies on channel 1's grid only
+    steps, exponents = constants.kernel_steps(per_channel, scales, axis=0)
+    assert exponents.tolist() == [-6, -8] and steps.tolist() == [[64, -32], [64, 3]]
