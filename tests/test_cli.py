@@ -208,3 +208,53 @@ def test_debug_prints_the_worst_tensors_and_writes_tables_and_plot(tmp_path, cap
     out = capsys.readouterr().out
     assert "worst kernels" in out and "worst activations" in out and "DEPTHWISE_CONV_2D" in out
     assert {p.name for p in (tmp_path / "debug").iterdir()} == {"debug.md", "debug.csv", "debug.png"}
+
+
+def _saved_application(path, name, **kwargs):
+    from tfqat import keras
+
+    keras.utils.set_random_seed(0)
+    getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=3, **kwargs).save(path)
+
+
+def test_quantize_uses_each_applications_own_preprocessing_and_evaluate_the_recorded_one(tmp_path, capsys):
+    from image_folders import make_folder
+    from tfqat.data.folders import scan_folder, to_arrays
+    from tfqat.tflite import export, litert
+
+    make_folder(tmp_path / "photos", {"a": 4, "b": 4, "c": 4})
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    for name, kwargs, expected in (("ResNet50", {}, "caffe"), ("MobileNetV3Small", dict(alpha=0.75), "raw")):
+        model, out = tmp_path / f"{name}.keras", tmp_path / f"{name}.tflite"
+        _saved_application(model, name, **kwargs)
+        argv = ["quantize", str(model), str(out), "--images", str(tmp_path / "photos"), "--count", "12",
+                "--no-adaround", "--no-equalize", "--no-bias-correction", "--labels", str(tmp_path / "labels.txt")]
+        assert main(argv) == 0
+        assert f"preprocessing '{expected}'" in capsys.readouterr().out
+        assert export.read_preprocessing_metadata(out.read_bytes()) == expected
+    out = tmp_path / "ResNet50.tflite"
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "photos"), "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    images, labels = to_arrays(scan_folder(tmp_path / "photos").records, image_size=32, preprocessing="caffe")
+    predicted = litert.predict(out, images).argmax(-1)
+    assert result["preprocessing"] == "caffe" and result["accuracy"] == float(np.mean(predicted == labels))
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "photos"), "--preprocessing", "torch"]) == 2
+    assert "--preprocessing torch contradicts the preprocessing 'caffe' recorded in" in capsys.readouterr().err
+
+
+def test_a_model_of_ones_own_needs_its_preprocessing_named(tmp_path, capsys):
+    from image_folders import make_folder
+    from tfqat import keras
+    from tfqat.tflite import export
+
+    make_folder(tmp_path / "photos", {"a": 4, "b": 4})
+    keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(2)]).save(tmp_path / "mine.keras")
+    argv = ["quantize", str(tmp_path / "mine.keras"), str(tmp_path / "mine.tflite"), "--images", str(tmp_path / "photos"),
+            "--count", "8", "--no-adaround"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not record how its inputs are preprocessed and is not a known Keras application" in err
+    assert "pass --preprocessing (preprocessing= in Python) with one of: mobilenet" in err and not (tmp_path / "mine.tflite").exists()
+    assert main([*argv, "--preprocessing", "torch"]) == 0
+    assert export.read_preprocessing_metadata((tmp_path / "mine.tflite").read_bytes()) == "torch"

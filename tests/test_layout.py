@@ -17,7 +17,7 @@ LIBRARY = {
     "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
     "integer": {"tflite"},  # the executor reads tflite.ops (no TensorFlow); its comparison runs tflite.litert
 }
-HELPERS = {"tfqat", "tfqat._keras", "tfqat.files", "tfqat.targets", "tfqat.fixedpoint"}  # pure helpers
+HELPERS = {"tfqat", "tfqat._keras", "tfqat.files", "tfqat.targets", "tfqat.fixedpoint", "tfqat.preprocessing"}  # pure helpers
 
 
 def _module_name(path: Path) -> str:

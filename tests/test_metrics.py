@@ -44,7 +44,7 @@ def _folder(root, classes, per_class=2):
 @pytest.fixture
 def labelled_model(tmp_path):
     classes = ["a", "b", "c", "d", "e"]
-    path = export.save_tflite(tflite_models.pow2_int8_tflite(), tmp_path / "m.tflite", labels=classes)
+    path = export.save_tflite(tflite_models.pow2_int8_tflite(), tmp_path / "m.tflite", labels=classes, preprocessing="raw")
     return path, classes
 
 
@@ -55,7 +55,15 @@ def test_evaluate_folder_uses_the_model_labels(labelled_model, tmp_path):
     assert result["count"] == 4
     assert set(result["per_class"]) == set(classes)
     assert result["per_class"]["a"] is None  # no image of that class
-    assert (tmp_path / "r.json").is_file()
+    assert (tmp_path / "r.json").is_file() and result["preprocessing"] == "raw"  # the file's own
+
+
+def test_a_file_without_a_recorded_preprocessing_needs_one(tmp_path):
+    path = export.save_tflite(tflite_models.pow2_int8_tflite(), tmp_path / "m.tflite", labels=list("abcde"))
+    folder = _folder(tmp_path / "photos", ["b", "d"])
+    with pytest.raises(ValueError, match=r"does not record how its inputs are preprocessed.*preprocessing="):
+        metrics.evaluate_folder(path, folder)
+    assert metrics.evaluate_folder(path, folder, preprocessing="torch")["preprocessing"] == "torch"
 
 
 def test_unknown_folder_class_is_a_clear_error(labelled_model, tmp_path):

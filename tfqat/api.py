@@ -9,6 +9,7 @@ from tfqat._keras import keras
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfqat.preprocessing import application_preprocessing, check_name as check_preprocessing
 from tfqat.graph import functional
 from tfqat.data.batches import image_batches, inference_outputs
 from tfqat.graph.canonical import canonical_model
@@ -19,7 +20,7 @@ from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.rounding import ITERATIONS
 from tfqat.quantization.registry import unsupported_reason
 from tfqat.quantization.scheme import Pow2QuantizeScheme
-from tfqat.quantization.tensors import quantized_tensors
+from tfqat.quantization.tensors import quantized_tensors, set_preprocessing
 from tfqat.targets import DEFAULT_TARGET, TARGETS, target_named
 from tfqat.quantization.thresholds import init_thresholds
 
@@ -51,7 +52,7 @@ def _check_supported(model) -> None:
 def quantize_model(
     model, *, per_channel: bool = False, fold_bn: bool = True, ema_decay: float = 0.99,
     trained_thresholds: bool = False, unsigned_activations: bool = False, target: str = DEFAULT_TARGET,
-    strategy=None,
+    preprocessing: Optional[str] = None, strategy=None,
 ):
     """Return a QAT copy of a float Keras model with power-of-two int8 quantizers everywhere.
 
@@ -75,18 +76,26 @@ def quantize_model(
       target: the runtime the int8 file will run on (`tfqat.targets.TARGETS`: "builtin", "reference",
         "xnnpack", "micro", "half_up", "half_even"); the model's inference rounds every requantization
         as that runtime does, and the export records it.
+      preprocessing: how the model's float inputs are made from pixels (`tfqat.preprocessing`:
+        "mobilenet", "caffe", "torch", "raw"); default: the model's own where it is a known Keras
+        application. Recorded in the QAT model and its exported file, so the commands that feed it
+        images (`tfqat evaluate`, `debug`, `execute`) need not be told.
       strategy: a `tf.distribute.Strategy` whose scope creates the QAT model's
         variables (default: the current strategy); compile and fit it in the
         same scope.
     """
     functional.check_functional(model)
+    preprocessing = check_preprocessing(preprocessing) or application_preprocessing(model)
     options = QuantizeOptions(
         per_channel=bool(per_channel), thresholds="trained" if trained_thresholds else "ranges",
         unsigned_activations=bool(unsigned_activations), ema_decay=ema_decay, target=target,
     )
     # Only built-in layers and tfqat's quantizers from here on (_check_supported): none needs AutoGraph.
     with functional.autograph_off():
-        return _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(options))
+        qat = _quantize_model(model, fold_bn, strategy, Pow2QuantizeScheme(options))
+    if preprocessing is not None:
+        set_preprocessing(qat, preprocessing)
+    return qat
 
 
 def _quantize_model(model, fold_bn, strategy, scheme):
@@ -200,7 +209,8 @@ def retarget(qat_model, target: str):
 def ptq(
     model, images, *, equalize: bool = True, bias_correction: bool = True, adaround: bool = True,
     per_channel: bool = False, unsigned_activations: bool = False, trained_thresholds: bool = False,
-    target: str = DEFAULT_TARGET, steps: Optional[int] = None, iterations: int = ITERATIONS, verbose: bool = True,
+    target: str = DEFAULT_TARGET, preprocessing: Optional[str] = None, steps: Optional[int] = None,
+    iterations: int = ITERATIONS, verbose: bool = True,
 ):
     """Label-free power-of-two post-training quantization in one call; returns the quantized (QAT) model.
 
@@ -215,7 +225,7 @@ def ptq(
       images: sample inputs (no labels needed): an array, or a re-iterable batch source such as a
         tf.data.Dataset (it is read up to four times); 512 to 1,024 images are plenty.
       equalize, bias_correction, adaround: the steps around calibration; all on by default.
-      per_channel, unsigned_activations, trained_thresholds, target: as in `quantize_model` (trained thresholds start
+      per_channel, unsigned_activations, trained_thresholds, target, preprocessing: as in `quantize_model` (trained thresholds start
         from the calibrated scales, and AdaRound rounds on them: a QAT start).
       steps: how many batches each step reads (default: all).
       iterations: AdaRound's optimizer steps per layer.
@@ -228,10 +238,11 @@ def ptq(
     from tfqat.post_training.bias_correction import correct_biases
     from tfqat.post_training.equalize import equalize as equalize_model
 
+    preprocessing = check_preprocessing(preprocessing) or application_preprocessing(model)
     float_model = equalize_model(model, images, steps=steps) if equalize else model
     qat = quantize_model(
         float_model, per_channel=per_channel, unsigned_activations=unsigned_activations,
-        trained_thresholds=trained_thresholds, target=target,
+        trained_thresholds=trained_thresholds, target=target, preprocessing=preprocessing,
     )
     calibrate(qat, images, steps)
     if adaround:

@@ -271,13 +271,19 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--data", required=True, help="folder of class sub-folders")
     parser.add_argument("--labels", default=None, help="labels file (default: the model's own labels)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    _add_preprocessing(parser)
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tfqat.evaluation.metrics import evaluate_folder, format_metrics
 
-    result = evaluate_folder(args.model, args.data, labels_file=args.labels, out_json=args.json)
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    result = evaluate_folder(
+        args.model, args.data, labels_file=args.labels, out_json=args.json,
+        preprocessing=_file_preprocessing(args, args.model),
+    )
     print(format_metrics(result))
     return EXIT_OK
 
@@ -327,6 +333,28 @@ def _load_float_model(path):
 def _add_image_folder(parser, *, count: int) -> None:
     parser.add_argument("--images", required=True, help="folder of sample images (searched recursively; labels not needed)")
     parser.add_argument("--count", type=int, default=count, help=f"how many images to use (default {count})")
+    _add_preprocessing(parser)
+
+
+def _add_preprocessing(parser) -> None:
+    from tfqat.preprocessing import PREPROCESSINGS
+
+    parser.add_argument(
+        "--preprocessing", choices=sorted(PREPROCESSINGS), default=None,
+        help="how pixels become the model's inputs: mobilenet (x / 127.5 - 1), caffe (BGR minus the ImageNet "
+        "mean), torch (ImageNet mean and standard deviation), raw (0-255); default: what the model or file "
+        "records, else a known Keras application's own",
+    )
+
+
+def _file_preprocessing(args, path, float_model=None) -> str:
+    """The preprocessing for a .tflite file: the flag, else the file's metadata, else the float model's."""
+    from tfqat.preprocessing import resolve
+    from tfqat.tflite.export import read_preprocessing_metadata
+    from tfqat.tflite.litert import read_model_bytes
+
+    stored = read_preprocessing_metadata(read_model_bytes(path))
+    return resolve(args.preprocessing, stored=stored, model=float_model, source=str(path))
 
 
 def _add_quantize(subparsers) -> None:
@@ -365,18 +393,20 @@ def _quantize(args: argparse.Namespace) -> int:
     from tfqat.api import ptq
     from tfqat.data.images import folder_images
     from tfqat.data.labels import read_labels
+    from tfqat.preprocessing import resolve
 
     labels = read_labels(args.labels) if args.labels else None
     model = _load_float_model(args.model)
     shape = model.input_shape
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
         raise ValueError(f"{args.model} takes inputs of shape {shape}; tfqat quantize needs square images [N, S, S, 3]")
-    images = folder_images(args.images, args.count, shape[1])
-    print(f"[tfqat] {len(images)} images from {args.images} at {shape[1]} px", flush=True)
+    preprocessing = resolve(args.preprocessing, model=model, source=str(args.model))
+    images = folder_images(args.images, args.count, shape[1], preprocessing)
+    print(f"[tfqat] {len(images)} images from {args.images} at {shape[1]} px, preprocessing '{preprocessing}'", flush=True)
     qat = ptq(
         model, images, equalize=not args.no_equalize, bias_correction=not args.no_bias_correction,
         adaround=not args.no_adaround, per_channel=args.per_channel, unsigned_activations=args.unsigned_activations,
-        target=args.target,
+        target=args.target, preprocessing=preprocessing,
     )
     if args.save_model:
         qat.save(args.save_model)
@@ -406,7 +436,9 @@ def _debug(args: argparse.Namespace) -> int:
     from tfqat.tflite.debug import debug_models
 
     model = _load_float_model(args.float_model)
-    images = folder_images(args.images, args.count, model.input_shape[1])
+    images = folder_images(
+        args.images, args.count, model.input_shape[1], _file_preprocessing(args, args.int8_model, model)
+    )
     report = debug_models(model, args.int8_model, images, max_images=args.count)
     print("largest SQNR drops (dB lost against the activation before; SQNR after):")
     for row in report.worst_drops(5):
@@ -431,13 +463,14 @@ def _add_execute(subparsers) -> None:
         "execute",
         help="run a shift-only int8 .tflite with tfqat's integer reference executor; compare with runtimes",
         description="Run a shift-only int8 .tflite op by op in numpy (integer adds and shifts; the ops that are not "
-        "shifts computed as the runtimes do) on images from a folder (image contract, x / 127.5 - 1) or on random "
+        "shifts computed as the runtimes do) on images from a folder (image contract, the file's preprocessing) or on random "
         "int8 inputs, report how many values per tensor were rounding ties, and with --compare count the elements "
         "of every tensor that differ from LiteRT's kernels or TFLite Micro. Exit code 1 when any differ.",
     )
     parser.add_argument("model", help="the .tflite file")
     parser.add_argument("--images", default=None, help="folder of sample images (default: random int8 inputs)")
     parser.add_argument("--count", type=int, default=16, help="how many images or random inputs (default 16)")
+    _add_preprocessing(parser)
     parser.add_argument("--ties", default=None, help="a runtime's rounding (reference, builtin, xnnpack, micro) or a "
                         "tie rule (tflite_double, half_away_from_zero, half_up, half_even, double_half_up); "
                         "default: the compared runtime's, else reference")
@@ -462,7 +495,8 @@ def _execute(args: argparse.Namespace) -> int:
         from tfqat.data.images import folder_images
         from tfqat.tflite.litert import describe, quantize
 
-        inputs = quantize(folder_images(args.images, args.count, spec.shape[1]), describe(args.model).inputs[0])
+        images = folder_images(args.images, args.count, spec.shape[1], _file_preprocessing(args, args.model))
+        inputs = quantize(images, describe(args.model).inputs[0])
     else:
         inputs = np.random.default_rng(0).integers(-128, 128, (args.count, *spec.shape[1:])).astype(spec.dtype)
     result = program.run(inputs)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from PIL import UnidentifiedImageError
 
 from tfqat.data.images import IMAGE_SIZE, check_image_size, decode_image, preprocess
+from tfqat.preprocessing import DEFAULT_PREPROCESSING
 
 # A DataWarning points at the first caller outside the modules that set this flag (this one, and
 # loaders built on it such as the flowers data), so the user sees the line that asked for the data.
@@ -44,9 +45,9 @@ class Record:
         return self.encoded if self.encoded is not None else Path(self.source).read_bytes()
 
 
-def load_image(record: Record, image_size: int = IMAGE_SIZE) -> np.ndarray:
+def load_image(record: Record, image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING) -> np.ndarray:
     """Reads, decodes and preprocesses one record under the image contract; float32 [image_size, image_size, 3]."""
-    return preprocess(decode_image(record.read()), image_size).numpy()
+    return preprocess(decode_image(record.read()), image_size, preprocessing).numpy()
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,10 @@ def check_batching(records: tuple[Record, ...] | list[Record], batch_size: int, 
     return records
 
 
-def image_dataset(records: tuple[Record, ...], image_size: int = IMAGE_SIZE) -> tf.data.Dataset:
-    """Unbatched (float32 image [S, S, 3] in [-1, 1], int32 label) of each record, in order, under the image contract.
+def image_dataset(
+    records: tuple[Record, ...], image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING
+) -> tf.data.Dataset:
+    """Unbatched (float32 image [S, S, 3], int32 label) of each record, in order, under the image contract.
 
     A file whose content changed since it was scanned is an error, not a silently different image.
     """
@@ -206,17 +209,18 @@ def image_dataset(records: tuple[Record, ...], image_size: int = IMAGE_SIZE) -> 
     def decode(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         pixels = tf.numpy_function(load, [index], tf.uint8, stateful=False)
         pixels.set_shape([None, None, 3])
-        return preprocess(pixels, image_size), labels[index]
+        return preprocess(pixels, image_size, preprocessing), labels[index]
 
     return tf.data.Dataset.range(len(records)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def to_arrays(
-    records: tuple[Record, ...] | list[Record], *, image_size: int = IMAGE_SIZE, batch_size: int = 64
+    records: tuple[Record, ...] | list[Record], *, image_size: int = IMAGE_SIZE, batch_size: int = 64,
+    preprocessing: str = DEFAULT_PREPROCESSING,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a split as numpy (float32 [N, S, S, 3] in [-1, 1], int32 [N]), in record order."""
+    """All images of a split as numpy (float32 [N, S, S, 3], int32 [N]), in record order."""
     check_image_size(image_size)
     records = check_batching(records, batch_size, "to_arrays")
-    dataset = image_dataset(records, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = image_dataset(records, image_size, preprocessing).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     batches = list(dataset.as_numpy_iterator())
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])

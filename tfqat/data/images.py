@@ -11,15 +11,24 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tfqat.preprocessing import DEFAULT_PREPROCESSING, preprocessing_named
+
 IMAGE_SIZE = 224
 
-IMAGE_CONTRACT = (
-    "Images are decoded with Pillow and converted to 8-bit RGB (grayscale, palette, CMYK and 16-bit "
-    "images are converted, alpha is dropped, EXIF orientation is ignored), resized to 224x224 (the "
-    "default image_size) with bilinear resampling (tf.image.resize, no crop, no antialiasing, aspect "
-    "ratio not kept) and scaled to [-1, 1] as x / 127.5 - 1, the input range MobileNetV2 expects."
-)
-"""The one image contract shared by training, evaluation and TFLite checks (quotable in reports)."""
+
+def image_contract(preprocessing: str = DEFAULT_PREPROCESSING) -> str:
+    """The image contract under one preprocessing (quotable in reports)."""
+    scaling = preprocessing_named(preprocessing)
+    return (
+        "Images are decoded with Pillow and converted to 8-bit RGB (grayscale, palette, CMYK and 16-bit "
+        "images are converted, alpha is dropped, EXIF orientation is ignored), resized to 224x224 (the "
+        "default image_size) with bilinear resampling (tf.image.resize, no crop, no antialiasing, aspect "
+        f"ratio not kept) and preprocessed as '{scaling.name}': {scaling.summary}."
+    )
+
+
+IMAGE_CONTRACT = image_contract()
+"""The image contract of the flowers MobileNetV2, shared by training, evaluation and TFLite checks."""
 
 
 def decode_image(encoded: bytes) -> np.ndarray:
@@ -36,19 +45,23 @@ def decode_image(encoded: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def preprocess(image: np.ndarray | tf.Tensor, image_size: int = IMAGE_SIZE) -> tf.Tensor:
+def preprocess(
+    image: np.ndarray | tf.Tensor, image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING
+) -> tf.Tensor:
     """Applies the image contract to uint8 RGB pixels ([H, W, 3] or [N, H, W, 3]).
 
-    Returns float32 pixels of shape [..., image_size, image_size, 3] in [-1, 1]; 0 maps to -1, 255 to 1.
+    Returns float32 inputs of shape [..., image_size, image_size, 3] under `preprocessing`
+    (`tfqat.preprocessing`; the default maps 0 to -1 and 255 to 1).
     """
     check_image_size(image_size)
+    scaling = preprocessing_named(preprocessing)
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.uint8:
         # Float input usually means pixels were already scaled; scaling twice would silently ruin accuracy.
         msg = f"preprocess expects uint8 pixels in 0..255, got dtype {image.dtype.name}."
         raise ValueError(msg)
     resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=False)
-    return tf.cast(resized, tf.float32) / 127.5 - 1.0
+    return scaling.apply(tf.cast(resized, tf.float32))
 
 
 def check_image_size(image_size: int) -> None:
@@ -61,7 +74,9 @@ def check_image_size(image_size: int) -> None:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-def folder_images(folder, count: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+def folder_images(
+    folder, count: int, image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING
+) -> np.ndarray:
     """Up to `count` images found anywhere under `folder` (no labels needed), under the image contract.
 
     Files are taken in sorted order at even spacing, so the sample spans every sub-folder and is the same
@@ -79,7 +94,7 @@ def folder_images(folder, count: int, image_size: int = IMAGE_SIZE) -> np.ndarra
     decoded = []
     for path in picked:
         try:
-            decoded.append(preprocess(decode_image(path.read_bytes()), image_size).numpy())
+            decoded.append(preprocess(decode_image(path.read_bytes()), image_size, preprocessing).numpy())
         except (OSError, ValueError):
             continue
     if not decoded:

@@ -9,6 +9,7 @@ import numpy as np
 
 from tfqat.data.folders import scan_folder, to_arrays
 from tfqat.data.labels import read_labels
+from tfqat.preprocessing import resolve
 from tfqat.evaluation.stats import CONFIDENCE, wilson_interval
 from tfqat.files import write_atomic
 from tfqat.tflite import export, litert
@@ -58,12 +59,17 @@ def model_labels(model_path, labels_file: Optional[os.PathLike] = None) -> tuple
     raise ValueError(msg)
 
 
-def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batch_size: int = 32) -> dict:
+def evaluate_folder(
+    model_path, folder, *, labels_file=None, out_json=None, batch_size: int = 32, preprocessing: Optional[str] = None
+) -> dict:
     """Evaluate an exported model on every image of a folder of class sub-folders.
 
     Folder classes are matched to the model's labels by name; a folder class the
-    model does not know is a clear error. The image size comes from the model.
+    model does not know is a clear error. The image size comes from the model, the
+    preprocessing from the file's metadata unless given (`tfqat.preprocessing`).
     """
+    stored = export.read_preprocessing_metadata(litert.read_model_bytes(model_path))
+    preprocessing = resolve(preprocessing, stored=stored, source=str(model_path))
     classes = model_labels(model_path, labels_file)
     scan = scan_folder(folder)
     unknown = sorted(set(scan.classes) - set(classes))
@@ -71,11 +77,13 @@ def evaluate_folder(model_path, folder, *, labels_file=None, out_json=None, batc
         msg = f"folder {folder} has classes the model does not know: {unknown}; the model's classes are {list(classes)}"
         raise ValueError(msg)
     image_size = litert.describe(model_path).inputs[0].shape[1]
-    images, folder_labels = to_arrays(scan.records, image_size=image_size)
+    images, folder_labels = to_arrays(scan.records, image_size=image_size, preprocessing=preprocessing)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[scan.classes[label]] for label in folder_labels], np.int64)
     result = evaluate_tflite(model_path, images, labels, classes, batch_size, progress=Path(model_path).name)
-    result.update(model=str(model_path), data=str(folder), skipped=[s.source for s in scan.skipped])
+    result.update(
+        model=str(model_path), data=str(folder), preprocessing=preprocessing, skipped=[s.source for s in scan.skipped]
+    )
     if out_json is not None:
         write_atomic(out_json, json.dumps(result, indent=2).encode("utf-8"))
     return result

@@ -103,7 +103,7 @@ def _pow2(run, method: Method) -> QuantizedModel:
     if recipe.train:
         run.fit(model, method.name, recipe)
         model.save_weights(str(run.out / f"{method.name}.weights.h5"))
-    return QuantizedModel(export.with_target(export.convert_int8(model), model), model)
+    return QuantizedModel(export.with_model_metadata(export.convert_int8(model), model), model)
 
 
 def _float_continued(run, method: Method) -> QuantizedModel:

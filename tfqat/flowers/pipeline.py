@@ -24,6 +24,7 @@ from tfqat import __version__, distribute
 from tfqat.api import ptq, quantize_model
 from tfqat.data import images
 from tfqat.data.folders import to_arrays
+from tfqat.preprocessing import DEFAULT_PREPROCESSING
 from tfqat.data.labels import write_labels
 from tfqat.evaluation import metrics
 from tfqat.evaluation.stats import paired_difference
@@ -212,6 +213,7 @@ class Run:
         options = dict(
             per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
             unsigned_activations=recipe.unsigned_activations, target=self.options.target,
+            preprocessing=DEFAULT_PREPROCESSING,  # the flowers MobileNetV2's (tfqat.data.images)
         )
         key = recipe.calibration()
         if key in self._calibrated:  # the same calibration (and rounding) as an earlier method's
@@ -316,7 +318,9 @@ class Run:
         validation splits, its float .tflite with LiteRT."""
         result = self._test_metrics(keras_model.predict(self.test_images, batch_size=self.options.batch_size, verbose=0))
         result.update(self._validation_metrics(keras_model))
-        path = export.save_tflite(tflite, self.out / method.file, labels=self.flowers.classes)
+        path = export.save_tflite(
+            tflite, self.out / method.file, labels=self.flowers.classes, preprocessing=DEFAULT_PREPROCESSING
+        )
         tflite_result = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{method.name} LiteRT"
         )
@@ -332,7 +336,9 @@ class Run:
         Each model runs once over the test images; accuracy and agreement both use those outputs.
         """
         stage = method.name
-        path = export.save_tflite(tflite, self.out / method.file, labels=self.flowers.classes)
+        path = export.save_tflite(
+            tflite, self.out / method.file, labels=self.flowers.classes, preprocessing=DEFAULT_PREPROCESSING
+        )
         report = verify.verify_tflite(path)
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
         result = self._test_metrics(outputs)
@@ -392,7 +398,10 @@ class Run:
         self._float_model = model
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
-        path = export.save_tflite(export.convert_float(model), self.out / FLOAT_FILE, labels=self.flowers.classes)
+        path = export.save_tflite(
+            export.convert_float(model), self.out / FLOAT_FILE, labels=self.flowers.classes,
+            preprocessing=DEFAULT_PREPROCESSING,
+        )
         tflite = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
         )

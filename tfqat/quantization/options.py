@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2InputQuantizer, Pow2WeightQuantizer
-from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTWeightQuantizer
+from tfqat.quantization.thresholds import TQTActivationQuantizer, TQTInputQuantizer, TQTWeightQuantizer
 from tfqat.targets import DEFAULT_TARGET, target_named
 
 
@@ -29,7 +29,7 @@ QUANTIZER_METHODS = {
     # Scales from the weights and from activation ranges (moving averages in training, min/max in calibration).
     "ranges": QuantizerMethod(Pow2WeightQuantizer, Pow2ActivationQuantizer, Pow2InputQuantizer),
     # Scales from trainable log2-thresholds (TQT), started from the ranges' scales.
-    "trained": QuantizerMethod(TQTWeightQuantizer, TQTActivationQuantizer, TQTActivationQuantizer),
+    "trained": QuantizerMethod(TQTWeightQuantizer, TQTActivationQuantizer, TQTInputQuantizer),
 }
 
 

@@ -5,12 +5,14 @@ the math lives in `tfqat.quantization.pow2`.
 """
 
 import weakref
+from typing import Optional
 
 from tfqat._keras import keras
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfqat.preprocessing import check_name as check_preprocessing
 from tfqat.quantization import pow2
 from tfqat.quantization.kinds import KINDS, kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
@@ -264,14 +266,21 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
     range is ReLU6's placeholder [-6, 6]: signed.
     """
 
-    def __init__(self, ema_decay: float = 0.99, target: str = DEFAULT_TARGET):
+    def __init__(self, ema_decay: float = 0.99, target: str = DEFAULT_TARGET, preprocessing: Optional[str] = None):
         super().__init__(ema_decay, unsigned=False, target=target)
+        self.preprocessing = check_preprocessing(preprocessing)
 
     def grid_unsigned(self, weights):
         return weights["min_var"] >= 0.0
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, "target": self.target}
+        return with_preprocessing({"ema_decay": self.ema_decay, "target": self.target}, self.preprocessing)
+
+
+def with_preprocessing(config: dict, preprocessing: Optional[str]) -> dict:
+    """A model input quantizer's config with the preprocessing its float inputs had (`tfqat.preprocessing`),
+    where one is known: the QAT model carries it through saving, loading and `tfqat.retarget`."""
+    return config if preprocessing is None else {**config, "preprocessing": preprocessing}
 
 
 @_register

@@ -97,3 +97,20 @@ def model_target(model) -> Optional[str]:
         msg = f"model '{model.name}' mixes quantizers for the targets {sorted(targets)}; quantize it for one"
         raise ValueError(msg)
     return targets.pop() if targets else None
+
+
+def model_preprocessing(model) -> Optional[str]:
+    """The preprocessing a QAT model's inputs had (`tfqat.preprocessing`), as `tfqat.quantize_model`
+    recorded it in its input quantizers; None where none was recorded."""
+    names = {getattr(t.quantizer, "preprocessing", None) for t in quantized_tensors(model) if t.role == INPUT}
+    names.discard(None)
+    if len(names) > 1:
+        raise ValueError(f"model '{model.name}' records the preprocessings {sorted(names)} for its inputs")
+    return names.pop() if names else None
+
+
+def set_preprocessing(model, preprocessing: str) -> None:
+    """Record the preprocessing of a QAT model's inputs in its input quantizers (saved with the model)."""
+    for tensor in quantized_tensors(model):
+        if tensor.role == INPUT and hasattr(tensor.quantizer, "preprocessing"):
+            tensor.quantizer.preprocessing = preprocessing

@@ -13,14 +13,18 @@ gives thresholds a learning rate `gain` times the weights' (the TQT paper trains
 thresholds at 1e-2 beside weights at 1e-6 or so; here 100 x the QAT rate).
 """
 
+from typing import Optional
+
 from tfqat._keras import keras
 
 import tensorflow as tf
 
+from tfqat.preprocessing import check_name as check_preprocessing
 from tfqat.quantization import pow2, tqt
 from tfqat.quantization.kinds import kind_named
 from tfqat.quantization.modes import COLLECTING_RANGES, EXPORTING, is_in
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, Pow2WeightQuantizer, per_channel_max
+from tfqat.quantization.quantizers import with_preprocessing
 from tfqat.quantization.tensors import KERNEL, quantized_tensors
 from tfqat.targets import DEFAULT_TARGET
 
@@ -144,6 +148,21 @@ class TQTActivationQuantizer(Pow2ActivationQuantizer):
 
     def get_config(self):
         return {**super().get_config(), "threshold_gain": self.threshold_gain}
+
+
+@_register
+class TQTInputQuantizer(TQTActivationQuantizer):
+    """The model input's trained-threshold quantizer, which also records the preprocessing of its float inputs."""
+
+    def __init__(
+        self, ema_decay: float = 0.99, threshold_gain: float = THRESHOLD_GAIN, unsigned: bool = False,
+        target: str = DEFAULT_TARGET, preprocessing: Optional[str] = None,
+    ):
+        super().__init__(ema_decay=ema_decay, threshold_gain=threshold_gain, unsigned=unsigned, target=target)
+        self.preprocessing = check_preprocessing(preprocessing)
+
+    def get_config(self):
+        return with_preprocessing(super().get_config(), self.preprocessing)
 
 
 def init_thresholds(model, *, weights: bool = True, activations: bool = True) -> int:

@@ -19,7 +19,8 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfqat.graph import functional
 from tfqat.files import write_atomic
 from tfqat.quantization.modes import tracing_for_export
-from tfqat.quantization.tensors import model_target
+from tfqat.preprocessing import PREPROCESSING_METADATA, check_name as check_preprocessing
+from tfqat.quantization.tensors import model_preprocessing, model_target
 from tfqat.tflite.constants import requantize_shared_constants
 from tfqat.tflite.litert import TARGET_METADATA, read_metadata
 
@@ -101,10 +102,15 @@ def read_target_metadata(tflite_bytes: bytes) -> Optional[str]:
     return read_metadata(tflite_bytes, TARGET_METADATA)
 
 
-def save_tflite(tflite_bytes: bytes, path, labels: Optional[Sequence[str]] = None) -> Path:
-    """Write a TFLite file atomically; with labels, also store them inside and in `<name>.labels.txt`."""
+def save_tflite(
+    tflite_bytes: bytes, path, labels: Optional[Sequence[str]] = None, preprocessing: Optional[str] = None
+) -> Path:
+    """Write a TFLite file atomically; with labels, also store them inside and in `<name>.labels.txt`; with a
+    preprocessing (`tfqat.preprocessing`), record it in the metadata."""
     if labels is not None:
         tflite_bytes = with_labels(tflite_bytes, labels)
+    if preprocessing is not None:
+        tflite_bytes = with_metadata(tflite_bytes, PREPROCESSING_METADATA, check_preprocessing(preprocessing))
     path = write_atomic(path, tflite_bytes)
     if labels is not None:
         write_atomic(labels_path(path), ("\n".join(labels) + "\n").encode("utf-8"))
@@ -129,8 +135,8 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
       labels: class names, stored in the model's metadata and beside it.
       verify: refuse (ExportError, nothing written) a conversion that is not
         fully int8 with power-of-two, shift-only requantization.
-    The runtime the model was quantized for (`quantize_model(target=...)`) is recorded in the file's
-    metadata (`read_target_metadata`).
+    The runtime the model was quantized for (`quantize_model(target=...)`) and the preprocessing of its
+    inputs are recorded in the file's metadata (`read_target_metadata`, `read_preprocessing_metadata`).
     Returns:
       The path written.
     """
@@ -150,11 +156,19 @@ def export_tflite(qat_model, path, *, labels: Optional[Sequence[str]] = None, ve
                 "is it a model from tfqat.quantize_model, calibrated or trained?"
             )
             raise ExportError(msg)
-    return save_tflite(with_target(tflite, qat_model), path, labels)
+    return save_tflite(with_model_metadata(tflite, qat_model), path, labels)
 
 
-def with_target(tflite_bytes: bytes, qat_model) -> bytes:
-    """The model with the target its QAT model rounds for recorded in its metadata (`tfqat_target`), so that
-    LiteRT runs it on that target's kernels by default (`tfqat.tflite.litert.target_kernels`)."""
-    target = model_target(qat_model)
-    return tflite_bytes if target is None else with_metadata(tflite_bytes, TARGET_METADATA, target)
+def with_model_metadata(tflite_bytes: bytes, qat_model) -> bytes:
+    """The file with what its QAT model records: the target it rounds for (`tfqat_target`, so that LiteRT
+    runs it on that target's kernels by default, `tfqat.tflite.litert.target_kernels`) and the preprocessing
+    of its inputs (`tfqat_preprocessing`, read by `tfqat evaluate`, `debug` and `execute`)."""
+    for name, value in ((TARGET_METADATA, model_target(qat_model)), (PREPROCESSING_METADATA, model_preprocessing(qat_model))):
+        if value is not None:
+            tflite_bytes = with_metadata(tflite_bytes, name, value)
+    return tflite_bytes
+
+
+def read_preprocessing_metadata(tflite_bytes) -> Optional[str]:
+    """The preprocessing of the model's inputs (`tfqat.preprocessing`) as the export recorded it, or None."""
+    return read_metadata(tflite_bytes, PREPROCESSING_METADATA)
