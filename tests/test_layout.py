@@ -17,7 +17,9 @@ LIBRARY = {
     "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
     "integer": {"tflite"},  # the executor reads tflite.ops (no TensorFlow); its comparison runs tflite.litert
 }
-HELPERS = {"tfqat", "tfqat._keras", "tfqat.files", "tfqat.targets", "tfqat.fixedpoint", "tfqat.preprocessing"}  # pure helpers
+HELPERS = {  # pure helpers
+    "tfqat", "tfqat._keras", "tfqat.files", "tfqat.targets", "tfqat.fixedpoint", "tfqat.preprocessing", "tfqat.progress",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -295,3 +295,24 @@ def test_only_predictions_of_the_same_test_split_are_paired_with_float(tmp_path)
     assert (paired["qat"]["only_reference"], paired["qat"]["only_other"]) == (1, 1)
     models["float"]["test_split"] = "an older split"
     assert run._versus(models) == {}
+
+
+@needs_shared
+def test_another_network_runs_on_its_own_preprocessing_and_a_peer_that_cannot_take_it_is_named(tmp_path):
+    """MobileNetV3Small rescales raw pixels itself: its files record "raw", its int8 input is pixel - 128, and
+    TFMOT, whose default scheme fails on its operator layers, is listed as not run while the run goes on."""
+    from tfqat.tflite import export, litert
+
+    out = tmp_path / "v3"
+    argv = ["run", "--data", str(DATA), "--out", str(out), "--quick", "--model", "MobileNetV3Small", "--weights", "none",
+            "--methods", "ptq,tfmot_qat", "--head-epochs", "0"]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"float", "ptq"} and results["options"]["model"] == "MobileNetV3Small"
+    assert results["not_run"]["tfmot_qat"].startswith("TFMOT's default QAT cannot quantize 'flowers_mobilenet_v3_small'")
+    path = out / "flowers_mobilenet_v3_small_int8_ptq.tflite"
+    assert export.read_preprocessing_metadata(path.read_bytes()) == "raw"
+    spec = litert.describe(path).inputs[0]
+    assert (spec.scale, spec.zero_point) == (1.0, -128)
+    report = (out / "report.md").read_text()
+    assert "# tfqat: power-of-two int8 MobileNetV3Small on flowers" in report and "Not run:" in report

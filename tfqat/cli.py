@@ -58,10 +58,15 @@ _QUANTIZATION_OPTIONS = (
 
 def _add_run_options(parser, *, stages) -> None:
     from tfqat.distribute import STRATEGIES
+    from tfqat.flowers.networks import DEFAULT_NETWORK, NETWORKS
     from tfqat.flowers.options import RunOptions
 
     parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
+    parser.add_argument(
+        "--model", choices=list(NETWORKS), default=None,
+        help=f"the Keras application to train, with its own preprocessing (default {DEFAULT_NETWORK})",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     parser.add_argument("--image-size", type=int, default=None, help="square input size (default 224)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
@@ -86,7 +91,8 @@ def _add_run_options(parser, *, stages) -> None:
     )
     options = []
     if "float" in stages:
-        parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
+        parser.add_argument("--weights", default="imagenet", help="'imagenet', a local no-top .h5 file of the --model's "
+                            "ImageNet weights (Keras's own), or 'none'")
         options += _TRAINING_OPTIONS
     if stages != ("float",):
         parser.add_argument("--float-model", default=None, help="start from this saved float Keras model instead of training one")
@@ -112,7 +118,7 @@ def _add_run(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="the whole flowers workflow: float, power-of-two PTQ and QAT, peers, evaluation, report",
-        description="Train MobileNetV2 on flowers, quantize it to power-of-two int8 by PTQ and QAT, compare "
+        description="Train MobileNetV2 (or another Keras application, --model) on flowers, quantize it to power-of-two int8 by PTQ and QAT, compare "
         "with the TFLite converter's PTQ and TFMOT's QAT, evaluate every model with LiteRT and write "
         "report.md and results.json. An interrupted run resumes from its output folder.",
     )
@@ -151,7 +157,8 @@ def run_options(args: argparse.Namespace):
     from tfqat.flowers.options import RunOptions, recorded_settings
 
     weights = getattr(args, "weights", "imagenet")
-    numeric = ("seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
+    # Flags whose None means "not given": the run already in --out keeps its own value.
+    numeric = ("model", "seed", "image_size", "batch_size", *(flag[2:].replace("-", "_") for flag, _, _ in _TRAINING_OPTIONS + _QUANTIZATION_OPTIONS))
     settings = {
         "weights": None if weights in (None, "none") else weights,
         "qat_distillation": getattr(args, "distillation", False),

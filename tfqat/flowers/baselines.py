@@ -28,9 +28,22 @@ def convert_tflite_ptq(model, representative_images: Iterable[np.ndarray]) -> by
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return export.convert(converter, f"float model '{model.name}' with TFLite PTQ")
+    try:
+        return export.convert(converter, f"float model '{model.name}' with TFLite PTQ")
+    except export.ExportError as error:
+        raise PeerError(str(error)) from error
+
+
+class PeerError(RuntimeError):
+    """A peer tool that cannot take the network (TFMOT refuses EfficientNet's Rescaling and fails on
+    MobileNetV3's operator layers): the run goes on without it and says why."""
 
 
 def tfmot_default_qat(model):
     """TFMOT's default 8-bit QAT model of a float model (a peer; nested models are inlined)."""
-    return tfmot.quantization.keras.quantize_model(functional.flatten(model))
+    flat = functional.flatten(model)
+    try:
+        return tfmot.quantization.keras.quantize_model(flat)
+    except Exception as error:  # TFMOT raises many types for layers its default scheme does not cover
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PeerError(f"TFMOT's default QAT cannot quantize '{model.name}': {type(error).__name__}: {reason}") from error

@@ -15,6 +15,7 @@ from tfqat._keras import keras  # noqa: F401  (selects tf_keras before TensorFlo
 
 import tensorflow as tf
 
+from tfqat.preprocessing import DEFAULT_PREPROCESSING, preprocessing_named
 from tfqat.data.folders import (
     Record, Scan, Skipped, check_batching, image_dataset, scan_folder, select_records, skip_reason,
 )
@@ -160,8 +161,12 @@ def make_dataset(
     training: bool = False,
     seed: int = 0,
     cache: str | os.PathLike | None = "",
+    preprocessing: str = DEFAULT_PREPROCESSING,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images [N, S, S, 3] in [-1, 1], int32 labels [N]) following the image contract.
+    """Batches of (float32 images [N, S, S, 3], int32 labels [N]) following the image contract.
+
+    Images are cached and augmented in [-1, 1] (`tfqat.flowers.augment`), then, for another network's
+    `preprocessing`, mapped to its inputs (`tfqat.preprocessing`) through the pixels they stand for.
 
     Args:
         training: shuffle (reshuffled each epoch) and augment, dropping the last partial batch;
@@ -190,6 +195,9 @@ def make_dataset(
         dataset = dataset.batch(batch_size, drop_remainder=True)
     else:
         dataset = dataset.batch(batch_size)
+    if preprocessing != DEFAULT_PREPROCESSING:
+        scaling = preprocessing_named(preprocessing)
+        dataset = dataset.map(lambda images, labels: (scaling.apply((images + 1.0) * 127.5), labels))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

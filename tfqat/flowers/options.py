@@ -8,6 +8,7 @@ from typing import Optional
 from tfqat.distribute import STRATEGIES
 from tfqat.targets import DEFAULT_TARGET, TARGETS
 from tfqat.flowers.methods import DEFAULT_METHODS, FLOAT, STAGES
+from tfqat.flowers.networks import DEFAULT_NETWORK, network_named
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class RunOptions:
 
     out: Path = Path("runs/flowers")
     data: Optional[str] = None  # a folder of class sub-folders; None: tensorflow-datasets tf_flowers
+    model: str = DEFAULT_NETWORK  # the Keras application trained on flowers (tfqat.flowers.networks)
     weights: Optional[str] = "imagenet"  # "imagenet", a local .h5 file, or None (random init)
     image_size: int = 224
     batch_size: int = 32
@@ -49,6 +51,7 @@ class RunOptions:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunOptions.{name}={getattr(self, name)!r} must be at least 1")
+        network_named(self.model)  # a ValueError naming the networks
         if self.target not in TARGETS:
             raise ValueError(f"RunOptions.target={self.target!r} is not one of {sorted(TARGETS)}")
         if self.strategy not in STRATEGIES:

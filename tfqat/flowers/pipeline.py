@@ -24,13 +24,14 @@ from tfqat import __version__, distribute
 from tfqat.api import ptq, quantize_model
 from tfqat.data import images
 from tfqat.data.folders import to_arrays
-from tfqat.preprocessing import DEFAULT_PREPROCESSING
 from tfqat.data.labels import write_labels
 from tfqat.evaluation import metrics
 from tfqat.evaluation.stats import paired_difference
 from tfqat.flowers import data, models, train
+from tfqat.flowers.baselines import PeerError
 from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
+from tfqat.flowers.networks import file_name, network_named
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
@@ -115,6 +116,8 @@ class Run:
         self.times = dict(self.state.results.get("stage_seconds", {}))
         keras.utils.set_random_seed(options.seed)
         self.strategy = distribute.make_strategy(options.strategy)
+        self.network = network_named(options.model)
+        self.not_run = {}  # stage -> why a peer did not run on this network
         self._float_model = None
         self._equalized_float_model = None
         self._calibrated = {}  # the quantizers a recipe sets -> calibrated weights, so QAT does not calibrate again
@@ -155,15 +158,19 @@ class Run:
         self.flowers = flowers
         write_labels(self.out / "labels.txt", flowers.classes)
         size = self.options.image_size
+        preprocessing = self.network.preprocessing
         self.train_ds = data.make_dataset(
-            flowers.train, image_size=size, batch_size=self.options.batch_size, training=True, seed=self.options.seed
+            flowers.train, image_size=size, batch_size=self.options.batch_size, training=True, seed=self.options.seed,
+            preprocessing=preprocessing,
         )
-        self.val_ds = data.make_dataset(flowers.validation, image_size=size, batch_size=self.options.batch_size)
-        self.test_images, self.test_labels = to_arrays(flowers.test, image_size=size)
+        self.val_ds = data.make_dataset(
+            flowers.validation, image_size=size, batch_size=self.options.batch_size, preprocessing=preprocessing
+        )
+        self.test_images, self.test_labels = to_arrays(flowers.test, image_size=size, preprocessing=preprocessing)
         # Which images, in which order: stored with each model's predictions so only the same split is paired.
         self.test_split = hashlib.sha256(" ".join(r.sha256 for r in flowers.test).encode()).hexdigest()[:16]
         calibration = _sample(flowers.train, self.options.calibration_images)
-        self.calibration_images, _ = to_arrays(calibration, image_size=size)
+        self.calibration_images, _ = to_arrays(calibration, image_size=size, preprocessing=preprocessing)
         self.times["data"] = time.time() - start
         _log(
             f"data: {len(flowers.classes)} classes, train {len(flowers.train)}, validation "
@@ -174,8 +181,12 @@ class Run:
     # --------------------------------------------------------------- helpers
     def _classifier(self, weights):
         return models.build_classifier(
-            len(self.flowers.classes), image_size=self.options.image_size, weights=weights
+            len(self.flowers.classes), network=self.network.name, image_size=self.options.image_size, weights=weights
         )
+
+    def file(self, stage: str) -> str:
+        """The .tflite file of a stage in the run folder (and in --export-dir): flowers_<network>_..."""
+        return file_name(FLOAT_FILE if stage == FLOAT else find_method(stage).file, self.network.name)
 
     def float_model(self):
         """The float stage's model, loaded once; every method starts from it and none may change it."""
@@ -213,7 +224,7 @@ class Run:
         options = dict(
             per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
             unsigned_activations=recipe.unsigned_activations, target=self.options.target,
-            preprocessing=DEFAULT_PREPROCESSING,  # the flowers MobileNetV2's (tfqat.data.images)
+            preprocessing=self.network.preprocessing,
         )
         key = recipe.calibration()
         if key in self._calibrated:  # the same calibration (and rounding) as an earlier method's
@@ -319,14 +330,15 @@ class Run:
         result = self._test_metrics(keras_model.predict(self.test_images, batch_size=self.options.batch_size, verbose=0))
         result.update(self._validation_metrics(keras_model))
         path = export.save_tflite(
-            tflite, self.out / method.file, labels=self.flowers.classes, preprocessing=DEFAULT_PREPROCESSING
+            tflite, self.out / self.file(method.name), labels=self.flowers.classes,
+            preprocessing=self.network.preprocessing,
         )
         tflite_result = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{method.name} LiteRT"
         )
         result.update(
             title=self._title(method.name), engine="Keras", tflite_accuracy=tflite_result["accuracy"],
-            file=method.file, size_bytes=metrics.file_size(path),
+            file=self.file(method.name), size_bytes=metrics.file_size(path),
         )
         return result
 
@@ -337,7 +349,8 @@ class Run:
         """
         stage = method.name
         path = export.save_tflite(
-            tflite, self.out / method.file, labels=self.flowers.classes, preprocessing=DEFAULT_PREPROCESSING
+            tflite, self.out / self.file(method.name), labels=self.flowers.classes,
+            preprocessing=self.network.preprocessing,
         )
         report = verify.verify_tflite(path)
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
@@ -345,7 +358,7 @@ class Run:
         result.update(
             title=self._title(stage),
             engine="LiteRT int8",
-            file=method.file,
+            file=self.file(method.name),
             size_bytes=metrics.file_size(path),
             verify={
                 "passed": report.passed,
@@ -399,15 +412,15 @@ class Run:
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
         path = export.save_tflite(
-            export.convert_float(model), self.out / FLOAT_FILE, labels=self.flowers.classes,
-            preprocessing=DEFAULT_PREPROCESSING,
+            export.convert_float(model), self.out / self.file(FLOAT), labels=self.flowers.classes,
+            preprocessing=self.network.preprocessing,
         )
         tflite = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
         )
         result.update(
             title=FLOAT_TITLE, engine="Keras", tflite_accuracy=tflite["accuracy"],
-            file=FLOAT_FILE, size_bytes=metrics.file_size(path),
+            file=self.file(FLOAT), size_bytes=metrics.file_size(path),
         )
         return result
 
@@ -429,7 +442,8 @@ class Run:
 
         start = time.time()
         reference = self._equalized_float_model if self.recipe(method).equalize else self.float_model()
-        report = debug_models(reference, self.out / method.file, self.calibration_images, max_images=DEBUG_IMAGES)
+        path = self.out / self.file(method.name)
+        report = debug_models(reference, path, self.calibration_images, max_images=DEBUG_IMAGES)
         stem = self.out / f"debug_{method.name}"
         write_atomic(stem.with_suffix(".md"), report.to_markdown())
         report.to_csv(stem.with_suffix(".csv"))
@@ -473,8 +487,13 @@ class Run:
             _log(f"{stage}: {self._title(stage)} ...")
             start = time.time()
             # Models built in the scope train on all of the strategy's devices with plain fit.
-            with self.strategy.scope():
-                result = self.stage_float() if stage == FLOAT else self.stage_method(stage)
+            try:
+                with self.strategy.scope():
+                    result = self.stage_float() if stage == FLOAT else self.stage_method(stage)
+            except PeerError as error:  # the run goes on without a peer that cannot take this network
+                self.not_run[stage] = str(error)
+                _log(f"{stage}: not run: {error}")
+                continue
             if training := self._training(stage):  # the stages that trained logged their epochs
                 result["training"] = training
             self.times[stage] = time.time() - start
@@ -503,6 +522,7 @@ class Run:
             },
             "reference": {FLOAT: FLOAT_REFERENCE, **{n: m.reference for n, m in METHODS.items() if m.reference}},
             "models": models,
+            "not_run": dict(self.not_run),  # peers that cannot take the network, and why
             "versus_float": self._versus(models),
             "versus_control": self._versus(models, CONTROL),
             "stage_seconds": self.times,
@@ -525,7 +545,7 @@ class Run:
         export_dir.mkdir(parents=True, exist_ok=True)
         published = [m for m in METHODS.values() if m.published]
         debug = [f"debug_{m.name}.{kind}" for m in published for kind in ("md", "png")]
-        names = [FLOAT_FILE, *(m.file for m in published), *debug]
+        names = [self.file(FLOAT), *(self.file(m.name) for m in published), *debug]
         files = [self.out / name for name in names if (self.out / name).is_file()]
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:

@@ -79,6 +79,7 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
         _header(results),
         _data_section(results.get("data")),
         _accuracy_section(results),
+        _not_run_section(results.get("not_run")),
         _versus_float_section(results),
         _versus_control_section(results),
         _per_class_section(results),
@@ -93,8 +94,15 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
     return "\n\n".join(s for s in sections if s).rstrip() + "\n"
 
 
+def _not_run_section(not_run) -> str:
+    """The peers that could not take the run's network, each with the one line its tool gave."""
+    if not not_run:
+        return ""
+    return "\n".join(["Not run:", ""] + [f"- `{name}`: {reason}" for name, reason in not_run.items()])
+
+
 def _header(results: Mapping[str, Any]) -> str:
-    lines = ["# tfqat: power-of-two int8 MobileNetV2 on flowers"]
+    lines = [f"# tfqat: power-of-two int8 {results.get('options', {}).get('model', 'MobileNetV2')} on flowers"]
     if "command" in results:
         lines += ["", "Command:", "", "```", str(results["command"]), "```"]
     fields = (("started", "started"), ("written", "report written"), ("seed", "seed"))

@@ -6,15 +6,15 @@ LiteRT (ai_edge_litert) does not need TensorFlow, and neither does this module.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union, overload
 
 import numpy as np
-from tqdm import tqdm
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tfqat.progress import progress as progress_bar
 
 ModelSource = Union[str, os.PathLike, bytes, Interpreter]
 Kernels = Literal["builtin", "reference", "xnnpack"]
@@ -292,7 +292,7 @@ def _run_batches(interpreter, feed, batch_size, input_spec, output_spec, progres
         item_shape = interpreter.get_output_details()[0]["shape"][1:]
         return np.zeros((0, *item_shape), output_spec.dtype)
     results, start, size, allocated = [], 0, batch_size, None
-    bar = tqdm(total=len(feed), desc=progress, unit="img", disable=not progress, leave=False, file=sys.stderr)
+    bar = progress_bar(len(feed), progress)
     while start < len(feed):
         chunk = feed[start : start + size]
         try:
