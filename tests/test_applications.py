@@ -1,7 +1,8 @@
 """The Keras applications edge users deploy: quantize, calibrate, export fully int8, verify, agree with LiteRT.
 
 At 96 px, narrow, random weights as built (benchmarks/applications.py builds and checks them; its table,
-with one training step, is in the README; tests/test_integer_applications.py checks every runtime bit for bit). A layer the scheme does not cover must still fail with the clear error that names the
+with one training step, is in the README; tests/test_integer_applications.py checks every runtime bit for bit).
+A layer the scheme does not cover must still fail with the clear error that names the
 layer and its class.
 """
 

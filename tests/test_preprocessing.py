@@ -25,7 +25,7 @@ APPLICATIONS = [  # (constructor, keyword arguments, its preprocessing)
 ]
 
 
-@pytest.mark.parametrize("name, kwargs, expected", APPLICATIONS, ids=[f"{a[0]}{'-' + str(len(a[1])) if a[1] else ''}" for a in APPLICATIONS])
+@pytest.mark.parametrize("name, kwargs, expected", APPLICATIONS, ids=[f"{a[0]}-{a[2]}" for a in APPLICATIONS])
 def test_a_keras_application_is_known_by_name_nested_or_inlined(name, kwargs, expected):
     base = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, include_top=False, **kwargs)
     inputs = keras.Input((32, 32, 3))
@@ -62,7 +62,8 @@ INPUT_GRIDS = {"mobilenet": (2.0**-6, 0), "caffe": (2.0, 0), "torch": (2.0**-5, 
 def test_each_preprocessing_gives_its_int8_input_and_is_recorded_in_the_model_and_the_file(name, tmp_path):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(features))
     pixels = np.random.default_rng(2).integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
     pixels[0], pixels[1] = 0, 255
     pixels[2, ..., 0], pixels[2, ..., 2] = 255, 0  # the extremes of caffe's per-channel means
@@ -92,7 +93,8 @@ def test_resolve_prefers_the_flag_then_the_record_then_the_application_and_says_
     assert preprocessing.resolve(None, model=mobilenet) == "mobilenet"
     with pytest.raises(ValueError, match="--preprocessing caffe contradicts the preprocessing 'torch' recorded in f.tflite"):
         preprocessing.resolve("caffe", stored="torch", source="f.tflite")
-    with pytest.raises(ValueError, match=r"mine.keras does not record .* pass --preprocessing \(preprocessing= in Python\) with one of: mobilenet: "):
+    expected = r"mine.keras does not record .* pass --preprocessing \(preprocessing= in Python\) with one of: mobilenet: "
+    with pytest.raises(ValueError, match=expected):
         preprocessing.resolve(None, model=keras.Sequential([keras.Input((4, 4, 3))]), source="mine.keras")
     with pytest.raises(ValueError, match="unknown preprocessing 'tf'; choose from mobilenet"):
         tfqat.quantize_model(mobilenet, preprocessing="tf")

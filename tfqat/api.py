@@ -225,8 +225,8 @@ def ptq(
       images: sample inputs (no labels needed): an array, or a re-iterable batch source such as a
         tf.data.Dataset (it is read up to four times); 512 to 1,024 images are plenty.
       equalize, bias_correction, adaround: the steps around calibration; all on by default.
-      per_channel, unsigned_activations, trained_thresholds, target, preprocessing: as in `quantize_model` (trained thresholds start
-        from the calibrated scales, and AdaRound rounds on them: a QAT start).
+      per_channel, unsigned_activations, trained_thresholds, target, preprocessing: as in `quantize_model`
+        (trained thresholds start from the calibrated scales, and AdaRound rounds on them: a QAT start).
       steps: how many batches each step reads (default: all).
       iterations: AdaRound's optimizer steps per layer.
       verbose: adaround's progress, one line per layer on stderr.

@@ -118,7 +118,8 @@ def _add_run(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="the whole flowers workflow: float, power-of-two PTQ and QAT, peers, evaluation, report",
-        description="Train MobileNetV2 (or another Keras application, --model) on flowers, quantize it to power-of-two int8 by PTQ and QAT, compare "
+        description="Train MobileNetV2 (or another Keras application, --model) on flowers, quantize it to "
+        "power-of-two int8 by PTQ and QAT, compare "
         "with the TFLite converter's PTQ and TFMOT's QAT, evaluate every model with LiteRT and write "
         "report.md and results.json. An interrupted run resumes from its output folder.",
     )
@@ -470,8 +471,8 @@ def _add_execute(subparsers) -> None:
         "execute",
         help="run a shift-only int8 .tflite with tfqat's integer reference executor; compare with runtimes",
         description="Run a shift-only int8 .tflite op by op in numpy (integer adds and shifts; the ops that are not "
-        "shifts computed as the runtimes do) on images from a folder (image contract, the file's preprocessing) or on random "
-        "int8 inputs, report how many values per tensor were rounding ties, and with --compare count the elements "
+        "shifts computed as the runtimes do) on images from a folder (image contract, the file's preprocessing) or "
+        "on random int8 inputs, report how many values per tensor were rounding ties, and with --compare count the elements "
         "of every tensor that differ from LiteRT's kernels or TFLite Micro. Exit code 1 when any differ.",
     )
     parser.add_argument("model", help="the .tflite file")
@@ -639,7 +640,8 @@ def _log_details(args: argparse.Namespace, error: BaseException, native: Path | 
     """Keep the full traceback of a failed run (and TensorFlow's own log) in its output folder; the terminal
     gets one line."""
     out = getattr(args, "out", None)
-    if out is None or not (Path(out) / "state.json").is_file():  # only a run's own folder, never any folder
+    # Only a run's own folder or a study's (one run folder per seed), never any folder.
+    if out is None or not ((Path(out) / "state.json").is_file() or any(Path(out).glob("seed*/state.json"))):
         return ""
     import traceback
 
