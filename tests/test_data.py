@@ -93,7 +93,9 @@ def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
     ids = [tfds_names.index(f.parent.name) for f in files]
 
     class FakeBuilder:
-        info = types.SimpleNamespace(features={"label": types.SimpleNamespace(names=tfds_names)})
+        info = types.SimpleNamespace(
+            features={"image": object(), "label": types.SimpleNamespace(names=tfds_names)}, splits={"train": None}
+        )
 
         def download_and_prepare(self):
             pass
@@ -102,7 +104,9 @@ def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
             assert split == "train" and "image" in decoders
             return tf.data.Dataset.from_tensor_slices({"image": encoded, "label": np.array(ids, np.int64)})
 
-    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: FakeBuilder())
+    asked = []
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: asked.append(name) or FakeBuilder())
+    assert load_flowers("tfds:my_flowers").source == "tfds:my_flowers" and asked == ["my_flowers"]
     online = load_flowers(None)
     assert online.classes == folder.classes == ("daisy", "roses", "tulips")
     for name in data.SPLITS:
@@ -118,6 +122,13 @@ def test_tfds_source_splits_and_labels_like_the_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as error:
         load_flowers("tfds")
     assert "\n" not in str(error.value) and "local folder" in str(error.value)
+
+    class TextBuilder(FakeBuilder):
+        info = types.SimpleNamespace(features={"text": object()}, splits={"train": None})
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: TextBuilder())
+    with pytest.raises(ValueError, match="'imdb_reviews' is not an image classification set"):
+        load_flowers("tfds:imdb_reviews")
 
 
 # ---------------------------------------------------------------- pipelines
@@ -172,6 +183,26 @@ def test_training_pipeline_shuffles_augments_and_repeats_with_the_seed(records):
         make_dataset(records, image_size=SIZE, batch_size=11, training=True)
     with pytest.raises(ValueError, match="no records"):
         make_dataset((), image_size=SIZE)
+
+
+def test_a_split_too_large_for_memory_streams_every_image_once_per_epoch_in_a_new_order(records, monkeypatch):
+    """Over MEMORY_CACHE_BYTES, "auto" caches nothing: the records are shuffled, then only what each batch needs
+    is read; every image still comes once per epoch, the seed repeats the epochs, and eval keeps the order."""
+    monkeypatch.setattr(data, "MEMORY_CACHE_BYTES", 1)
+    clean, labels = to_arrays(records, image_size=SIZE)
+    ordered = np.concatenate([x for x, _ in make_dataset(records, image_size=SIZE, batch_size=4).as_numpy_iterator()])
+    np.testing.assert_array_equal(ordered, clean)
+
+    def label_orders(seed):
+        dataset = make_dataset(records, image_size=SIZE, batch_size=5, training=True, seed=seed)
+        return [np.concatenate([y for _, y in dataset.as_numpy_iterator()]).tolist() for _ in range(2)]
+
+    first = label_orders(3)
+    assert first == label_orders(3) and all(sorted(epoch) == sorted(labels.tolist()) for epoch in first)
+    reads = []
+    monkeypatch.setattr(Record, "read", lambda self: reads.append(self.source) or Path(self.source).read_bytes())
+    list(make_dataset(records, image_size=SIZE, batch_size=5, training=True, seed=3).as_numpy_iterator())
+    assert sorted(reads) == sorted(r.source for r in records)  # each file read once in the epoch
 
 
 def test_file_cache_is_keyed_by_records_and_size(records, tmp_path):

@@ -61,7 +61,8 @@ def _add_run_options(parser, *, stages) -> None:
     from tfqat.flowers.networks import DEFAULT_NETWORK, NETWORKS
     from tfqat.flowers.options import RunOptions
 
-    parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
+    parser.add_argument("--data", default=None, help="folder of class sub-folders, or tfds:NAME for an image classification set of "
+                        "tensorflow-datasets (default: tfds:tf_flowers)")
     parser.add_argument("--out", default="runs/flowers", help="output folder (resumes a run found there)")
     parser.add_argument(
         "--model", choices=list(NETWORKS), default=None,
@@ -227,7 +228,8 @@ def _add_study(subparsers) -> None:
         "and per-seed test accuracy and paired difference to float, validation accuracy and loss, Keras-LiteRT "
         "agreement, verifier result and time. Finished seeds and methods are kept; the same command resumes.",
     )
-    parser.add_argument("--data", default=None, help="folder of class sub-folders (default: tensorflow-datasets tf_flowers)")
+    parser.add_argument("--data", default=None, help="folder of class sub-folders, or tfds:NAME for an image classification set of "
+                        "tensorflow-datasets (default: tfds:tf_flowers)")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a local MobileNetV2 no-top .h5 file, or 'none'")
     parser.add_argument("--out", default=str(StudyOptions.out), help="study folder (one run folder per seed)")
     seeds = ",".join(map(str, SEEDS))

@@ -9,6 +9,7 @@ import hashlib
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,18 +83,27 @@ def scan_folder(folder: str | os.PathLike) -> Scan:
         msg = f"Data folder {str(root)!r} does not exist or is not a folder."
         raise ValueError(msg)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(path, class_dir.name) for class_dir in class_dirs for path in _files_under(class_dir)]
     candidates, unreadable = [], []
-    for class_dir in class_dirs:
-        for path in _files_under(class_dir):
-            name = str(path.relative_to(root))
-            try:
-                encoded = path.read_bytes()
-                decode_image(encoded)
-            except Exception as error:  # image decoders raise many types on hostile files; none may stop a scan
-                unreadable.append(Skipped(name, skip_reason(error)))
-                continue
-            candidates.append((str(path), class_dir.name, hashlib.sha256(encoded).hexdigest(), None))
+    # Several files at a time: reading, hashing and decoding release the GIL, and a large folder's scan
+    # would otherwise take as long as decoding every image on one core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for (path, class_name), checked in zip(files, pool.map(_checked_digest, (path for path, _ in files))):
+            if isinstance(checked, Exception):
+                unreadable.append(Skipped(str(path.relative_to(root)), skip_reason(checked)))
+            else:
+                candidates.append((str(path), class_name, checked, None))
     return select_records(candidates, [d.name for d in class_dirs], unreadable, where=str(root), root=root)
+
+
+def _checked_digest(path: Path):
+    """The sha256 of a file that decodes fully as an image, or the exception that says why it does not."""
+    try:
+        encoded = path.read_bytes()
+        decode_image(encoded)
+    except Exception as error:  # image decoders raise many types on hostile files; none may stop a scan
+        return error
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def _files_under(class_dir: Path) -> list[Path]:
@@ -190,11 +200,15 @@ def check_batching(records: tuple[Record, ...] | list[Record], batch_size: int, 
 
 
 def image_dataset(
-    records: tuple[Record, ...], image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING
+    records: tuple[Record, ...], image_size: int = IMAGE_SIZE, preprocessing: str = DEFAULT_PREPROCESSING,
+    indices: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
-    """Unbatched (float32 image [S, S, 3], int32 label) of each record, in order, under the image contract.
+    """Unbatched (float32 image [S, S, 3], int32 label) of each record under the image contract: in order, or in
+    the order of `indices` (a dataset of int64 record indices, e.g. shuffled before any image is decoded).
 
-    A file whose content changed since it was scanned is an error, not a silently different image.
+    Files are read and decoded as the dataset is iterated, several at a time (Pillow decodes outside the GIL),
+    so memory does not grow with the number of records. A file whose content changed since it was scanned is
+    an error, not a silently different image.
     """
     labels = tf.constant([record.label for record in records], tf.int32)
 
@@ -211,7 +225,8 @@ def image_dataset(
         pixels.set_shape([None, None, 3])
         return preprocess(pixels, image_size, preprocessing), labels[index]
 
-    return tf.data.Dataset.range(len(records)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    order = tf.data.Dataset.range(len(records)) if indices is None else indices
+    return order.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def to_arrays(

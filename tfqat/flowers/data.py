@@ -70,36 +70,50 @@ class Flowers:
 # ---------------------------------------------------------------- scanning
 
 
-def scan_tfds(*, data_dir: str | os.PathLike | None = None) -> Scan:
-    """Loads tf_flowers through tensorflow-datasets (downloads on first use) and scans it like a folder.
+TFDS_PREFIX = "tfds:"
 
-    Images keep their encoded bytes (SkipDecoding), so a photo hashes, decodes and splits exactly as
-    the same file in a local folder; tfds label ids are mapped to names and re-indexed in sorted order.
+
+def scan_tfds(name: str = "tf_flowers", *, data_dir: str | os.PathLike | None = None) -> Scan:
+    """Loads an image classification set of tensorflow-datasets (downloads on first use; every split of it,
+    re-split by content hash like a folder) and scans it like a folder.
+
+    The set needs an "image" feature and a "label" class feature (tf_flowers, beans, cats_vs_dogs,
+    imagenette, ...). Images keep their encoded bytes (SkipDecoding), so a photo hashes, decodes and splits
+    exactly as the same file in a local folder; label ids are mapped to names and re-indexed in sorted order.
+    The encoded bytes are held in memory: for a set of many gigabytes, export it to a folder first.
     """
     import tensorflow_datasets as tfds  # imported here: only the online path needs it
 
-    builder = tfds.builder("tf_flowers", data_dir=None if data_dir is None else os.fspath(data_dir))
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except Exception as error:  # tfds raises its own DatasetNotFoundError with a long message
+        raise ValueError(f"tensorflow-datasets has no data set {name!r}: {(str(error).splitlines() or [''])[0]}") from error
+    features = builder.info.features
+    if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
+        msg = f"tensorflow-datasets {name!r} is not an image classification set (it needs 'image' and 'label' features)"
+        raise ValueError(msg)
     try:
         builder.download_and_prepare()
     except Exception as error:  # network, proxy and missing-dependency failures all look different here
         cause = (str(error).splitlines() or [""])[0]
         msg = (
-            f"Could not download tf_flowers with tensorflow-datasets ({type(error).__name__}: {cause}); "
-            "without network access pass a local folder in the flower_photos layout instead."
+            f"Could not download {name} with tensorflow-datasets ({type(error).__name__}: {cause}); "
+            "without network access pass a local folder of class sub-folders instead."
         )
         raise RuntimeError(msg) from error
-    names = list(builder.info.features["label"].names)
-    dataset = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+    names = list(features["label"].names)
     candidates, unreadable = [], []
-    for index, example in enumerate(tfds.as_numpy(dataset)):
-        source, encoded = f"tf_flowers[{index}]", bytes(example["image"])
-        try:
-            decode_image(encoded)
-        except Exception as error:  # as in scan_folder: one bad image must not stop the scan
-            unreadable.append(Skipped(source, skip_reason(error)))
-            continue
-        candidates.append((source, names[int(example["label"])], hashlib.sha256(encoded).hexdigest(), encoded))
-    return select_records(candidates, sorted(names), unreadable, where="tensorflow-datasets tf_flowers")
+    for split in sorted(builder.info.splits):
+        dataset = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        for index, example in enumerate(tfds.as_numpy(dataset)):
+            source, encoded = f"{name}/{split}[{index}]", bytes(example["image"])
+            try:
+                decode_image(encoded)
+            except Exception as error:  # as in scan_folder: one bad image must not stop the scan
+                unreadable.append(Skipped(source, skip_reason(error)))
+                continue
+            candidates.append((source, names[int(example["label"])], hashlib.sha256(encoded).hexdigest(), encoded))
+    return select_records(candidates, sorted(names), unreadable, where=f"tensorflow-datasets {name}")
 
 
 # ---------------------------------------------------------------- splits
@@ -135,7 +149,8 @@ def load_flowers(
     """Scans flower photos and splits them by content hash.
 
     Args:
-        source: a folder with one sub-folder per class, or None / "tfds" for tensorflow-datasets tf_flowers.
+        source: a folder with one sub-folder per class; None or "tfds" for tensorflow-datasets tf_flowers;
+            "tfds:NAME" for another image classification set of tensorflow-datasets.
         split: fractions of the train, validation and test splits.
         data_dir: tensorflow-datasets data directory (tfds only).
     """
@@ -144,6 +159,9 @@ def load_flowers(
         raise ValueError(msg)
     if source is None or source == "tfds":
         scan, name = scan_tfds(data_dir=data_dir), "tfds:tf_flowers"
+    elif isinstance(source, str) and source.startswith(TFDS_PREFIX):
+        tfds_name = source[len(TFDS_PREFIX):]
+        scan, name = scan_tfds(tfds_name, data_dir=data_dir), f"{TFDS_PREFIX}{tfds_name}"
     else:
         scan, name = scan_folder(source), os.fspath(source)
     groups = split_records(scan.records, split)
@@ -153,6 +171,12 @@ def load_flowers(
 # ---------------------------------------------------------------- tf.data pipelines
 
 
+MEMORY_CACHE_BYTES = 4 * 2**30
+"""`cache="auto"` keeps decoded images in memory up to this size (the flowers' 2,021 training images at 224 px
+take 1.2 GB); a larger split streams from its files every epoch."""
+SHUFFLE_BUFFER = 2048  # images, for a split cached on disk (read back in order, shuffled in a bounded window)
+
+
 def make_dataset(
     records: tuple[Record, ...] | list[Record],
     *,
@@ -160,7 +184,7 @@ def make_dataset(
     batch_size: int = 32,
     training: bool = False,
     seed: int = 0,
-    cache: str | os.PathLike | None = "",
+    cache: str | os.PathLike | None = "auto",
     preprocessing: str = DEFAULT_PREPROCESSING,
 ) -> tf.data.Dataset:
     """Batches of (float32 images [N, S, S, 3], int32 labels [N]) following the image contract.
@@ -172,9 +196,10 @@ def make_dataset(
         training: shuffle (reshuffled each epoch) and augment, dropping the last partial batch;
             otherwise keep the records' order, never augment, keep every image.
         seed: seeds shuffling and augmentation; the same seed gives the same epochs.
-        cache: "" caches decoded, resized images in memory, a path caches them in files there (a
-            fingerprint of the records and size is appended, so a stale cache is never reused), None
-            decodes every epoch.
+        cache: "auto" caches decoded, resized images in memory when they fit in MEMORY_CACHE_BYTES and
+            otherwise decodes every epoch with memory that does not grow with the data (records are shuffled
+            before their files are read); "" caches in memory; a path caches in files there (a fingerprint
+            of the records and size is appended, so a stale cache is never reused); None decodes every epoch.
     """
     check_image_size(image_size)
     records = check_batching(records, batch_size, "make_dataset")
@@ -183,11 +208,20 @@ def make_dataset(
         # images than one batch would leave nothing to train on.
         msg = f"batch_size {batch_size} is larger than the {len(records)} training images."
         raise ValueError(msg)
-    dataset = image_dataset(records, image_size)
-    if cache is not None:
-        dataset = dataset.cache(_cache_name(cache, records, image_size))
+    if cache is not None and os.fspath(cache) == "auto":
+        cache = "" if len(records) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES else None
+    if cache is None and training:  # streaming: shuffle the records, then read only what each batch needs
+        indices = tf.data.Dataset.range(len(records)).shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        dataset = image_dataset(records, image_size, indices=indices)
+    else:
+        dataset = image_dataset(records, image_size)
+        if cache is not None:
+            dataset = dataset.cache(_cache_name(cache, records, image_size))
+        if training:
+            in_memory = os.fspath(cache) == ""
+            buffer = len(records) if in_memory else min(len(records), SHUFFLE_BUFFER)
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if training:
-        dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda pair, pair_seed: (augment(pair[0], pair_seed), pair[1]), num_parallel_calls=tf.data.AUTOTUNE

@@ -126,7 +126,7 @@ class Run:
         """Refuse to mix stages of runs with different settings in one output folder."""
         settings = {k: v for k, v in asdict(self.options).items() if k not in NOT_SETTINGS}
         for name in ("data", "weights", "float_model"):
-            if settings[name] and settings[name] not in ("imagenet", "tfds"):
+            if settings[name] and settings[name] != "imagenet" and not str(settings[name]).startswith("tfds"):
                 settings[name] = os.path.realpath(settings[name])
         recorded = self.state.results.get("settings")
         if recorded is None:
