@@ -16,7 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tfqat.flowers.methods import METHODS
 from tfqat.flowers.networks import NETWORKS
+
+POWER_OF_TWO = {name for name, method in METHODS.items() if method.recipe is not None}  # tfqat's own methods
 
 
 def run_one(name: str, data: str, folder: Path, methods: str) -> dict:
@@ -30,31 +33,31 @@ def run_one(name: str, data: str, folder: Path, methods: str) -> dict:
         return row
     results = json.loads((folder / "results.json").read_text())
     models = results["models"]
-    int8 = {k: v for k, v in models.items() if k != "float" and "verified" in v}
+    int8 = {k: v for k, v in models.items() if "verify" in v}
     row.update(
         preprocessing=NETWORKS[name].preprocessing,
         ran=sorted(models),
         not_run=results.get("not_run", {}),
-        verified={k: v["verified"] for k, v in int8.items()},
+        verified={k: v["verify"]["passed"] for k, v in int8.items() if k in POWER_OF_TWO},
     )
     if int8:
         from tfqat.tflite import litert
 
-        spec = litert.describe(folder / next(iter(int8.values()))["file"]).inputs[0]
+        spec = litert.describe(folder / int8[min(int8)]["file"]).inputs[0]
         row["input"] = [spec.scale, spec.zero_point]
     return row
 
 
 def markdown(rows, command: str) -> str:
     lines = [
-        "| network | preprocessing | int8 input (scale, zero point) | exit | methods run | verifier | peers not run | time |",
+        "| network | preprocessing | int8 input (scale, zero point) | exit | methods run | verifier (tfqat's) | peers not run | time |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if row["exit_code"]:
             lines.append(f"| {row['network']} | | | {row['exit_code']} | {row.get('error', '')} | | | {row['seconds']:.0f} s |")
             continue
-        verdict = "all pass" if all(row["verified"].values()) else ", ".join(k for k, v in row["verified"].items() if not v)
+        verdict = "all pass" if row["verified"] and all(row["verified"].values()) else ", ".join(k for k, v in row["verified"].items() if not v)
         not_run = "; ".join(f"`{k}`: {v[:90]}" for k, v in row["not_run"].items()) or "none"
         lines.append(
             f"| {row['network']} | {row['preprocessing']} | {', '.join(f'{v:g}' for v in row.get('input', []))} | 0 | "
