@@ -18,6 +18,7 @@ SHARED_WEIGHTS = (
 def test_classifier_shape_and_nested_frozen_base():
     model, base = models.build_classifier(5, image_size=64, alpha=0.35, weights=None)
     assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 5)
+    assert base.name == "mobilenetv2_0.35_64"  # the width asked for
     assert base in model.layers and not base.trainable
     assert model.layers[-1].get_config()["activation"] == "linear"  # logits
 

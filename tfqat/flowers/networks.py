@@ -3,7 +3,7 @@ name. No TensorFlow at import time, so the CLI and the run options can read it."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -13,26 +13,27 @@ class Network:
     name: str  # keras.applications constructor, and --model
     slug: str  # in file names: flowers_<slug>_int8_<method>.tflite
     preprocessing: str  # tfqat.preprocessing: the inputs the base was trained on
-    keyword_arguments: dict = field(default_factory=dict)  # for the constructor (MobileNets' width)
     weights_file: str = ""  # Keras's own name for the ImageNet no-top weights, for the offline error
+    has_width: bool = False  # the constructor takes `alpha` (the MobileNets)
 
     def build_kwargs(self, alpha: float) -> dict:
-        return {"alpha": alpha, **self.keyword_arguments} if "alpha" in self.keyword_arguments else dict(self.keyword_arguments)
+        """The constructor's own keyword arguments: the width `alpha` where it has one."""
+        return {"alpha": alpha} if self.has_width else {}
 
 
 NETWORKS = {
     n.name: n
     for n in (
-        Network("MobileNetV2", "mobilenet_v2", "mobilenet", {"alpha": 1.0},
-                "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-        Network("MobileNet", "mobilenet", "mobilenet", {"alpha": 1.0}, "mobilenet_1_0_224_tf_no_top.h5"),
-        Network("MobileNetV3Small", "mobilenet_v3_small", "raw", {"alpha": 1.0},
-                "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-        Network("MobileNetV3Large", "mobilenet_v3_large", "raw", {"alpha": 1.0},
-                "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-        Network("ResNet50", "resnet50", "caffe", {}, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        Network("DenseNet121", "densenet121", "torch", {}, "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        Network("EfficientNetB0", "efficientnetb0", "raw", {}, "efficientnetb0_notop.h5"),
+        Network("MobileNetV2", "mobilenet_v2", "mobilenet",
+                "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", has_width=True),
+        Network("MobileNet", "mobilenet", "mobilenet", "mobilenet_1_0_224_tf_no_top.h5", has_width=True),
+        Network("MobileNetV3Small", "mobilenet_v3_small", "raw", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+                has_width=True),
+        Network("MobileNetV3Large", "mobilenet_v3_large", "raw", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+                has_width=True),
+        Network("ResNet50", "resnet50", "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        Network("DenseNet121", "densenet121", "torch", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        Network("EfficientNetB0", "efficientnetb0", "raw", "efficientnetb0_notop.h5"),
     )
 }
 DEFAULT_NETWORK = "MobileNetV2"  # the published flowers model
