@@ -57,14 +57,25 @@ def _operand_constants(tflite_bytes):
     return found
 
 
-def test_merged_hard_sigmoid_constants_are_requantized_and_the_model_agrees(tmp_path, monkeypatch):
-    qat = tfqat.quantize_model(_hard_swish_twice())
+def _calibrated(model):
+    """The model quantized and calibrated on 32 random [-1, 1] images, and those images."""
+    qat = tfqat.quantize_model(model)
     images = np.random.default_rng(1).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
     tfqat.calibrate(qat, images)
-    # The converter alone shares one tensor per value between both blocks and quantizes it by its own range.
+    return qat, images
+
+
+def _converted_as_is(qat, monkeypatch) -> bytes:
+    """The converter's own int8 bytes, before tfqat puts merged constants back on their grid."""
     with monkeypatch.context() as patch:
         patch.setattr(export, "requantize_shared_constants", lambda tflite: (tflite, 0))
-        converted = convert_int8(qat)
+        return convert_int8(qat)
+
+
+def test_merged_hard_sigmoid_constants_are_requantized_and_the_model_agrees(tmp_path, monkeypatch):
+    qat, images = _calibrated(_hard_swish_twice())
+    # The converter alone shares one tensor per value between both blocks and quantizes it by its own range.
+    converted = _converted_as_is(qat, monkeypatch)
     assert not tfqat.verify_tflite(converted).passed
     assert sorted(set(_operand_constants(converted))) == [(127, _f32(85 / 512 / 255), -128), (127, _f32(3 / 255), -128)]
     _, changed = constants.requantize_shared_constants(converted)
@@ -91,12 +102,8 @@ def _two_untrained_batch_norms_on_concatenations():
 
 def test_merged_kernels_go_back_to_their_power_of_two_grid_with_their_biases(tmp_path, monkeypatch):
     """Per-tensor kernels (per-channel ones keep a FakeQuant range per channel and are not merged)."""
-    qat = tfqat.quantize_model(_two_untrained_batch_norms_on_concatenations())
-    images = np.random.default_rng(1).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
-    tfqat.calibrate(qat, images)
-    with monkeypatch.context() as patch:
-        patch.setattr(export, "requantize_shared_constants", lambda tflite: (tflite, 0))
-        converted = convert_int8(qat)
+    qat, images = _calibrated(_two_untrained_batch_norms_on_concatenations())
+    converted = _converted_as_is(qat, monkeypatch)
     report = tfqat.verify_tflite(converted)
     assert not report.passed and "per-channel scales that are not powers of two" in report.summary()
     assert constants.requantize_shared_constants(converted)[1] == 1

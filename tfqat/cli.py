@@ -290,9 +290,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if not Path(args.model).is_file():
         raise FileNotFoundError(f"model {args.model} does not exist")
+    # evaluate_folder reads the file's recorded preprocessing and weighs the flag against it.
     result = evaluate_folder(
-        args.model, args.data, labels_file=args.labels, out_json=args.json,
-        preprocessing=_file_preprocessing(args, args.model),
+        args.model, args.data, labels_file=args.labels, out_json=args.json, preprocessing=args.preprocessing
     )
     print(format_metrics(result))
     return EXIT_OK

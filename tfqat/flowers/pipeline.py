@@ -188,6 +188,12 @@ class Run:
         """The .tflite file of a stage in the run folder (and in --export-dir): flowers_<network>_..."""
         return file_name(FLOAT_FILE if stage == FLOAT else find_method(stage).file, self.network.name)
 
+    def _save(self, tflite: bytes, stage: str) -> Path:
+        """A stage's .tflite in the run folder, with the class labels and the network's preprocessing."""
+        return export.save_tflite(
+            tflite, self.out / self.file(stage), labels=self.flowers.classes, preprocessing=self.network.preprocessing
+        )
+
     def float_model(self):
         """The float stage's model, loaded once; every method starts from it and none may change it."""
         if self._float_model is None:
@@ -329,10 +335,7 @@ class Run:
         validation splits, its float .tflite with LiteRT."""
         result = self._test_metrics(keras_model.predict(self.test_images, batch_size=self.options.batch_size, verbose=0))
         result.update(self._validation_metrics(keras_model))
-        path = export.save_tflite(
-            tflite, self.out / self.file(method.name), labels=self.flowers.classes,
-            preprocessing=self.network.preprocessing,
-        )
+        path = self._save(tflite, method.name)
         tflite_result = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress=f"{method.name} LiteRT"
         )
@@ -348,10 +351,7 @@ class Run:
         Each model runs once over the test images; accuracy and agreement both use those outputs.
         """
         stage = method.name
-        path = export.save_tflite(
-            tflite, self.out / self.file(method.name), labels=self.flowers.classes,
-            preprocessing=self.network.preprocessing,
-        )
+        path = self._save(tflite, stage)
         report = verify.verify_tflite(path)
         outputs = litert.predict(path, self.test_images, progress=f"{stage} LiteRT")
         result = self._test_metrics(outputs)
@@ -411,10 +411,7 @@ class Run:
         self._float_model = model
         result = self._test_metrics(model.predict(self.test_images, batch_size=o.batch_size, verbose=0))
         result.update(self._validation_metrics(model))
-        path = export.save_tflite(
-            export.convert_float(model), self.out / self.file(FLOAT), labels=self.flowers.classes,
-            preprocessing=self.network.preprocessing,
-        )
+        path = self._save(export.convert_float(model), FLOAT)
         tflite = metrics.evaluate_tflite(
             path, self.test_images, self.test_labels, self.flowers.classes, progress="float LiteRT"
         )

@@ -90,23 +90,25 @@ def quantized_tensors(model) -> Iterator[QuantizedTensor]:
 
 
 
+def _recorded(model, attribute: str, plural: str, roles=ROLES) -> Optional[str]:
+    """The one value of `attribute` that the quantizers of `roles` record, None where none does; a ValueError
+    for a model whose quantizers record several."""
+    values = {getattr(t.quantizer, attribute, None) for t in quantized_tensors(model) if t.role in roles} - {None}
+    if len(values) > 1:
+        msg = f"model '{model.name}' mixes quantizers for the {plural} {sorted(values)}; quantize it for one"
+        raise ValueError(msg)
+    return values.pop() if values else None
+
+
 def model_target(model) -> Optional[str]:
     """The runtime a QAT model's quantizers round for (`tfqat.targets`); None for a model without tfqat's."""
-    targets = {getattr(t.quantizer, "target", None) for t in quantized_tensors(model)} - {None}
-    if len(targets) > 1:
-        msg = f"model '{model.name}' mixes quantizers for the targets {sorted(targets)}; quantize it for one"
-        raise ValueError(msg)
-    return targets.pop() if targets else None
+    return _recorded(model, "target", "targets")
 
 
 def model_preprocessing(model) -> Optional[str]:
     """The preprocessing a QAT model's inputs had (`tfqat.preprocessing`), as `tfqat.quantize_model`
     recorded it in its input quantizers; None where none was recorded."""
-    names = {getattr(t.quantizer, "preprocessing", None) for t in quantized_tensors(model) if t.role == INPUT}
-    names.discard(None)
-    if len(names) > 1:
-        raise ValueError(f"model '{model.name}' records the preprocessings {sorted(names)} for its inputs")
-    return names.pop() if names else None
+    return _recorded(model, "preprocessing", "preprocessings", (INPUT,))
 
 
 def set_preprocessing(model, preprocessing: str) -> None:

@@ -107,9 +107,10 @@ def kernel_steps(values: np.ndarray, scales: np.ndarray, axis: int):
     per channel (a per-channel model); a channel of zeros takes the kernel's.
     """
     channels = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-    tensor_exponent = float(pow2.weight_exponent(float(np.max(np.abs(channels), initial=0.0))).numpy())
-    per_channel = pow2.weight_exponent(np.max(np.abs(channels), axis=1).astype(np.float32)).numpy().astype(np.float64)
-    per_channel = np.where(np.max(np.abs(channels), axis=1) > 0, per_channel, tensor_exponent)
+    channel_max = np.max(np.abs(channels), axis=1)
+    tensor_exponent = float(pow2.weight_exponent(float(np.max(channel_max, initial=0.0))).numpy())
+    per_channel = pow2.weight_exponent(channel_max.astype(np.float32)).numpy().astype(np.float64)
+    per_channel = np.where(channel_max > 0, per_channel, tensor_exponent)
     whole = channels / 2.0**tensor_exponent
     off_grid = np.abs(np.round(whole) - whole) * 2.0**tensor_exponent > 0.5 * scales[:, None] * (1 + 1e-6)
     exponents = np.array([tensor_exponent]) if not off_grid.any() else per_channel

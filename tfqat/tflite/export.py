@@ -163,7 +163,8 @@ def with_model_metadata(tflite_bytes: bytes, qat_model) -> bytes:
     """The file with what its QAT model records: the target it rounds for (`tfqat_target`, so that LiteRT
     runs it on that target's kernels by default, `tfqat.tflite.litert.target_kernels`) and the preprocessing
     of its inputs (`tfqat_preprocessing`, read by `tfqat evaluate`, `debug` and `execute`)."""
-    for name, value in ((TARGET_METADATA, model_target(qat_model)), (PREPROCESSING_METADATA, model_preprocessing(qat_model))):
+    recorded = {TARGET_METADATA: model_target(qat_model), PREPROCESSING_METADATA: model_preprocessing(qat_model)}
+    for name, value in recorded.items():
         if value is not None:
             tflite_bytes = with_metadata(tflite_bytes, name, value)
     return tflite_bytes
