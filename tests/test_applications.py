@@ -43,12 +43,12 @@ def test_densenet_concatenations_share_one_scale_per_block():
     pre-activation BatchNormalizations became 1x1 depthwise convs."""
     import tfqat
     from tfqat._keras import keras
-    from tfqat.quantization.linking import share_concatenation_scales
+    from tfqat.quantization.linking import share_scales
 
     build, size, _ = applications.NETWORKS["DenseNet121"]
     model = build(size)
     qat = tfqat.quantize_model(model)
-    assert share_concatenation_scales(qat) == 4
+    assert share_scales(qat) == 4
     depthwise = [l for l in qat.layers if isinstance(getattr(l, "layer", None), keras.layers.DepthwiseConv2D)]
     standalone = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)
                   and not isinstance(l._inbound_nodes[0].inbound_layers, keras.layers.Conv2D)]

@@ -311,7 +311,7 @@ def test_load_model_relinks(gap_qat, tmp_path):
 def test_a_concatenation_and_its_inputs_share_the_widest_scale_and_agree_with_litert(trained_thresholds, tmp_path):
     """Two convs with ranges 16x apart meet in a Concatenate: all three tensors take the wider conv's
     scale (as the converter gives them), so Keras and LiteRT agree to the output step."""
-    from tfqat.quantization.linking import share_concatenation_scales
+    from tfqat.quantization.linking import share_scales
     from tfqat.tflite.agreement import keras_tflite_agreement
 
     layers = keras.layers
@@ -324,7 +324,7 @@ def test_a_concatenation_and_its_inputs_share_the_widest_scale_and_agree_with_li
     images = np.random.default_rng(6).uniform(-1, 1, (64, 8, 8, 3)).astype(np.float32)
     qat = tfqat.quantize_model(model, trained_thresholds=trained_thresholds)
     tfqat.calibrate(qat, images)
-    assert share_concatenation_scales(qat) == 1
+    assert share_scales(qat) == 1
     def output_quantizer(name):
         layer = wrapped(qat, name)
         if layer._quantize_activations:

@@ -8,7 +8,10 @@ runtime does. The rows for LiteRT and TFLite Micro are measured
 (`benchmarks/executor.py --rules`, ai-edge-litert 2.3.0 and tflite-micro
 0.dev20261023182759 on x86-64; evidence in benchmarks/results/executor.md); the
 half-up and half-to-even rows are the single roundings of CMSIS-NN and
-ESP32-S3, and of ESP32-P4. Pure Python: read without TensorFlow.
+ESP32-S3, and of ESP32-P4. A chip's row also says what its int8 format allows
+beyond rounding: ESP-DL (ESP32-S3, ESP32-P4) adds raw int8 values, so an Add's
+inputs share its output's scale; ESP32-S3 has per-tensor weights only and keeps
+20 bits of each bias. Pure Python: read without TensorFlow.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ MEAN_KEEP_DIMS = "MEAN keep_dims"
 # How each flavour of kernels (a target's `named`) computes a MEAN over a count that is not a power of two:
 # "q31", the sum less the zero point times a Q31 multiplier (LiteRT's kernels, TFLite Micro), or "float32",
 # the raw sum times a float32 scale plus a float32 offset, rounded half to even (XNNPACK; measured:
-# tests/test_targets.py). Every other op that is not a shift is computed alike by "litert" and "xnnpack".
-MEAN_ARITHMETIC = {"litert": "q31", "micro": "q31", "xnnpack": "float32"}
+# tests/test_targets.py), or "espdl_float32", ESP-DL's global average pool: the raw int32 sum times the
+# float32 scale (s_in / s_out) / count, rounded by the chip's rule (tfqat.quantization.pow2.mean_requantize).
+# Every other op that is not a shift is computed alike by "litert" and "xnnpack".
+MEAN_ARITHMETIC = {"litert": "q31", "micro": "q31", "xnnpack": "float32", "espdl": "espdl_float32"}
 NAMED_FLAVOURS = tuple(MEAN_ARITHMETIC)
 # The model's int8 input is quantized before any runtime sees it, by the image contract: rounded half away
 # from zero, as LiteRT's QUANTIZE and tfqat.tflite.litert.quantize do, whatever the target.
@@ -82,7 +87,11 @@ class Target:
     not shifts (LOGISTIC, SOFTMAX, MEAN over other counts) are computed: "litert", "xnnpack" or "micro".
 
     `runtime` names the LiteRT kernels (`tfqat.tflite.litert`) or "micro" that run it here; None for a
-    chip whose runtime is not on this machine.
+    chip whose runtime is not on this machine. `aligned_adds`: the runtime adds int8 values without
+    rescaling them, so an Add's inputs and output share one scale (`tfqat.quantization.linking`).
+    `per_channel_weights`: it takes a scale per output channel. `zero_points`: it takes int8 zero points
+    other than 0 (the unsigned grid's -128). `bias_bits`: the width it keeps of an int32 bias (ESP32-S3
+    packs 20 bits).
     """
 
     name: str
@@ -90,6 +99,10 @@ class Target:
     named: str = "litert"
     runtime: Optional[str] = None
     description: str = ""
+    aligned_adds: bool = False
+    per_channel_weights: bool = True
+    zero_points: bool = True
+    bias_bits: int = 32
 
     @property
     def mean_arithmetic(self) -> str:
@@ -143,6 +156,20 @@ TARGETS: dict[str, Target] = {
         ),
         Target("half_up", {"*": "half_up"}, "litert", None, "one rounding, ties up: CMSIS-NN, ESP32-S3"),
         Target("half_even", {"*": "half_even"}, "litert", None, "one rounding, ties to even: ESP32-P4"),
+        Target(
+            "esp32s3", {"*": "half_up"}, "espdl", None,
+            "ESP-DL on ESP32-S3: one rounding, ties up; global average pooling scales the int32 sum in float32 "
+            "and rounds ties up; Add sums raw int8 values (its inputs share its output's scale); per-tensor "
+            "weights only; biases kept in 20 bits; no zero points",
+            aligned_adds=True, per_channel_weights=False, zero_points=False, bias_bits=20,
+        ),
+        Target(
+            "esp32p4", {"*": "half_even"}, "espdl", None,
+            "ESP-DL on ESP32-P4: one rounding, ties to even; global average pooling scales the int32 sum in "
+            "float32 and rounds ties to even; Add sums raw int8 values (its inputs share its output's scale); "
+            "per-tensor or per-channel weights; no zero points",
+            aligned_adds=True, zero_points=False,
+        ),
     )
 }
 # LiteRT's default path (`Interpreter(model_path=...)` on desktop and Android applies XNNPACK): what most

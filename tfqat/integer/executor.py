@@ -18,7 +18,7 @@ from tfqat.integer import kernels, named
 from tfqat.integer.kernels import activation_range, exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor, model_bytes, read_graph
 from tfqat.integer.rounding import count_ties, shift_round
-from tfqat.targets import MEAN_KEEP_DIMS, NAMED_FLAVOURS, RULES, TARGETS, LaneSplit, Target, check_rule
+from tfqat.targets import MEAN_KEEP_DIMS, NAMED_FLAVOURS, RULES, TARGETS, LaneSplit, Target, check_rule, single_rule
 from tfqat.tflite.ops import op_kind
 
 Ties = Union[str, LaneSplit, Mapping[str, Union[str, LaneSplit]]]
@@ -69,11 +69,11 @@ class IntegerModel:
     Args:
       model: path to a .tflite file or its bytes.
       ties: a target's rounding (tfqat.targets.TARGETS: "reference", "builtin", "xnnpack", "micro" as
-        measured, "half_up", "half_even"), one tie rule for every shift (tfqat.targets.RULES), or a
+        measured, "half_up", "half_even", the ESP-DL chips "esp32s3", "esp32p4"), one tie rule for every shift (tfqat.targets.RULES), or a
         mapping op name -> rule ("*" for the other ops; default "tflite_double").
       named: how the ops that are not shifts are computed: "litert" (LiteRT's kernels), "xnnpack" (its MEAN
-        over a count that is not a power of two) or "micro" (TFLite Micro's LOGISTIC). Default: the
-        target's, else "litert".
+        over a count that is not a power of two), "micro" (TFLite Micro's LOGISTIC) or "espdl" (ESP-DL's global
+        average pool). Default: the target's, else "litert".
 
     Raises:
       ExecutorError: junk bytes, a float or non-power-of-two tensor (named), or an op the executor lacks.
@@ -106,7 +106,9 @@ class IntegerModel:
         if op.name in NAMED_KERNELS and not (op.name == "MEAN" and _power_of_two(count)):
             why = f"divides by {count} averaged elements" if count else "a nonlinear function"
             why = "divides by its window size" if op.name == "AVERAGE_POOL_2D" else why
-            how = named.HOW[op.name, self.flavour]
+            how = named.HOW.get((op.name, self.flavour))
+            if how is None:
+                raise ExecutorError(f"{label}: the executor does not compute {op.name} as {self.flavour} does")
             for t in tensors:
                 if np.issubdtype(t.dtype, np.floating):
                     raise ExecutorError(f"{t.label} is {t.dtype}: the executor runs fully integer models")
@@ -144,7 +146,8 @@ class IntegerModel:
         operands = [np.asarray(v, np.int64) if not np.issubdtype(np.asarray(v).dtype, np.floating) else v
                     for v in operands]
         if note:
-            return np.asarray(kernel(op, tensors, operands, self.flavour), np.int64)
+            rule = single_rule(self.target.rule(op.name))
+            return np.asarray(kernel(op, tensors, operands, self.flavour, rule), np.int64)
         return np.asarray(kernel(op, tensors, operands, self._requantizer(op, {} if ties is None else ties)), np.int64)
 
     def _value(self, index: int, values: dict[int, np.ndarray]) -> np.ndarray:

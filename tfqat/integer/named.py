@@ -5,7 +5,8 @@ Q12.19, its reciprocal, a rounding shift to 1/256 steps), in LiteRT's reference 
 Micro. LOGISTIC: LiteRT fills a 256-entry table with float32 1 / (1 + exp(-x)) rounded half away from
 zero ("litert"); TFLite Micro computes gemmlowp's fixed-point logistic from Q4.27 ("micro"). MEAN over
 a count that is not a power of two: the sum times a Q31 multiplier (s_in / s_out) / count, or on XNNPACK
-("xnnpack") the raw sum times a float32 scale. And AVERAGE_POOL_2D: the window's sum divided by the number
+("xnnpack") the raw sum times a float32 scale, and on ESP-DL ("espdl") the sum times a float32 scale
+rounded by the chip's rule. And AVERAGE_POOL_2D: the window's sum divided by the number
 of in-bounds elements, ties away from zero. "xnnpack" computes every other op as "litert".
 """
 
@@ -28,6 +29,7 @@ HOW = {
     ("AVERAGE_POOL_2D", "litert"): "the window's sum divided by its element count",
     ("AVERAGE_POOL_2D", "micro"): "the window's sum divided by its element count",
     ("MEAN", "xnnpack"): "the raw sum times the float32 scale (s_in / s_out) * (1 / count), rounded half to even",
+    ("MEAN", "espdl"): "the sum times the float32 scale (1 / count) * (s_in / s_out), rounded by the chip's rule",
 }
 for _op in ("SOFTMAX", "LOGISTIC", "AVERAGE_POOL_2D"):
     HOW[_op, "xnnpack"] = HOW[_op, "litert"]
@@ -36,7 +38,7 @@ for _op in ("SOFTMAX", "LOGISTIC", "AVERAGE_POOL_2D"):
 _SOFTMAX_DIFF_BITS, _SOFTMAX_SUM_BITS = 5, 12
 
 
-def softmax(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+def softmax(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str, rule: str = "") -> np.ndarray:
     x_t = tensors[0]
     real = min(op.options.get("beta", 1.0) * x_t.scales[0] * 2.0 ** (31 - _SOFTMAX_DIFF_BITS), 2.0**31 - 1)
     multiplier, left_shift = fp.quantize_multiplier(real)
@@ -52,7 +54,7 @@ def softmax(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavo
     return np.where(valid, np.clip(steps - 128, -128, 127), -128)
 
 
-def logistic(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+def logistic(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str, rule: str = "") -> np.ndarray:
     x_t, out = tensors
     if flavour == "micro":
         return _logistic_fixed_point(x_t, values[0] - x_t.zero_point)
@@ -73,11 +75,18 @@ def _logistic_fixed_point(x_t: Tensor, x: np.ndarray) -> np.ndarray:
     return fp.micro_logistic_steps(x, x_t.scales[0])
 
 
-def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str, rule: str = "") -> np.ndarray:
+    """`rule`: the target's single rounding of the MEAN (ESP-DL's chips differ only in it)."""
     x_t, out = tensors[0], tensors[-1]
     axes = reduced_axes(op, values, values[0].ndim)
     count = int(np.prod([values[0].shape[a] for a in axes]))
     keep = bool(op.options.get("keepDims"))
+    if MEAN_ARITHMETIC[flavour] == "espdl_float32":
+        f32 = np.float32
+        scale = (f32(1) / f32(count)) * f32(x_t.scales[0] / out.scales[0])  # times a power of two: exact
+        product = np.sum(values[0], axis=axes, keepdims=keep).astype(f32) * scale
+        steps = np.floor(product + f32(0.5)) if rule == "half_up" else np.rint(product)
+        return np.clip(steps, -128, 127).astype(np.int64)
     if MEAN_ARITHMETIC[flavour] == "float32":
         f32 = np.float32
         scale = f32(x_t.scales[0]) / f32(out.scales[0]) * (f32(1) / f32(count))
@@ -92,7 +101,7 @@ def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour:
     return np.clip(steps, -128, 127)
 
 
-def average_pool_2d(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str) -> np.ndarray:
+def average_pool_2d(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str, rule: str = "") -> np.ndarray:
     out = tensors[-1]
     o = op.options
     kh, kw = o["filterHeight"], o["filterWidth"]

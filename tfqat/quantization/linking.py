@@ -25,6 +25,7 @@ from tfqat.quantization.configs import KernelQuantizeConfig, PassThroughQuantize
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.layers import ScalarOp, Sigmoid
 from tfqat.quantization.quantizers import Pow2ActivationQuantizer, ScaleGroup
+from tfqat.targets import target_named
 
 _Wrapper = tensors.Wrapper
 
@@ -208,19 +209,48 @@ def _accumulator_exponent(input_quantizer, kernel, weight_quantizer, weight_vari
     return exponent
 
 
-def share_concatenation_scales(qat_model) -> int:
-    """Give the inputs and the output of every Concatenate one power-of-two scale, the widest of theirs.
+def _consumers(qat_model) -> dict:
+    """id(layer) -> the layers it alone feeds."""
+    consumers = {}
+    for layer in qat_model.layers:
+        producer = _producer(layer)
+        if producer is not None:
+            consumers.setdefault(id(producer), []).append(layer)
+    return consumers
+
+
+def _joined_output(layer, consumers):
+    """(quantizer, variables) of the output whose scale a layer's inputs must share, or None: every
+    Concatenate's (TFLite's CONCATENATION copies bytes), and an Add's (or its fused ReLU's) when its target adds
+    raw int8 values (`tfqat.targets.Target.aligned_adds`: ESP-DL)."""
+    if isinstance(layer.layer, keras.layers.Concatenate):
+        return _output_quantizer(layer)
+    if not isinstance(layer.layer, keras.layers.Add):
+        return None
+    own = _own_quantizers(layer)
+    users = consumers.get(id(layer), [])
+    if not own and isinstance(layer.quantize_config, PassThroughQuantizeConfig) and len(users) == 1:
+        own = _own_quantizers(users[0])
+    return own[0] if own and target_named(own[0][0].target).aligned_adds else None
+
+
+def share_scales(qat_model) -> int:
+    """Give the inputs and the output of every Concatenate (and, for a target that adds raw int8 values, of
+    every Add) one power-of-two scale, the widest of theirs.
 
     TFLite's int8 CONCATENATION copies bytes, so the converter gives each input tensor the output's scale
-    (a conv feeding it then requantizes its accumulator straight to that scale). Sharing the scale in
-    Keras trains and rounds the model the way LiteRT runs it. Chained concatenations (DenseNet's
-    blocks) join one group. Returns the number of groups.
+    (a conv feeding it then requantizes its accumulator straight to that scale); ESP-DL's Add sums int8
+    values as they are. Sharing the scale in Keras trains and rounds the model the way the runtime runs it.
+    Chained concatenations (DenseNet's blocks) and a residual stage's additions join one group. Returns the
+    number of groups.
     """
     groups = {}  # id(quantizer) -> the shared list of (quantizer, variables)
+    consumers = _consumers(qat_model)
     for layer in qat_model.layers:
-        if not isinstance(layer, _Wrapper) or not isinstance(layer.layer, keras.layers.Concatenate):
+        output = _joined_output(layer, consumers) if isinstance(layer, _Wrapper) else None
+        if output is None:
             continue
-        members = [_output_quantizer(layer)] + [_output_quantizer(p) for p in _producers(layer)]
+        members = [output] + [_output_quantizer(p) for p in _producers(layer)]
         if any(m is None for m in members) or len({m[0].unsigned for m in members}) != 1:
             continue  # an input without a tfqat scale, or signed beside unsigned: left to the converter
         group = []
@@ -241,18 +271,14 @@ def share_concatenation_scales(qat_model) -> int:
 def link_accumulators(qat_model) -> int:
     """Link every conv/dense of a tfqat QAT model to its input's scale; returns how many were linked.
 
-    Concatenations' scale groups are linked first (`share_concatenation_scales`), so a conv reads the scale
-    its input really has.
+    Shared scales (concatenations', and additions' where the target needs it: `share_scales`) are linked
+    first, so a conv reads the scale its input really has.
     """
-    share_concatenation_scales(qat_model)
+    share_scales(qat_model)
     for tensor in tensors.quantized_tensors(qat_model):
         if tensor.role == tensors.INPUT and isinstance(tensor.quantizer, Pow2ActivationQuantizer):
             tensor.quantizer.kernel = "input"  # quantized outside the runtime (MODEL_INPUT_RULE)
-    consumers = {}
-    for layer in qat_model.layers:
-        producer = _producer(layer)
-        if producer is not None:
-            consumers.setdefault(id(producer), []).append(layer)
+    consumers = _consumers(qat_model)
     linked = 0
     for layer in qat_model.layers:
         if isinstance(layer, _Wrapper):

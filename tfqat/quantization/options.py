@@ -65,7 +65,13 @@ class QuantizeOptions:
         object.__setattr__(self, "ema_decay", float(self.ema_decay))
         if not isinstance(self.target, str):
             raise ValueError(f"QuantizeOptions target={self.target!r} must be a target's name")
-        target_named(self.target)  # a ValueError naming the valid targets
+        target = target_named(self.target)  # a ValueError naming the valid targets
+        if self.per_channel and not target.per_channel_weights:
+            raise ValueError(f"per_channel=True: target {self.target!r} takes one weight scale per tensor only")
+        if self.unsigned_activations and not target.zero_points:
+            msg = (f"unsigned_activations=True: target {self.target!r} has no zero points, so no unsigned grid "
+                   "(int8 values are signed)")
+            raise ValueError(msg)
 
     @classmethod
     def from_fields(cls, options: Optional["QuantizeOptions"] = None, trained_thresholds: Optional[bool] = None,

@@ -148,7 +148,7 @@ def fake_quant_activations(
             output_zero_point = -128.0 * tf.cast(unsigned, tf.float32)
             rounded = mean_requantize(
                 values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), average_count,
-                mean_arithmetic, mean_input_zero_point, output_zero_point,
+                mean_arithmetic, mean_input_zero_point, output_zero_point, rule=single_rule(rule),
             )
         else:
             rounded = requantize(values, tf.stop_gradient(accumulator_exponent), tf.stop_gradient(exponent), rule)
@@ -205,7 +205,8 @@ def requantize(values, accumulator_exponent, exponent, rule: RoundingRule):
     return steps * tf.pow(2.0, exponent)
 
 
-def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: str = "q31", input_zero_point=0.0, output_zero_point=0.0):
+def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: str = "q31", input_zero_point=0.0,
+                    output_zero_point=0.0, rule: str = "half_even"):
     """A MEAN over `count` int8 inputs at 2**input_exponent, to the grid 2**exponent, as a runtime computes it
     when `count` is not a power of two (no shift divides by it).
 
@@ -218,6 +219,9 @@ def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: st
     float32 scale (s_in / s_out) * (1 / count), plus the output zero point less count * input zero point *
     scale (each step rounded to float32), rounded half to even. The zero points (0, or -128 for an unsigned
     grid) matter here only.
+    arithmetic "espdl_float32" (ESP-DL's global average pool): the int32 sum of the inputs times the float32
+    scale (1.0f / count) * 2**(input exponent - exponent), rounded by the chip's `rule`: "half_up" as
+    floorf(x + 0.5) (ESP32-S3), "half_even" (ESP32-P4). ESP-DL has no zero points.
     """
     if arithmetic not in set(MEAN_ARITHMETIC.values()):
         msg = f"mean_requantize arithmetic={arithmetic!r} is not one of {sorted(set(MEAN_ARITHMETIC.values()))}"
@@ -230,6 +234,9 @@ def mean_requantize(values, input_exponent, exponent, count: int, arithmetic: st
     total = round_half_away_from_zero(values * count * two(-input_exponent))
     if arithmetic == "float32":
         steps = _float32_mean(total, input_exponent - exponent, count, input_zero_point, output_zero_point)
+        return tf.cast(steps * two(exponent), tf.float32)
+    if arithmetic == "espdl_float32":
+        steps = _espdl_mean(total, input_exponent - exponent, count, rule)
         return tf.cast(steps * two(exponent), tf.float32)
     shift = input_exponent - exponent + 1.0  # QuantizeMultiplier(2**d) = (2**30, d + 1)
     extra = tf.minimum(tf.constant(float(count.bit_length() - 1), tf.float64), tf.minimum(tf.constant(32.0, tf.float64), 31.0 + shift))
@@ -254,6 +261,22 @@ def _float32_mean(total, exponent_difference, count: int, input_zero_point, outp
     offset = output_zero_point - zero_points_sum * scale
     steps = tf.round(raw_sum * scale + offset)  # tf.round: half to even, as XNNPACK's nearbyint
     return tf.cast(steps - output_zero_point, tf.float64)
+
+
+def _espdl_mean(total, exponent_difference, count: int, rule: str):
+    """ESP-DL's average of int8 values in output steps: float32(sum) * ((1.0f / count) * 2**difference), one
+    float32 rounding per operation, then the chip's rounding of that float32 (`tfqat.targets`)."""
+    f32 = tf.float32
+    scale = tf.constant(np.float32(1.0) / np.float32(count), f32) * tf.cast(
+        tf.pow(tf.constant(2.0, tf.float64), exponent_difference), f32)  # times a power of two: exact
+    product = tf.cast(total, f32) * scale  # an int32 below 2**24: exact as a float32
+    if rule == "half_up":
+        steps = tf.floor(product + tf.constant(0.5, f32))  # floorf(x + 0.5): the sum rounds to float32 first
+    elif rule == "half_even":
+        steps = tf.round(product)  # fcvt.w.s rne
+    else:
+        raise ValueError(f"ESP-DL rounds half_up or half_even, not {rule!r}")
+    return tf.cast(steps, tf.float64)
 
 
 # The op kinds whose accumulator a QAT model's quantizers requantize, as TFLite names the op.

@@ -271,6 +271,8 @@ class Pow2InputQuantizer(Pow2ActivationQuantizer):
         self.preprocessing = check_preprocessing(preprocessing)
 
     def grid_unsigned(self, weights):
+        if not target_named(self.target).zero_points:
+            return False  # a runtime without zero points (ESP-DL) takes [0, 255] inputs signed, at scale 2
         return weights["min_var"] >= 0.0
 
     def get_config(self):
