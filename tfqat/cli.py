@@ -555,6 +555,46 @@ def _micro(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_espdl(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "espdl",
+        help="write a tfqat int8 .tflite as an .espdl file for ESP-DL on ESP32-S3 or ESP32-P4",
+        description="Write the model as an .espdl file (Espressif's ESP-DL runtime) for --chip, with a test input "
+        "and the int8 outputs tfqat's integer reference computes for it in the chip's arithmetic, which the "
+        "board checks on first load (dl::Model::test()). The model must have been quantized for that chip "
+        "(--target esp32s3 or esp32p4): only then does the chip compute what the Keras model trained with. "
+        "Refuses, naming the op, what ESP-DL cannot express.",
+    )
+    parser.add_argument("model", help="the tfqat int8 .tflite file")
+    parser.add_argument("out", help="the .espdl file to write")
+    parser.add_argument("--chip", choices=("esp32s3", "esp32p4"), default=None,
+                        help="the chip (default: the target the model was quantized for)")
+    parser.add_argument("--image", default=None, help="an image file for the embedded test (default: random int8 values)")
+    _add_preprocessing(parser)
+    parser.set_defaults(handler=_espdl)
+
+
+def _espdl(args: argparse.Namespace) -> int:
+    from tfqat.espdl.export import export_espdl
+
+    image = None
+    if args.image:
+        from tfqat.data.images import decode_image, preprocess
+        from tfqat.integer.model import read_graph
+
+        path = Path(args.image)
+        if not path.is_file():
+            raise ValueError(f"--image {path} is not a file")
+        graph = read_graph(args.model)
+        size = graph.tensors[graph.inputs[0]].shape[1]
+        image = preprocess(decode_image(path.read_bytes()), size, _file_preprocessing(args, args.model)).numpy()
+    result = export_espdl(args.model, args.out, chip=args.chip, test_input=image)
+    print(f"wrote {result.path}: {result.size} bytes for {result.chip}; ops: {', '.join(result.ops)}")
+    print(f"embedded test: 1 input, outputs {', '.join(str(o.tolist()) for o in result.test_outputs)} "
+          f"(tfqat's integer reference, {result.chip} arithmetic)")
+    return EXIT_OK
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_run,
     _add_stage("train", ("float",), "Train the float MobileNetV2 flowers classifier (transfer learning) and export it as float TFLite."),
@@ -576,6 +616,7 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
     _add_verify,
     _add_execute,
     _add_micro,
+    _add_espdl,
     _add_evaluate,
 )
 

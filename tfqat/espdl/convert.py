@@ -1,0 +1,294 @@
+"""A shift-only int8 TFLite model as an ESP-DL graph (`tfqat.espdl.model.Model`), for one chip.
+
+The TFLite file tfqat exports already has ESP-DL's number format: every scale is 2**exponent, zero points
+are 0, biases sit on the accumulator's grid. What changes is the form: NHWC value infos with exponents,
+filters in the chip's blocked layout, explicit pads, ReLU6 as a Clip with a lookup table (ESP-DL fuses
+only ReLU into a conv), a mean over height and width as GlobalAveragePool then Flatten, a dense layer as
+Gemm. What ESP-DL cannot express is refused, naming the op and the reason: a zero point, a scale that is
+not a power of two, per-channel weights on ESP32-S3, a bias wider than the chip keeps, an output grid
+finer than its accumulator's, an Add whose inputs have other exponents than its output, an op ESP-DL lacks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfqat.espdl import layout
+from tfqat.espdl.model import INT8, Model, Node, Tensor, ValueInfo
+from tfqat.integer.kernels import exponent as tflite_exponent
+from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor as TFLiteTensor
+from tfqat.targets import Target, target_named
+
+CHIPS = ("esp32s3", "esp32p4")
+_RELU, _RELU6 = 1, 3
+_SAME = 0
+
+
+class EspdlExportError(ValueError):
+    """A model ESP-DL cannot run as tfqat trained it, explained in one sentence; nothing was written."""
+
+
+@dataclass
+class _Names:
+    """Short unique names for the graph's variables and nodes (TFLite's join every fused TF op with ';')."""
+
+    used: set
+
+    def make(self, raw: str, derived: bool = False) -> str:
+        """A TFLite tensor's name less the model's own name and tfqat's "quant_" prefixes, or a `derived` name
+        as given; made unique with a suffix."""
+        name = raw
+        if not derived:
+            parts = raw.split(";")[0].split("/")
+            name = "/".join(parts[1:]) if len(parts) > 1 else parts[0]  # without the model's own name
+            name = re.sub(r"(^|/)quant_", r"\1", name) or "tensor"
+        unique, k = name, 1
+        while unique in self.used:
+            k += 1
+            unique = f"{name}_{k}"
+        self.used.add(unique)
+        return unique
+
+
+def chip_target(chip: str) -> Target:
+    if chip not in CHIPS:
+        raise ValueError(f"chip={chip!r} is not one of {list(CHIPS)}")
+    return target_named(chip)
+
+
+def to_espdl(graph: Graph, chip: str, name: str = "model") -> Model:
+    """The ESP-DL graph of a fully int8, shift-only TFLite graph (`tfqat.integer.model.read_graph`)."""
+    return _Converter(graph, chip_target(chip), name).run()
+
+
+class _Converter:
+    def __init__(self, graph: Graph, target: Target, name: str):
+        self.graph, self.target, self.name = graph, target, name
+        self.names = _Names(set())
+        self.variables: dict[int, str] = {}  # TFLite tensor index -> ESP-DL variable name
+        self.model = Model(name, [], [], [], [], [], metadata={"target": target.name})
+
+    def run(self) -> Model:
+        for index in self.graph.inputs:
+            self.model.inputs.append(self._value_info(index))
+        for op in self.graph.operators:
+            convert = _OPS.get(op.name)
+            if convert is None:
+                raise self._error(op, f"ESP-DL export has no rule for {op.name}")
+            convert(self, op)
+        for index in self.graph.outputs:
+            self.model.outputs.append(next(v for v in self.model.value_info if v.name == self.variables[index]))
+        return self.model
+
+    # Values.
+
+    def _tensor(self, index: int) -> TFLiteTensor:
+        return self.graph.tensors[index]
+
+    def _exponent(self, tensor: TFLiteTensor, op: Operator | None = None) -> np.ndarray:
+        try:
+            return np.atleast_1d(tflite_exponent(tensor))
+        except ExecutorError as error:
+            raise EspdlExportError(str(error)) from None
+
+    def _activation_exponent(self, index: int) -> int:
+        tensor = self._tensor(index)
+        if tensor.dtype != np.int8:
+            raise EspdlExportError(f"{tensor.label} is {np.dtype(tensor.dtype).name}: ESP-DL export takes int8 activations")
+        if any(tensor.zero_points):
+            raise EspdlExportError(
+                f"{tensor.label} has zero point {tensor.zero_point}: ESP-DL has no zero points (an unsigned "
+                "grid); quantize the model for the chip's target, which keeps every activation signed"
+            )
+        exponents = self._exponent(tensor)
+        if exponents.size != 1:
+            raise EspdlExportError(f"{tensor.label} has {exponents.size} scales: an activation has one")
+        return int(exponents[0])
+
+    def _value_info(self, index: int, shape: tuple | None = None) -> ValueInfo:
+        """The variable of a TFLite activation tensor (its name made once)."""
+        info = ValueInfo(self._name(index), tuple(shape or self._tensor(index).shape), (self._activation_exponent(index),))
+        if all(v.name != info.name for v in self.model.value_info):
+            self.model.value_info.append(info)
+        return info
+
+    def _name(self, index: int) -> str:
+        """The variable name of a TFLite tensor, made on first use."""
+        if index not in self.variables:
+            self.variables[index] = self.names.make(self._tensor(index).name)
+        return self.variables[index]
+
+    def _variable(self, index: int) -> str:
+        if index not in self.variables:
+            raise EspdlExportError(f"{self._tensor(index).label} is read before any op writes it (a constant "
+                                   "input ESP-DL export does not take)")
+        return self.variables[index]
+
+    def _intermediate(self, base: str, shape: tuple, exponent: int) -> str:
+        info = ValueInfo(self.names.make(base, derived=True), tuple(shape), (exponent,))
+        self.model.value_info.append(info)
+        return info.name
+
+    def _initializer(self, name: str, values: np.ndarray, dims: tuple, exponents, doc: str = "") -> str:
+        tensor = Tensor(self.names.make(name, derived=True), tuple(int(d) for d in dims), values, tuple(int(e) for e in np.atleast_1d(exponents)), doc)
+        self.model.initializers.append(tensor)
+        return tensor.name
+
+    def _error(self, op: Operator, why: str) -> EspdlExportError:
+        out = self._tensor(op.outputs[0])
+        return EspdlExportError(f"op {op.index} {op.name} ('{out.name.split(';')[0]}'): {why}")
+
+    def _node(self, op: Operator, op_type: str, inputs: list[str], outputs: list[str], **attributes) -> None:
+        name = self.names.make(f"{op_type}:{outputs[0]}", derived=True)
+        self.model.nodes.append(Node(name, op_type, tuple(inputs), tuple(outputs), {"quant_type": "S8", **attributes}))
+
+    # Ops.
+
+    def _weights(self, op: Operator, filters: np.ndarray, weight: TFLiteTensor, depthwise: bool) -> tuple[str, np.ndarray]:
+        exponents = self._exponent(weight)
+        if exponents.size > 1 and not self.target.per_channel_weights:
+            raise self._error(op, f"per-channel weights ({exponents.size} scales): {self.target.name} takes one "
+                                  "weight scale per tensor; quantize with per_channel=False")
+        values, dims, name = layout.blocked_filter(filters.astype(np.int8), depthwise)
+        return self._initializer(f"{self.variables[op.outputs[0]]}:weight", values, dims, exponents,
+                                 f"layout ==> {name}"), exponents
+
+    def _bias(self, op: Operator, index: int, exponents: np.ndarray) -> list[str]:
+        if index < 0:
+            return []
+        bias = self._tensor(index)
+        values = bias.data.astype(np.int64)
+        limit = 2 ** (self.target.bias_bits - 1)
+        wide = np.flatnonzero((values < -limit) | (values >= limit))
+        if wide.size:
+            c = int(wide[0])
+            raise self._error(op, f"bias of channel {c} is {int(values[c])} steps of 2^{int(exponents[c % exponents.size])}, "
+                                  f"beyond the {self.target.bias_bits} bits {self.target.name} keeps (|bias| < {limit})")
+        return [self._initializer(f"{self.variables[op.outputs[0]]}:bias", values.astype(np.int32),
+                                  values.shape, exponents)]
+
+    def _requantize_shift(self, op: Operator, x_exp: int, w_exps: np.ndarray, out_exp: int) -> None:
+        shifts = out_exp - x_exp - w_exps
+        if np.any(shifts < 0):
+            raise self._error(op, f"the output's grid 2^{out_exp} is finer than the accumulator's 2^{int(x_exp + w_exps.min())}: "
+                                  "ESP-DL only shifts right")
+
+    def conv(self, op: Operator, depthwise: bool = False) -> None:
+        x_i, w_i, b_i = (list(op.inputs) + [-1])[:3]
+        x, weight, out = self._tensor(x_i), self._tensor(w_i), self._tensor(op.outputs[0])
+        o = op.options
+        filters = weight.data
+        if depthwise:
+            if o.get("depthMultiplier", 1) != 1 or filters.shape[3] != x.shape[3]:
+                raise self._error(op, "a depthwise conv with a channel multiplier: ESP-DL takes one filter per channel")
+            filters = filters.transpose(3, 1, 2, 0)  # [1, H, W, C] -> [C, H, W, 1]
+        kernel = tuple(filters.shape[1:3])
+        strides = (o.get("strideH", 1), o.get("strideW", 1))
+        dilations = (o.get("dilationHFactor", 1), o.get("dilationWFactor", 1))
+        pads = layout.same_pads(x.shape[1:3], kernel, strides, dilations) if o.get("padding") == _SAME else (0, 0, 0, 0)
+        x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
+        self._name(op.outputs[0])
+        weight_name, w_exps = self._weights(op, filters, weight, depthwise)
+        self._requantize_shift(op, x_exp, w_exps, out_exp)
+        inputs = [self._variable(x_i), weight_name] + self._bias(op, b_i, x_exp + w_exps)
+        attributes = dict(dilations=dilations, group=int(x.shape[3]) if depthwise else 1, kernel_shape=kernel,
+                          pads=pads, strides=strides)
+        self._with_activation(op, "Conv", inputs, attributes)
+
+    def depthwise(self, op: Operator) -> None:
+        self.conv(op, depthwise=True)
+
+    def dense(self, op: Operator) -> None:
+        x_i, w_i, b_i = (list(op.inputs) + [-1])[:3]
+        x, weight = self._tensor(x_i), self._tensor(w_i)
+        if len(x.shape) != 2:
+            raise self._error(op, f"a dense layer on a {len(x.shape)}-D input: ESP-DL export takes [batch, features]")
+        x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
+        self._name(op.outputs[0])
+        filters = weight.data.reshape(weight.shape[0], 1, 1, weight.shape[1])  # a 1x1 conv's [N, 1, 1, C]
+        weight_name, w_exps = self._weights(op, filters, weight, False)
+        self._requantize_shift(op, x_exp, w_exps, out_exp)
+        inputs = [self._variable(x_i), weight_name] + self._bias(op, b_i, x_exp + w_exps)
+        self._with_activation(op, "Gemm", inputs, dict(alpha=1.0, beta=1.0, transB=0))
+
+    def _with_activation(self, op: Operator, op_type: str, inputs: list[str], attributes: dict) -> None:
+        """The node, with a fused ReLU as its `activation`, or a ReLU6 as a Clip after it at the same exponent
+        (the clamp at 6 is exact there)."""
+        fused = op.options.get("fusedActivationFunction", 0)
+        if fused not in (0, _RELU, _RELU6):
+            raise self._error(op, f"fused activation {fused}: ESP-DL export takes none, ReLU or ReLU6")
+        out_index = op.outputs[0]
+        out = self._value_info(out_index)
+        clips = fused == _RELU6 and 6.0 / self._tensor(out_index).scales[0] < 127
+        activation = "Relu" if fused == _RELU or (fused == _RELU6 and not clips) else "Linear"
+        if not clips:
+            self._node(op, op_type, inputs, [out.name], activation=activation, **attributes)
+            return
+        before = self._intermediate(f"{out.name}:before_clip", out.shape, out.exponents[0])
+        self._node(op, op_type, inputs, [before], activation="Relu", **attributes)
+        self._clip(op, before, out)
+
+    def _clip(self, op: Operator, x: str, out: ValueInfo) -> None:
+        """ReLU6 at exponent e: a Clip to [0, 6] whose 256-entry table maps each int8 step to itself, clamped."""
+        e = out.exponents[0]
+        top = int(round(6.0 * 2.0**-e))
+        low = self._initializer(f"{out.name}:clip_min", np.array([0], np.int8), (), e)
+        high = self._initializer(f"{out.name}:clip_max", np.array([top], np.int8), (), e)
+        table = np.clip(np.arange(-128, 128), 0, top).astype(np.int8)
+        lut = self._initializer(f"Clip_lut_{sum(n.op_type == 'Clip' for n in self.model.nodes)}", table, (256,), e)
+        self.model.nodes.append(Node(self.names.make(f"Clip:{out.name}", derived=True), "Clip", (x, low, high), (out.name,),
+                                     {"quant_type": "S8", "lut": lut}))
+
+    def add(self, op: Operator) -> None:
+        exps = [self._activation_exponent(i) for i in op.inputs] + [self._activation_exponent(op.outputs[0])]
+        if len(set(exps)) != 1:
+            raise self._error(op, f"inputs at 2^{exps[0]} and 2^{exps[1]}, output at 2^{exps[2]}: ESP-DL adds int8 "
+                                  "values as they are, so they must share one exponent; quantize (or tfqat.retarget) "
+                                  f"the model for {self.target.name}, whose Add shares it")
+        inputs = [self._variable(i) for i in op.inputs]
+        fused = op.options.get("fusedActivationFunction", 0)
+        out = self._value_info(op.outputs[0])
+        if fused == 0:
+            self._node(op, "Add", inputs, [out.name])
+            return
+        if fused != _RELU:
+            raise self._error(op, f"fused activation {fused} after an Add: ESP-DL export takes none or ReLU")
+        before = self._intermediate(f"{out.name}:before_relu", out.shape, out.exponents[0])
+        self._node(op, "Add", inputs, [before])
+        self._node(op, "Relu", [before], [out.name])
+
+    def mean(self, op: Operator) -> None:
+        x = self._tensor(op.inputs[0])
+        axes = sorted(int(a) % 4 for a in np.atleast_1d(self._tensor(op.inputs[1]).data))
+        if len(x.shape) != 4 or axes != [1, 2]:
+            raise self._error(op, f"a mean over axes {axes}: ESP-DL export takes a global average pool (axes 1, 2 of NHWC)")
+        out_exp = self._activation_exponent(op.outputs[0])
+        pooled_shape = (x.shape[0], 1, 1, x.shape[3])
+        if op.options.get("keepDims"):
+            out = self._value_info(op.outputs[0], pooled_shape)
+            self._node(op, "GlobalAveragePool", [self._variable(op.inputs[0])], [out.name])
+            return
+        out = self._value_info(op.outputs[0])
+        pooled = self._intermediate(f"{out.name}:pooled", pooled_shape, out_exp)
+        self._node(op, "GlobalAveragePool", [self._variable(op.inputs[0])], [pooled])
+        self._node(op, "Flatten", [pooled], [out.name], axis=1)
+
+    def reshape(self, op: Operator) -> None:
+        out = self._value_info(op.outputs[0])
+        if self._activation_exponent(op.inputs[0]) != out.exponents[0]:
+            raise self._error(op, "a reshape that changes the scale")
+        shape = self._initializer(f"{out.name}:shape", np.asarray(out.shape, np.int64), (len(out.shape),), 0)
+        self._node(op, "Reshape", [self._variable(op.inputs[0]), shape], [out.name])
+
+
+_OPS = {
+    "CONV_2D": _Converter.conv,
+    "DEPTHWISE_CONV_2D": _Converter.depthwise,
+    "FULLY_CONNECTED": _Converter.dense,
+    "ADD": _Converter.add,
+    "MEAN": _Converter.mean,
+    "RESHAPE": _Converter.reshape,
+}
