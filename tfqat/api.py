@@ -182,15 +182,29 @@ def retarget(qat_model, target: str):
 
     Training never uses the exact rounding (only inference and the export's metadata do), so a model
     trained for one target is, with its weights unchanged, the model for another: `retarget` it before
-    checking it against, or exporting it for, that runtime. The int8 file's tensors are the same.
+    checking it against, or exporting it for, that runtime. The int8 file's tensors are the same, except
+    for a target that adds raw int8 values (ESP-DL): there an Add's inputs take the widest of their and its
+    output's scales, as `quantize_model` for that target would have made them.
 
     Args:
       qat_model: a model from `quantize_model`, `ptq` or `load_model`.
       target: a key of `tfqat.targets.TARGETS`.
+
+    Raises:
+      ValueError: the model uses what the target cannot run (per-channel weights on ESP32-S3, unsigned
+        activations where there are no zero points).
     """
-    target = target_named(target).name
-    if not quantized_tensors(qat_model):
+    runtime = target_named(target)
+    target = runtime.name
+    tensors = quantized_tensors(qat_model)
+    if not tensors:
         raise ValueError(f"model {qat_model.name!r} has no tfqat quantizers; retarget takes a tfqat QAT model")
+    if not runtime.per_channel_weights and any(getattr(t.quantizer, "per_channel", False) for t in tensors):
+        raise ValueError(f"model {qat_model.name!r} has per-channel weights; target {target!r} takes one weight "
+                         "scale per tensor: quantize it again with per_channel=False")
+    if not runtime.zero_points and any(getattr(t.quantizer, "unsigned", False) for t in tensors):
+        raise ValueError(f"model {qat_model.name!r} has unsigned activations (zero point -128); target {target!r} "
+                         "has no zero points: quantize it again with unsigned_activations=False")
 
     def with_target(node):
         if isinstance(node, dict):
