@@ -214,3 +214,22 @@ def test_cli_writes_the_file_and_explains_a_refusal(exported, tmp_path, capsys):
     other = "esp32p4" if chip == "esp32s3" else "esp32s3"
     assert main(["espdl", str(path), str(tmp_path / "no.espdl"), "--chip", other]) == 2
     assert "quantized for target" in capsys.readouterr().err and not (tmp_path / "no.espdl").exists()
+
+
+def test_accumulator_peaks_bound_every_partial_sum(exported):
+    """The first conv's peak is the largest sum of |x * w| + |bias| over its windows, computed here directly."""
+    from tfqat.espdl.accumulators import LANE_LIMIT, accumulator_peaks
+
+    chip, _, path = exported
+    program = IntegerModel(path, ties=chip)
+    inputs = np.random.default_rng(3).integers(-128, 128, (5, SIZE, SIZE, 3)).astype(np.int8)
+    peaks, outputs = accumulator_peaks(program, inputs, batch=2)
+    assert np.array_equal(outputs, program.run(inputs).outputs[0])
+    graph = program.graph
+    conv = graph.operators[0]
+    w, b = (np.abs(graph.tensors[i].data.astype(np.int64)) for i in conv.inputs[1:3])  # [N, 3, 3, C], [N]
+    x = np.pad(np.abs(inputs.astype(np.int64)), ((0, 0), (0, 1), (0, 1), (0, 0)))  # SAME, stride 2: pad at the end
+    direct = max(int(np.sum(x[k, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3] * w[n]) + b[n])
+                 for k in range(5) for i in range(3) for j in range(3) for n in range(w.shape[0]))
+    assert peaks[0].bound == direct and peaks[0].op.startswith("op 0 CONV_2D")
+    assert len(peaks) == 4 and all(p.headroom_bits == np.log2(LANE_LIMIT / p.bound) for p in peaks)

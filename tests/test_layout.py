@@ -16,6 +16,7 @@ LIBRARY = {
     "tflite": {"quantization", "graph", "data"},
     "evaluation": {"tflite", "data"},  # runs exported models on labelled folders
     "integer": {"tflite"},  # the executor reads tflite.ops (no TensorFlow); its comparison runs tflite.litert
+    "espdl": {"integer", "tflite"},  # reads the int8 .tflite, runs the integer reference for the embedded test
 }
 HELPERS = {  # pure helpers
     "tfqat", "tfqat._keras", "tfqat.files", "tfqat.targets", "tfqat.fixedpoint", "tfqat.preprocessing", "tfqat.progress",

@@ -26,6 +26,7 @@ _API = {
     "retarget": "tfqat.api",
     "equalize": "tfqat.post_training.equalize",
     "execute_tflite": "tfqat.integer.executor",
+    "export_espdl": "tfqat.espdl.export",
     "export_micro": "tfqat.tflite.micro",
     "export_tflite": "tfqat.tflite.export",
     "fold_batch_norms": "tfqat.graph.folding",
