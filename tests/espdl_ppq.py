@@ -63,6 +63,7 @@ def float_onnx(model: Model):
     for node in model.nodes:
         a = dict(node.attributes)
         a.pop("quant_type", None)
+        a.pop("lut", None)  # esp-ppq makes the tables itself
         out = node.outputs[0]
         if node.op_type in ("Conv", "Gemm"):
             w = consts[node.inputs[1]]
@@ -92,6 +93,18 @@ def float_onnx(model: Model):
             nodes.append(helper.make_node("Clip", inputs, [out], name=node.name))
         elif node.op_type in ("Add", "GlobalAveragePool", "Flatten", "Relu"):
             nodes.append(helper.make_node(node.op_type, list(node.inputs), [out], name=node.name, **a))
+        elif node.op_type in ("MaxPool", "AveragePool"):
+            nodes.append(helper.make_node(node.op_type, list(node.inputs), [out], name=node.name,
+                                          **{k: list(v) for k, v in a.items()}))
+        elif node.op_type == "Concat":
+            axis = {0: 0, 3: 1, 1: 2, 2: 3}[a["axis"]]  # NHWC -> NCHW
+            nodes.append(helper.make_node("Concat", list(node.inputs), [out], name=node.name, axis=axis))
+        elif node.op_type == "Reshape":
+            shape = consts[node.inputs[1]]
+            if len(shape.values) != 2:
+                raise NotImplementedError("a reshape to more than [batch, features] in this test")
+            initializers[shape.name] = numpy_helper.from_array(shape.values.astype(np.int64), shape.name)
+            nodes.append(helper.make_node("Reshape", list(node.inputs), [out], name=node.name))
         else:
             raise NotImplementedError(f"no ONNX form for {node.op_type} in this test")
 

@@ -233,3 +233,15 @@ def test_accumulator_peaks_bound_every_partial_sum(exported):
                  for k in range(5) for i in range(3) for j in range(3) for n in range(w.shape[0]))
     assert peaks[0].bound == direct and peaks[0].op.startswith("op 0 CONV_2D")
     assert len(peaks) == 4 and all(p.headroom_bits == np.log2(LANE_LIMIT / p.bound) for p in peaks)
+
+
+def test_an_op_without_a_translation_is_refused_by_name(tmp_path):
+    """EfficientNet's swish and squeeze-and-excitation (LOGISTIC, MUL), MobileNetV3's hard-swish: not yet."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="sigmoid")(inputs)
+    qat = tfqat.quantize_model(keras.Model(inputs, layers.Dense(5)(layers.GlobalAveragePooling2D()(x))), target="esp32s3")
+    tfqat.calibrate(qat, images(16, 1))
+    with pytest.raises(EspdlExportError, match=r"op 1 LOGISTIC .*no rule for LOGISTIC"):
+        export_espdl(qat, tmp_path / "sigmoid.espdl")
+    assert not (tmp_path / "sigmoid.espdl").exists()

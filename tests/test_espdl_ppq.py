@@ -34,6 +34,9 @@ CASES = {  # name -> (chip, per_channel, network or None for the small model, im
     "small-p4-per-channel": ("esp32p4", True, None, 6),
     "mobilenetv2-s3": ("esp32s3", False, "MobileNetV2", 64),
     "mobilenetv2-p4-per-channel": ("esp32p4", True, "MobileNetV2", 64),
+    "mobilenet-p4": ("esp32p4", False, "MobileNet", 64),  # a reshape after the classifier conv
+    "resnet50-s3": ("esp32s3", False, "ResNet50", 64),  # zero padding folded, max pool, Add then ReLU
+    "densenet121-p4": ("esp32p4", False, "DenseNet121", 64),  # concatenations, average pools
 }
 
 
@@ -61,25 +64,33 @@ def case(request, tmp_path_factory):
     tflite = tfqat.export_tflite(qat, folder / "model.tflite")
     ours = export_espdl(tflite, folder / "tfqat.espdl")
     run = espdl_ppq.PPQRun(to_espdl(read_graph(tflite), chip, name="tfqat"), chip, folder)
-    inputs = litert.quantize(rng.uniform(low, high, (4, size, size, 3)).astype(np.float32), litert.describe(tflite).inputs[0])
-    return chip, tflite, ours, run, inputs
+    float_inputs = rng.uniform(low, high, (4, size, size, 3)).astype(np.float32)
+    io = litert.describe(tflite)
+    keras_steps = np.round(qat.predict(float_inputs, verbose=0) / io.outputs[0].scale) + io.outputs[0].zero_point
+    return chip, tflite, ours, run, litert.quantize(float_inputs, io.inputs[0]), keras_steps
+
+
+def test_the_keras_model_for_the_chip_computes_the_integer_reference(case):
+    chip, tflite, _, _, inputs, keras_steps = case
+    reference = IntegerModel(tflite, ties=chip).run(inputs).outputs[0]
+    assert np.array_equal(reference.reshape(keras_steps.shape), keras_steps)
 
 
 def test_a_tfqat_file_means_what_esp_ppqs_file_means(case):
-    chip, _, ours, run, _ = case
+    chip, _, ours, run, _, _ = case
     theirs = run.export(ours.test_input[None])
     assert espdl_ppq.differences(espdl_ppq.decode(ours.path), espdl_ppq.decode(theirs)) == []
 
 
 def test_esp_ppqs_executor_computes_the_integer_reference(case):
-    chip, tflite, _, run, inputs = case
+    chip, tflite, _, run, inputs, _ = case
     reference = IntegerModel(tflite, ties=chip).run(inputs).outputs[0]
     got = np.stack([outputs[0][0] for outputs in run.run(inputs)])
     assert np.array_equal(got, reference.reshape(got.shape))
 
 
 def test_the_file_parses_with_espressifs_readers_and_checks_itself(case):
-    chip, tflite, ours, _, _ = case
+    chip, tflite, ours, _, _, _ = case
     decoded = espdl_ppq.decode(ours.path)
     assert decoded["metadata"]["target"] == chip and decoded["ir_version"] == 7
     [test_input] = decoded["test_inputs"].values()

@@ -2,9 +2,9 @@
 
 The TFLite file tfqat exports already has ESP-DL's number format: every scale is 2**exponent, zero points
 are 0, biases sit on the accumulator's grid. What changes is the form: NHWC value infos with exponents,
-filters in the chip's blocked layout, explicit pads, ReLU6 as a Clip with a lookup table (ESP-DL fuses
-only ReLU into a conv), a mean over height and width as GlobalAveragePool then Flatten, a dense layer as
-Gemm. What ESP-DL cannot express is refused, naming the op and the reason: a zero point, a scale that is
+filters in the chip's blocked layout, explicit pads (a zero PAD folded into the conv or pooling after
+it), ReLU6 as a Clip with a lookup table (ESP-DL fuses only ReLU into a conv), a mean over height and
+width as GlobalAveragePool then Flatten, a dense layer as Gemm. What ESP-DL cannot express is refused, naming the op and the reason: a zero point, a scale that is
 not a power of two, per-channel weights on ESP32-S3, a bias wider than the chip keeps, an output grid
 finer than its accumulator's, an Add whose inputs have other exponents than its output, an op ESP-DL lacks.
 """
@@ -69,6 +69,8 @@ class _Converter:
         self.graph, self.target, self.name = graph, target, name
         self.names = _Names(set())
         self.variables: dict[int, str] = {}  # TFLite tensor index -> ESP-DL variable name
+        self.pads: dict[int, tuple] = {}  # a PAD's output -> (its input's index, (top, left, bottom, right))
+        self.tables: dict[tuple, str] = {}  # (op type, exponent, table bytes) -> its initializer's name
         self.model = Model(name, [], [], [], [], [], metadata={"target": target.name})
 
     def run(self) -> Model:
@@ -79,6 +81,9 @@ class _Converter:
             if convert is None:
                 raise self._error(op, f"ESP-DL export has no rule for {op.name}")
             convert(self, op)
+        if self.pads:
+            index = next(iter(self.pads))
+            raise EspdlExportError(f"{self._tensor(index).label}: a padding no conv or pooling takes")
         for index in self.graph.outputs:
             self.model.outputs.append(next(v for v in self.model.value_info if v.name == self.variables[index]))
         return self.model
@@ -189,6 +194,7 @@ class _Converter:
         strides = (o.get("strideH", 1), o.get("strideW", 1))
         dilations = (o.get("dilationHFactor", 1), o.get("dilationWFactor", 1))
         pads = layout.same_pads(x.shape[1:3], kernel, strides, dilations) if o.get("padding") == _SAME else (0, 0, 0, 0)
+        x_i, pads = self._padded(op, x_i, pads, zero_only=False)
         x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
         self._name(op.outputs[0])
         weight_name, w_exps = self._weights(op, filters, weight, depthwise)
@@ -200,6 +206,75 @@ class _Converter:
 
     def depthwise(self, op: Operator) -> None:
         self.conv(op, depthwise=True)
+
+    def _padded(self, op: Operator, x_i: int, pads: tuple, zero_only: bool) -> tuple[int, tuple]:
+        """The op's real input and its pads, with a PAD before it folded in (zeros, as the op's own padding
+        adds; for a max pool only over non-negative values, where a zero never wins)."""
+        if x_i not in self.pads:
+            return x_i, pads
+        source, extra = self.pads.pop(x_i)
+        if zero_only and not self._non_negative(source):
+            raise self._error(op, "zero padding before a max pool of values that may be negative: ESP-DL pads a "
+                                  "max pool with the lowest value")
+        return source, tuple(a + b for a, b in zip(pads, extra))
+
+    def _non_negative(self, index: int) -> bool:
+        """Whether a tensor comes out of a fused ReLU or ReLU6 (then it is never negative)."""
+        for op in self.graph.operators:
+            if index in op.outputs:
+                return op.options.get("fusedActivationFunction", 0) in (_RELU, _RELU6) or op.name in ("RELU", "RELU6")
+        return False
+
+    def pad(self, op: Operator) -> None:
+        """Zero padding of height and width, folded into the conv or pooling that reads it."""
+        paddings = np.asarray(self._tensor(op.inputs[1]).data).reshape(-1, 2)
+        x_i = op.inputs[0]
+        if paddings.shape[0] != 4 or paddings[0].any() or paddings[3].any():
+            raise self._error(op, f"padding {paddings.tolist()}: ESP-DL export folds padding of height and width only")
+        if self._activation_exponent(x_i) != self._activation_exponent(op.outputs[0]):
+            raise self._error(op, "a padding that changes the scale")
+        (top, bottom), (left, right) = paddings[1], paddings[2]
+        self.pads[op.outputs[0]] = (x_i, (int(top), int(left), int(bottom), int(right)))
+
+    def _pool(self, op: Operator, op_type: str) -> None:
+        o = op.options
+        x_i = op.inputs[0]
+        kernel, strides = (o["filterHeight"], o["filterWidth"]), (o.get("strideH", 1), o.get("strideW", 1))
+        x = self._tensor(x_i)
+        pads = layout.same_pads(x.shape[1:3], kernel, strides, (1, 1)) if o.get("padding") == _SAME else (0, 0, 0, 0)
+        if op_type == "AveragePool" and any(pads):
+            raise self._error(op, "an average pool over padding: TFLite divides by the pixels inside, ESP-DL "
+                                  "export takes unpadded average pools only")
+        x_i, pads = self._padded(op, x_i, pads, zero_only=True)
+        if self._activation_exponent(x_i) != self._activation_exponent(op.outputs[0]):
+            raise self._error(op, "a pooling that changes the scale")
+        if o.get("fusedActivationFunction", 0):
+            raise self._error(op, "a pooling with a fused activation")
+        out = self._value_info(op.outputs[0])
+        self._node(op, op_type, [self._variable(x_i)], [out.name], kernel_shape=kernel, pads=pads, strides=strides)
+
+    def max_pool(self, op: Operator) -> None:
+        self._pool(op, "MaxPool")
+
+    def average_pool(self, op: Operator) -> None:
+        self._pool(op, "AveragePool")
+
+    def concatenation(self, op: Operator) -> None:
+        exponents = {self._activation_exponent(i) for i in (*op.inputs, *op.outputs)}
+        if len(exponents) != 1:
+            raise self._error(op, f"inputs and output at exponents {sorted(exponents)}: ESP-DL concatenates int8 "
+                                  "values as they are, so they must share one")
+        if op.options.get("fusedActivationFunction", 0):
+            raise self._error(op, "a concatenation with a fused activation")
+        rank = len(self._tensor(op.outputs[0]).shape)
+        out = self._value_info(op.outputs[0])
+        self._node(op, "Concat", [self._variable(i) for i in op.inputs], [out.name],
+                   axis=op.options.get("axis", -1) % rank)
+
+    def relu(self, op: Operator) -> None:
+        if self._activation_exponent(op.inputs[0]) != self._activation_exponent(op.outputs[0]):
+            raise self._error(op, "a ReLU that changes the scale: ESP-DL's Relu keeps its input's exponent")
+        self._relu(op, self._variable(op.inputs[0]), self._value_info(op.outputs[0]))
 
     def dense(self, op: Operator) -> None:
         x_i, w_i, b_i = (list(op.inputs) + [-1])[:3]
@@ -231,16 +306,29 @@ class _Converter:
         self._node(op, op_type, inputs, [before], activation="Relu", **attributes)
         self._clip(op, before, out)
 
+    def _table(self, op_type: str, table: np.ndarray, exponent: int) -> str:
+        """A 256-entry int8 lookup table (entry i: the output for input i - 128) at the output's exponent,
+        one initializer per distinct table, named as Espressif's exporter names them."""
+        key = (op_type, exponent, table.tobytes())
+        if key not in self.tables:
+            count = sum(k[0] == op_type for k in self.tables)
+            self.tables[key] = self._initializer(f"{op_type}_lut_{count}", table.astype(np.int8), (256,), exponent)
+        return self.tables[key]
+
     def _clip(self, op: Operator, x: str, out: ValueInfo) -> None:
-        """ReLU6 at exponent e: a Clip to [0, 6] whose 256-entry table maps each int8 step to itself, clamped."""
+        """ReLU6 at exponent e: a Clip to [0, 6] whose table maps each int8 step to itself, clamped."""
         e = out.exponents[0]
         top = int(round(6.0 * 2.0**-e))
         low = self._initializer(f"{out.name}:clip_min", np.array([0], np.int8), (), e)
         high = self._initializer(f"{out.name}:clip_max", np.array([top], np.int8), (), e)
-        table = np.clip(np.arange(-128, 128), 0, top).astype(np.int8)
-        lut = self._initializer(f"Clip_lut_{sum(n.op_type == 'Clip' for n in self.model.nodes)}", table, (256,), e)
+        lut = self._table("Clip", np.clip(np.arange(-128, 128), 0, top), e)
         self.model.nodes.append(Node(self.names.make(f"Clip:{out.name}", derived=True), "Clip", (x, low, high), (out.name,),
                                      {"quant_type": "S8", "lut": lut}))
+
+    def _relu(self, op: Operator, x: str, out: ValueInfo) -> None:
+        """A ReLU that is no conv's: a Relu node with its table (ESP-DL runs int8 activations by table)."""
+        lut = self._table("Relu", np.maximum(np.arange(-128, 128), 0), out.exponents[0])
+        self._node(op, "Relu", [x], [out.name], lut=lut)
 
     def add(self, op: Operator) -> None:
         exps = [self._activation_exponent(i) for i in op.inputs] + [self._activation_exponent(op.outputs[0])]
@@ -258,7 +346,7 @@ class _Converter:
             raise self._error(op, f"fused activation {fused} after an Add: ESP-DL export takes none or ReLU")
         before = self._intermediate(f"{out.name}:before_relu", out.shape, out.exponents[0])
         self._node(op, "Add", inputs, [before])
-        self._node(op, "Relu", [before], [out.name])
+        self._relu(op, before, out)
 
     def mean(self, op: Operator) -> None:
         x = self._tensor(op.inputs[0])
@@ -291,4 +379,9 @@ _OPS = {
     "ADD": _Converter.add,
     "MEAN": _Converter.mean,
     "RESHAPE": _Converter.reshape,
+    "PAD": _Converter.pad,
+    "MAX_POOL_2D": _Converter.max_pool,
+    "AVERAGE_POOL_2D": _Converter.average_pool,
+    "CONCATENATION": _Converter.concatenation,
+    "RELU": _Converter.relu,
 }

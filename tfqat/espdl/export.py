@@ -68,10 +68,10 @@ def export_espdl(model, path: str | os.PathLike, *, chip: str | None = None, tes
         )
     try:
         graph = read_graph(content, label)
-        reference = IntegerModel(content, ties=chip)
     except ExecutorError as error:
         raise convert.EspdlExportError(str(error)) from None
     espdl = convert.to_espdl(graph, chip, name=Path(path).stem)
+    reference = IntegerModel(content, ties=chip)
     [spec] = reference.inputs
     quantized = _test_input(spec, content, test_input)
     outputs = reference.run(quantized, keep_tensors=False).outputs

@@ -30,6 +30,8 @@ HOW = {
     ("AVERAGE_POOL_2D", "micro"): "the window's sum divided by its element count",
     ("MEAN", "xnnpack"): "the raw sum times the float32 scale (s_in / s_out) * (1 / count), rounded half to even",
     ("MEAN", "espdl"): "the sum times the float32 scale (1 / count) * (s_in / s_out), rounded by the chip's rule",
+    ("AVERAGE_POOL_2D", "espdl"): "the window's sum times the float32 scale (1 / count) * (s_in / s_out), rounded "
+    "by the chip's rule",
 }
 for _op in ("SOFTMAX", "LOGISTIC", "AVERAGE_POOL_2D"):
     HOW[_op, "xnnpack"] = HOW[_op, "litert"]
@@ -82,11 +84,7 @@ def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour:
     count = int(np.prod([values[0].shape[a] for a in axes]))
     keep = bool(op.options.get("keepDims"))
     if MEAN_ARITHMETIC[flavour] == "espdl_float32":
-        f32 = np.float32
-        scale = (f32(1) / f32(count)) * f32(x_t.scales[0] / out.scales[0])  # times a power of two: exact
-        product = np.sum(values[0], axis=axes, keepdims=keep).astype(f32) * scale
-        steps = np.floor(product + f32(0.5)) if rule == "half_up" else np.rint(product)
-        return np.clip(steps, -128, 127).astype(np.int64)
+        return _espdl_average(np.sum(values[0], axis=axes, keepdims=keep), count, x_t, out, rule)
     if MEAN_ARITHMETIC[flavour] == "float32":
         f32 = np.float32
         scale = f32(x_t.scales[0]) / f32(out.scales[0]) * (f32(1) / f32(count))
@@ -101,6 +99,16 @@ def mean(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour:
     return np.clip(steps, -128, 127)
 
 
+def _espdl_average(total: np.ndarray, count, x_t: Tensor, out: Tensor, rule: str) -> np.ndarray:
+    """ESP-DL's average of int8 values (no zero points): float32(sum) * ((1.0f / count) * 2**(e_in - e_out)),
+    rounded by the chip's rule (floorf(x + 0.5) on ESP32-S3, to even on ESP32-P4), saturated."""
+    f32 = np.float32
+    scale = (f32(1) / np.asarray(count).astype(f32)) * f32(x_t.scales[0] / out.scales[0])  # times 2**k: exact
+    product = np.asarray(total).astype(f32) * scale
+    steps = np.floor(product + f32(0.5)) if rule == "half_up" else np.rint(product)
+    return np.clip(steps, -128, 127).astype(np.int64)
+
+
 def average_pool_2d(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flavour: str, rule: str = "") -> np.ndarray:
     out = tensors[-1]
     o = op.options
@@ -108,5 +116,7 @@ def average_pool_2d(op: Operator, tensors: list[Tensor], values: list[np.ndarray
     x = values[0]
     total = windows(x, kh, kw, o, out.shape[1:3]).sum(axis=(-2, -1))
     count = windows(np.ones((1, *x.shape[1:3], 1), np.int64), kh, kw, o, out.shape[1:3]).sum(axis=(-2, -1))
+    if MEAN_ARITHMETIC[flavour] == "espdl_float32":
+        return _espdl_average(total, count, tensors[0], out, rule)
     low, high = activation_range(out, o.get("fusedActivationFunction", 0))
     return np.clip(fp.divide_round_half_away(total, count), low, high)
