@@ -13,7 +13,6 @@ chip cannot run (per-channel weights on ESP32-S3) is listed with the reason. Wri
 """
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtimes import keras_steps  # noqa: E402
+from runtimes import keras_steps, load_run, trained_qat  # noqa: E402
 
 CHIPS = ("esp32s3", "esp32p4")
 
@@ -37,15 +36,8 @@ def measure(args, method_name: str, run, float_model, float_correct: np.ndarray)
     from tfqat.tflite import export, litert
 
     method = find_method(method_name)
-    recipe = run.recipe(method)
     published = (Path(args.export_dir) / method.file).read_bytes()
-    trained_for = export.read_target_metadata(published)
-    qat = tfqat.quantize_model(
-        float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
-        unsigned_activations=recipe.unsigned_activations, target=trained_for,
-    )
-    qat = tfqat.retarget(qat, trained_for)
-    qat.load_weights(str(Path(args.run) / f"{method.name}.weights.h5"))
+    qat, trained_for = trained_qat(method, run, float_model, published, args.run)
     images, labels = run.test_images, run.test_labels
     rows = []
     for chip in args.chips:
@@ -93,7 +85,8 @@ def markdown(result: dict) -> str:
         "the chip. Mismatched: int8 output elements where the two differ. Difference to float: paired, in points, "
         "with the images only one of the two gets right. Accumulator peak: over the test split, the largest sum "
         "of |product| + |bias| of any conv or dense output (`tfqat.espdl.accumulators`), against ESP32-S3's "
-        "20-bit accumulator lanes (2^19 = 524,288): below it, no partial sum can saturate there, in any order.",
+        "20-bit accumulator lanes (2^19 = 524,288): below it, no partial sum can saturate there, in any order "
+        "(ESP32-P4 accumulates in 32-bit lanes).",
         "",
         "| file | chip | bytes | accuracy (chip) | accuracy (Keras for it) | mismatched elements | vs float (points) "
         "| only float right / only chip right | accumulator peak (op) |",
@@ -103,11 +96,13 @@ def markdown(result: dict) -> str:
         if "not_run" in r:
             lines.append(f"| {r['model']} | {r['chip']} | not run: {r['not_run']} | | | | | | |")
             continue
+        peak = "- (32-bit lanes)"
+        if r["chip"] == "esp32s3":
+            peak = f"{r['accumulator_peak']:,} ({r['accumulator_peak_op']}; {r['headroom_bits']:+.2f} bits)"
         lines.append(
             f"| {r['file']} | {r['chip']} | {r['bytes']:,} | {r['accuracy']:.4f} | {r['keras_accuracy']:.4f} "
             f"| {r['mismatched']} of {r['elements']} | {r['versus_float_points']:+.2f} "
-            f"| {r['only_float_right']} / {r['only_chip_right']} | {r['accumulator_peak']:,} "
-            f"({r['accumulator_peak_op']}; {r['headroom_bits']:+.2f} bits) |"
+            f"| {r['only_float_right']} / {r['only_chip_right']} | {peak} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -128,15 +123,7 @@ def main() -> None:
         parser.error(f"--chips {args.chips}: choose from {','.join(CHIPS)}")
     Path(args.work).mkdir(parents=True, exist_ok=True)
 
-    from tfqat.flowers.options import recorded_settings
-    from tfqat.flowers.pipeline import Run, RunOptions
-
-    settings = recorded_settings(args.run)
-    if not settings:
-        parser.error(f"--run {args.run}: no finished run there (state.json)")
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    run = Run(RunOptions(**{**{k: v for k, v in settings.items() if k in fields}, "out": Path(args.run), "data": args.data}))
-    run.load_data()
+    run = load_run(args.run, args.data)
     float_model = run.float_model()
     float_correct = float_model.predict(run.test_images, batch_size=32, verbose=0).argmax(-1) == run.test_labels
     rows = []

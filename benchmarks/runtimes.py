@@ -83,6 +83,37 @@ def run_executor(path: Path, target: str, quantized: np.ndarray, count: int) -> 
     return np.concatenate(outputs), ties
 
 
+def load_run(run_folder, data):
+    """The finished run that trained the published models, with its data loaded (its own settings)."""
+    from tfqat.flowers.options import recorded_settings
+    from tfqat.flowers.pipeline import Run, RunOptions
+
+    settings = recorded_settings(run_folder)
+    if not settings:
+        raise SystemExit(f"--run {run_folder}: no finished run there (state.json)")
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    run = Run(RunOptions(**{**{k: v for k, v in settings.items() if k in fields}, "out": Path(run_folder), "data": data}))
+    run.load_data()
+    return run
+
+
+def trained_qat(method, run, float_model, published: bytes, run_folder):
+    """The QAT model of a published file: its method's recipe, the target the file records, the trained weights."""
+    import tfqat
+    from tfqat.tflite import export
+
+    recipe = run.recipe(method)
+    trained_for = export.read_target_metadata(published)
+    qat = tfqat.quantize_model(
+        float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
+        unsigned_activations=recipe.unsigned_activations, target=trained_for,
+    )
+    # Rebuilt from its config under tfqat's loading scope, whose wrappers read the weights file's layout.
+    qat = tfqat.retarget(qat, trained_for)
+    qat.load_weights(str(Path(run_folder) / f"{method.name}.weights.h5"))
+    return qat, trained_for
+
+
 def measure(args, method_name: str, run, float_model) -> list[dict]:
     import tfqat
     from tfqat.flowers.methods import method as find_method
@@ -90,17 +121,9 @@ def measure(args, method_name: str, run, float_model) -> list[dict]:
     from tfqat.tflite.micro import measure_arena
 
     method = find_method(method_name)
-    recipe = run.recipe(method)
     path = Path(args.export_dir) / method.file
     content = path.read_bytes()
-    trained_for = export.read_target_metadata(content)
-    qat = tfqat.quantize_model(
-        float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
-        unsigned_activations=recipe.unsigned_activations, target=trained_for,
-    )
-    # Rebuilt from its config under tfqat's loading scope, whose wrappers read the weights file's layout.
-    qat = tfqat.retarget(qat, trained_for)
-    qat.load_weights(str(Path(args.run) / f"{method.name}.weights.h5"))
+    qat, trained_for = trained_qat(method, run, float_model, content, args.run)
     if export.convert_int8(qat) != export.convert_int8(tfqat.retarget(qat, trained_for)):
         raise SystemExit("retargeting changed the int8 file")
     io = litert.describe(content)
@@ -178,15 +201,7 @@ def main() -> None:
 
     from importlib.metadata import version
 
-    from tfqat.flowers.options import recorded_settings
-    from tfqat.flowers.pipeline import Run, RunOptions
-
-    settings = recorded_settings(args.run)
-    if not settings:
-        parser.error(f"--run {args.run}: no finished run there (state.json)")
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    run = Run(RunOptions(**{**{k: v for k, v in settings.items() if k in fields}, "out": Path(args.run), "data": args.data}))
-    run.load_data()
+    run = load_run(args.run, args.data)
     float_model = run.float_model()
     rows = []
     for name in args.methods.split(","):

@@ -36,7 +36,7 @@ CASES = {  # name -> (chip, per_channel, network or None for the small model, im
     "mobilenetv2-p4-per-channel": ("esp32p4", True, "MobileNetV2", 64),
     "mobilenet-p4": ("esp32p4", False, "MobileNet", 64),  # a reshape after the classifier conv
     "resnet50-s3": ("esp32s3", False, "ResNet50", 64),  # zero padding folded, max pool, Add then ReLU
-    "densenet121-p4": ("esp32p4", False, "DenseNet121", 64),  # concatenations, average pools
+    "densenet121-p4": ("esp32p4", False, "DenseNet121", 32),  # concatenations, average pools
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfqat.espdl import layout
-from tfqat.espdl.model import INT8, Model, Node, Tensor, ValueInfo
+from tfqat.espdl.model import Model, Node, Tensor, ValueInfo
 from tfqat.integer.kernels import exponent as tflite_exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor as TFLiteTensor
 from tfqat.targets import Target, target_named
@@ -93,7 +93,8 @@ class _Converter:
     def _tensor(self, index: int) -> TFLiteTensor:
         return self.graph.tensors[index]
 
-    def _exponent(self, tensor: TFLiteTensor, op: Operator | None = None) -> np.ndarray:
+    def _exponent(self, tensor: TFLiteTensor) -> np.ndarray:
+        """The tensor's exponent(s): log2 of its scale(s), which must be powers of two."""
         try:
             return np.atleast_1d(tflite_exponent(tensor))
         except ExecutorError as error:
