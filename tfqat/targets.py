@@ -7,8 +7,9 @@ a tie goes). A target names the rule of each op, so the Keras QAT model
 runtime does. The rows for LiteRT and TFLite Micro are measured
 (`benchmarks/executor.py --rules`, ai-edge-litert 2.3.0 and tflite-micro
 0.dev20261023182759 on x86-64; evidence in benchmarks/results/executor.md); the
-half-up and half-to-even rows are the single roundings of CMSIS-NN and
-ESP32-S3, and of ESP32-P4. A chip's row also says what its int8 format allows
+half-up and half-to-even rows are single roundings (CMSIS-NN rounds half up),
+and the ESP-DL rows are read from Espressif's sources and checked against
+its esp-ppq (tests/test_espdl_ppq.py). A chip's row also says what its int8 format allows
 beyond rounding: ESP-DL (ESP32-S3, ESP32-P4) adds raw int8 values, so an Add's
 inputs share its output's scale; ESP32-S3 has per-tensor weights only and keeps
 20 bits of each bias. Pure Python: read without TensorFlow.
@@ -154,8 +155,8 @@ TARGETS: dict[str, Target] = {
             "TFLite Micro's reference kernels: MultiplyByQuantizedMultiplier's double rounding everywhere; "
             "LOGISTIC in gemmlowp fixed point",
         ),
-        Target("half_up", {"*": "half_up"}, "litert", None, "one rounding, ties up: CMSIS-NN, ESP32-S3"),
-        Target("half_even", {"*": "half_even"}, "litert", None, "one rounding, ties to even: ESP32-P4"),
+        Target("half_up", {"*": "half_up"}, "litert", None, "one rounding, ties up (CMSIS-NN); ESP-DL: esp32s3"),
+        Target("half_even", {"*": "half_even"}, "litert", None, "one rounding, ties to even; ESP-DL: esp32p4"),
         Target(
             "esp32s3", {"*": "half_up"}, "espdl", None,
             "ESP-DL on ESP32-S3: one rounding, ties up; global average pooling scales the int32 sum in float32 "

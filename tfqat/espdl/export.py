@@ -41,7 +41,9 @@ class EspdlExport:
     test_outputs: tuple[np.ndarray, ...]  # the embedded int8 outputs, from the integer reference
 
 
-def export_espdl(model, path: str | os.PathLike, *, chip: str | None = None, test_input: np.ndarray | None = None) -> EspdlExport:
+def export_espdl(
+    model, path: str | os.PathLike, *, chip: str | None = None, test_input: np.ndarray | None = None
+) -> EspdlExport:
     """Write `model` as an .espdl file for `chip`, with a test input and its outputs embedded.
 
     Args:

@@ -137,7 +137,7 @@ def _tensor(b, tensor: Tensor) -> int:
         "dims": b.CreateNumpyVector(np.asarray(tensor.dims, np.int64)),
         "name": b.CreateString(tensor.name),
         "doc_string": b.CreateString(tensor.doc_string) if tensor.doc_string else 0,
-        "raw_data": _aligned_rows(b, np.ascontiguousarray(tensor.values).astype(tensor.values.dtype.newbyteorder("<")).tobytes()),
+        "raw_data": _aligned_rows(b, np.ascontiguousarray(tensor.values, tensor.values.dtype.newbyteorder("<")).tobytes()),
         "exponents": b.CreateNumpyVector(np.asarray(tensor.exponents, np.int64)),
     }
     b.StartObject(len(_TENSOR))

@@ -69,8 +69,9 @@ class IntegerModel:
     Args:
       model: path to a .tflite file or its bytes.
       ties: a target's rounding (tfqat.targets.TARGETS: "reference", "builtin", "xnnpack", "micro" as
-        measured, "half_up", "half_even", the ESP-DL chips "esp32s3", "esp32p4"), one tie rule for every shift (tfqat.targets.RULES), or a
-        mapping op name -> rule ("*" for the other ops; default "tflite_double").
+        measured, "half_up", "half_even", the ESP-DL chips "esp32s3", "esp32p4"), one tie rule for every
+        shift (tfqat.targets.RULES), or a mapping op name -> rule ("*" for the other ops; default
+        "tflite_double").
       named: how the ops that are not shifts are computed: "litert" (LiteRT's kernels), "xnnpack" (its MEAN
         over a count that is not a power of two), "micro" (TFLite Micro's LOGISTIC) or "espdl" (ESP-DL's global
         average pool). Default: the target's, else "litert".
