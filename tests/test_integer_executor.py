@@ -97,7 +97,7 @@ def test_bad_inputs_and_options_are_explained(zoo):
         program.run(np.zeros((1, 12, 12, 6), np.float32))
     with pytest.raises(ValueError, match=r"has shape \[N, 12, 12, 6\]"):
         program.run(np.zeros((1, 12, 12, 5), np.int8))
-    with pytest.raises(ValueError, match=r"neither a target \(\['builtin', 'half_even', 'half_up', 'micro', 'reference'"):
+    with pytest.raises(ValueError, match=r"neither a target \(\['builtin', 'esp32p4', 'esp32s3', 'half_even', 'half_up', 'micro', 'reference'"):
         IntegerModel(zoo, ties="nearest")
     with pytest.raises(ValueError, match="named='tflm' is not valid"):
         IntegerModel(zoo, named="tflm")
