@@ -23,9 +23,8 @@ from tfqat.files import write_atomic
 from tfqat.integer.executor import IntegerModel
 from tfqat.integer.model import ExecutorError, read_graph
 from tfqat.preprocessing import PREPROCESSING_METADATA
-from tfqat.tflite.litert import TARGET_METADATA, model_label, read_metadata, read_model_bytes
+from tfqat.tflite.litert import LABELS_METADATA, TARGET_METADATA, model_label, read_metadata, read_model_bytes
 
-LABELS_METADATA = "tfqat_labels"
 TEST_SEED = 0
 
 

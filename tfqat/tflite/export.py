@@ -22,9 +22,7 @@ from tfqat.quantization.modes import tracing_for_export
 from tfqat.preprocessing import PREPROCESSING_METADATA, check_name as check_preprocessing
 from tfqat.quantization.tensors import model_preprocessing, model_target
 from tfqat.tflite.constants import requantize_shared_constants
-from tfqat.tflite.litert import TARGET_METADATA, read_metadata
-
-LABELS_METADATA = "tfqat_labels"
+from tfqat.tflite.litert import LABELS_METADATA, TARGET_METADATA, read_metadata
 
 
 class ExportError(RuntimeError):

@@ -31,6 +31,7 @@ KERNELS = tuple(_RESOLVERS)  # the kernel sets `load_interpreter(kernels=...)` r
 
 LITERT_DEFAULT: Kernels = "xnnpack"  # what `Interpreter(model_path=...)` applies
 TARGET_METADATA = "tfqat_target"  # the runtime whose rounding the Keras model reproduced (tfqat.targets)
+LABELS_METADATA = "tfqat_labels"  # the class names, one a line
 
 # A TFLite flatbuffer carries this file identifier at bytes 4..8.
 _TFLITE_IDENTIFIER = b"TFL3"
