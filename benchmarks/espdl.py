@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtimes import keras_steps, load_run, trained_qat  # noqa: E402
 
-CHIPS = ("esp32s3", "esp32p4")
+from tfqat.targets import ESPDL_TARGETS as CHIPS  # noqa: E402  (pure Python: no TensorFlow at start-up)
+
 
 
 def measure(args, method_name: str, run, float_model, float_correct: np.ndarray) -> list[dict]:

@@ -245,3 +245,14 @@ def test_an_op_without_a_translation_is_refused_by_name(tmp_path):
     with pytest.raises(EspdlExportError, match=r"op 1 LOGISTIC .*no rule for LOGISTIC"):
         export_espdl(qat, tmp_path / "sigmoid.espdl")
     assert not (tmp_path / "sigmoid.espdl").exists()
+
+
+def test_a_test_image_is_quantized_as_litert_quantizes_the_input(exported, tmp_path):
+    chip, _, path = exported
+    image = images(1, 7)[0]
+    result = export_espdl(path, tmp_path / "image.espdl", test_input=image)
+    assert np.array_equal(result.test_input, litert.quantize(image[None], litert.describe(path).inputs[0])[0])
+    with pytest.raises(ValueError, match=r"test_input has shape \(5, 5, 3\)"):
+        export_espdl(path, tmp_path / "bad.espdl", test_input=image[:5, :5])
+    with pytest.raises(ValueError, match="chip='esp32' is not one of"):
+        export_espdl(path, tmp_path / "bad.espdl", chip="esp32")

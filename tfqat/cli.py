@@ -556,6 +556,8 @@ def _micro(args: argparse.Namespace) -> int:
 
 
 def _add_espdl(subparsers) -> None:
+    from tfqat.targets import ESPDL_TARGETS
+
     parser = subparsers.add_parser(
         "espdl",
         help="write a tfqat int8 .tflite as an .espdl file for ESP-DL on ESP32-S3 or ESP32-P4",
@@ -567,7 +569,7 @@ def _add_espdl(subparsers) -> None:
     )
     parser.add_argument("model", help="the tfqat int8 .tflite file")
     parser.add_argument("out", help="the .espdl file to write")
-    parser.add_argument("--chip", choices=("esp32s3", "esp32p4"), default=None,
+    parser.add_argument("--chip", choices=ESPDL_TARGETS, default=None,
                         help="the chip (default: the target the model was quantized for)")
     parser.add_argument("--image", default=None, help="an image file for the embedded test (default: random int8 values)")
     _add_preprocessing(parser)

@@ -173,6 +173,8 @@ TARGETS: dict[str, Target] = {
         ),
     )
 }
+# The chips ESP-DL runs on, which `.espdl` files are written for (`tfqat.espdl`).
+ESPDL_TARGETS = tuple(target.name for target in TARGETS.values() if target.named == "espdl")
 # LiteRT's default path (`Interpreter(model_path=...)` on desktop and Android applies XNNPACK): what most
 # users of a .tflite file run. Micro-controller and chip users name their target.
 DEFAULT_TARGET = "xnnpack"

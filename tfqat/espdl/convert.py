@@ -20,9 +20,8 @@ from tfqat.espdl import layout
 from tfqat.espdl.model import Model, Node, Tensor, ValueInfo
 from tfqat.integer.kernels import exponent as tflite_exponent
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor as TFLiteTensor
-from tfqat.targets import Target, target_named
+from tfqat.targets import ESPDL_TARGETS as CHIPS, Target, target_named
 
-CHIPS = ("esp32s3", "esp32p4")
 _RELU, _RELU6 = 1, 3
 _SAME = 0
 

@@ -23,7 +23,9 @@ from tfqat.files import write_atomic
 from tfqat.integer.executor import IntegerModel
 from tfqat.integer.model import ExecutorError, read_graph
 from tfqat.preprocessing import PREPROCESSING_METADATA
-from tfqat.tflite.litert import LABELS_METADATA, TARGET_METADATA, model_label, read_metadata, read_model_bytes
+from tfqat.tflite.litert import (
+    LABELS_METADATA, TARGET_METADATA, TensorSpec, model_label, quantize, read_metadata, read_model_bytes,
+)
 
 TEST_SEED = 0
 
@@ -58,9 +60,7 @@ def export_espdl(
     """
     content, label = _tflite(model)
     recorded = read_metadata(content, TARGET_METADATA)
-    chip = chip or recorded
-    if chip not in convert.CHIPS:
-        raise ValueError(f"chip={chip!r} is not one of {list(convert.CHIPS)}")
+    chip = convert.chip_target(chip or recorded).name  # a ValueError naming the chips
     if recorded != chip:
         raise convert.EspdlExportError(
             f"{label} was quantized for target {recorded!r}, not {chip!r}: its Keras model rounds as that runtime "
@@ -74,7 +74,7 @@ def export_espdl(
     espdl = convert.to_espdl(graph, chip, name=Path(path).stem)
     reference = IntegerModel(content, ties=chip)
     [spec] = reference.inputs
-    quantized = _test_input(spec, content, test_input)
+    quantized = _test_input(spec, test_input)
     outputs = reference.run(quantized, keep_tensors=False).outputs
     espdl.test_inputs = [_value(espdl.inputs[0], quantized)]
     espdl.test_outputs = [_value(info, values) for info, values in zip(espdl.outputs, outputs)]
@@ -98,18 +98,19 @@ def _tflite(model) -> tuple[bytes, str]:
     return read_model_bytes(model), model_label(model)
 
 
-def _test_input(spec, content: bytes, image) -> np.ndarray:
+def _test_input(spec, image) -> np.ndarray:
+    """The embedded int8 input: the image quantized with the model input's scale and zero point (`spec`, the
+    integer reference's input tensor), else seeded random values."""
     shape = (1, *spec.shape[1:])
     if image is None:
         return np.random.default_rng(TEST_SEED).integers(-128, 128, shape).astype(np.int8)
-    from tfqat.tflite.litert import describe, quantize
-
     image = np.asarray(image, np.float32)
     image = image[None] if image.ndim == len(shape) - 1 else image
     if image.shape != shape:
         raise ValueError(f"test_input has shape {image.shape[1:] if image.ndim == len(shape) else image.shape}; "
                          f"the model takes {shape[1:]}")
-    return quantize(image, describe(content).inputs[0])
+    input_spec = TensorSpec(spec.index, spec.name, np.dtype(spec.dtype).name, spec.shape, spec.scales[0], spec.zero_point)
+    return quantize(image, input_spec)
 
 
 def _value(info, values: np.ndarray) -> Tensor:

@@ -17,7 +17,6 @@ import numpy as np
 from tfqat.espdl.model import Model, Node, Tensor, ValueInfo
 
 MAGIC = b"EDL2"
-HEADER_BYTES = 16
 PLAIN = 0  # the header's mode: 0 plain, 1 AES-encrypted (not written by tfqat)
 ALIGNMENT = 16
 

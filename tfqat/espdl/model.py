@@ -17,7 +17,6 @@ import numpy as np
 FLOAT, INT8, INT16, INT32, INT64 = 1, 3, 5, 6, 7
 DATA_TYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.int8): INT8, np.dtype(np.int16): INT16,
               np.dtype(np.int32): INT32, np.dtype(np.int64): INT64}
-DTYPES = {code: dtype for dtype, code in DATA_TYPES.items()}
 
 Attribute = Union[int, float, str, tuple]
 
