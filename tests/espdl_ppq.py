@@ -11,6 +11,7 @@ to the same integers. Needs esp-ppq, torch (CPU) and onnx: `pytest.importorskip`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
@@ -55,6 +56,7 @@ def float_onnx(model: Model):
 
     consts = {t.name: t for t in model.initializers}
     initializers, nodes = {}, []
+    alias = {}  # a RequantizeLinear's output -> its input: esp-ppq inserts its own where exponents differ
 
     def constant(name, array):
         initializers[name] = numpy_helper.from_array(np.asarray(array, np.float32), name)
@@ -65,6 +67,10 @@ def float_onnx(model: Model):
         a.pop("quant_type", None)
         a.pop("lut", None)  # esp-ppq makes the tables itself
         out = node.outputs[0]
+        if node.op_type == "RequantizeLinear":
+            alias[out] = alias.get(node.inputs[0], node.inputs[0])
+            continue
+        node = dataclasses.replace(node, inputs=tuple(alias.get(i, i) for i in node.inputs))
         if node.op_type in ("Conv", "Gemm"):
             w = consts[node.inputs[1]]
             depthwise = node.op_type == "Conv" and a["group"] > 1
@@ -91,7 +97,11 @@ def float_onnx(model: Model):
             initializers[low.name] = numpy_helper.from_array(np.float32(_scaled(low.values, low.exponents)[0]), low.name)
             initializers[high.name] = numpy_helper.from_array(np.float32(_scaled(high.values, high.exponents)[0]), high.name)
             nodes.append(helper.make_node("Clip", inputs, [out], name=node.name))
-        elif node.op_type in ("Add", "GlobalAveragePool", "Flatten", "Relu"):
+        elif node.op_type in ("Add", "Mul"):  # a constant operand: its number, at its exponent
+            inputs = [constant(i, _scaled(consts[i].values, consts[i].exponents)[0]) if i in consts else i
+                      for i in node.inputs]
+            nodes.append(helper.make_node(node.op_type, inputs, [out], name=node.name))
+        elif node.op_type in ("GlobalAveragePool", "Flatten", "Relu", "Sigmoid"):
             nodes.append(helper.make_node(node.op_type, list(node.inputs), [out], name=node.name, **a))
         elif node.op_type in ("MaxPool", "AveragePool"):
             nodes.append(helper.make_node(node.op_type, list(node.inputs), [out], name=node.name,
@@ -137,11 +147,14 @@ class PPQRun:
     """esp-ppq's quantized graph of `model`'s float ONNX for `chip`, with `model`'s exponents imposed."""
 
     def __init__(self, model: Model, chip: str, folder: Path):
+        import esp_ppq.api.interface as esp_ppq_interface
         import onnx
         import torch
         from esp_ppq.api import espdl_quantize_onnx
 
         torch.set_num_threads(1)
+        # Sigmoid then Mul by its input stays two nodes, as tfqat's model computes it (two roundings)
+        esp_ppq_interface.FORMATTER_FUSE_SWISH = False
         self.model, self.chip, self.folder = model, chip, Path(folder)
         path = self.folder / "float.onnx"  # esp-ppq replaces it with its simplified graph
         onnx.save(float_onnx(model), path)
@@ -172,10 +185,19 @@ class PPQRun:
         from esp_ppq.IR.quantize import QuantableOperation
 
         known = self._known_exponents()
+        by_position = {(node.name, i): known[name] for node in self.model.nodes
+                       for i, name in enumerate(node.inputs) if name in known}
         rows = []
         for op in self.graph.topological_sort():
             if isinstance(op, QuantableOperation):
                 rows += [(op, i, cfg, var) for i, (cfg, var) in enumerate(op.config_with_variable)]
+        var_of = {id(cfg): var.name for _, _, cfg, var in rows}
+        for op, _, cfg, var in rows:  # a producer esp-ppq aligned to its consumer's exponent, tfqat did not:
+            root = var_of.get(id(cfg.dominated_by))  # its own root, so that esp-ppq requantizes between them
+            if (cfg.dominated_by is not cfg and var.source_op is op and var.name in known and root in known
+                    and known[var.name] != known[root]):
+                cfg._dominator = cfg
+                cfg.state = QuantizationStates.ACTIVATED
         groups = {}
         for _, _, cfg, var in rows:
             groups.setdefault(id(cfg.dominated_by), set()).add(var.name)
@@ -189,6 +211,8 @@ class PPQRun:
                 continue
             names = [var.name] + sorted(groups[id(cfg)] - {var.name})
             found = next((known[n] for n in names if n in known), None)
+            if found is None and var.is_parameter:  # a constant esp-ppq renamed: the same input of our node
+                found = by_position.get((op.name, i))
             if found is None:
                 raise AssertionError(f"no tfqat exponent for esp-ppq's {op.name} {var.name} (group {names})")
             per_channel = cfg.policy.has_property(QuantizationProperty.PER_CHANNEL)
@@ -322,6 +346,28 @@ def _resolve_identities(decoded: dict) -> dict:
     return {**decoded, "nodes": nodes, "value_info": {k: v for k, v in decoded["value_info"].items() if k not in alias}}
 
 
+def _align_requantizations(ours: dict, theirs: dict) -> dict:
+    """esp-ppq names the RequantizeLinear it inserts (and its output) its own way: give each the name of
+    tfqat's RequantizeLinear output in the same place (the same input of the node writing the same variable)."""
+    ours_by_output = {n["outputs"][0]: n for n in ours["nodes"]}
+    requantized = {n["outputs"][0] for n in theirs["nodes"] if n["op_type"] == "RequantizeLinear"}
+    rename = {}
+    for node in theirs["nodes"]:
+        mine = ours_by_output.get(node["outputs"][0])
+        for position, name in enumerate(node["inputs"]):
+            if name in requantized and mine is not None and position < len(mine["inputs"]):
+                rename[name] = mine["inputs"][position]
+    if not rename:
+        return theirs
+
+    def renamed(names):
+        return [rename.get(n, n) for n in names]
+
+    nodes = [{**n, "inputs": renamed(n["inputs"]), "outputs": renamed(n["outputs"])} for n in theirs["nodes"]]
+    value_info = {rename.get(k, k): {**v, "name": rename.get(k, k)} for k, v in theirs["value_info"].items()}
+    return {**theirs, "nodes": nodes, "value_info": value_info}
+
+
 def _same_exponents(a, b) -> bool:
     """Equal exponents, a per-tensor one equal to a per-channel list of that one value."""
     a, b = np.asarray(a), np.asarray(b)
@@ -350,7 +396,7 @@ def differences(ours: dict, theirs: dict) -> list[str]:
     """What differs in meaning between two decoded .espdl files of one graph: node types, attributes and
     inputs matched through the graph (by the variables they write), every initializer's shape, type,
     exponents and bytes, every variable's shape and exponent, the graph's inputs, outputs and test values."""
-    theirs = _resolve_identities(theirs)
+    theirs = _align_requantizations(ours, _resolve_identities(theirs))
     found = []
     by_output = {n["outputs"][0]: n for n in theirs["nodes"]}
     variables = set(ours["value_info"]) | {v["name"] for v in ours["inputs"]}

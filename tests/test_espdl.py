@@ -235,16 +235,150 @@ def test_accumulator_peaks_bound_every_partial_sum(exported):
     assert len(peaks) == 4 and all(p.headroom_bits == np.log2(LANE_LIMIT / p.bound) for p in peaks)
 
 
-def test_an_op_without_a_translation_is_refused_by_name(tmp_path):
-    """EfficientNet's swish and squeeze-and-excitation (LOGISTIC, MUL), MobileNetV3's hard-swish: not yet."""
+def gated_model(size=SIZE):
+    """MobileNetV3's hard-swish (x * relu6(x + 3) / 6) and hard-sigmoid gate, EfficientNet's swish and sigmoid
+    gate (squeeze-and-excitation: a [1, 1, 1, C] gate times the feature map)."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(16, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(stddev=1.5, seed=2))(inputs)
+    x = layers.Multiply()([x, layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    gate = layers.Conv2D(16, 1)(layers.Conv2D(4, 1, activation="relu")(layers.GlobalAveragePooling2D(keepdims=True)(x)))
+    x = layers.Multiply()([x, layers.ReLU(6.0)(gate + 3.0) * (1.0 / 6.0)])
+    x = layers.Activation("swish")(layers.Conv2D(16, 1)(x))
+    gate = layers.Conv2D(16, 1, activation="sigmoid")(layers.GlobalAveragePooling2D(keepdims=True)(x))
+    x = layers.GlobalAveragePooling2D()(layers.Multiply()([x, gate]))
+    return keras.Model(inputs, layers.Dense(5)(x))
+
+
+@pytest.fixture(scope="module", params=["esp32s3", "esp32p4"])
+def gated(request, tmp_path_factory):
+    chip = request.param
+    qat = tfqat.quantize_model(gated_model(), target=chip)
+    tfqat.calibrate(qat, images(64, 1))
+    return chip, qat, tfqat.export_tflite(qat, tmp_path_factory.mktemp(chip) / "gated.tflite")
+
+
+def test_gates_and_swishes_are_bit_exact_with_the_chips_arithmetic(gated):
+    chip, qat, path = gated
+    inputs, keras_steps = _steps(qat, path, images(64, 2))
+    got = IntegerModel(path, ties=chip).run(inputs).outputs[0].reshape(keras_steps.shape)
+    assert np.count_nonzero(got != keras_steps) == 0
+    graph = read_graph(path)
+    sigmoids = [graph.tensors[op.outputs[0]] for op in graph.operators if op.name == "QUANTIZE"]
+    assert len(sigmoids) == 2 and all(t.scales == (2.0**-7,) and t.zero_points == (0,) for t in sigmoids)
+
+
+def test_the_sigmoid_table_is_esp_ppqs_and_constants_sit_where_the_chip_reads_them(gated):
+    chip, _, path = gated
+    graph = read_graph(path)
+    model = to_espdl(graph, chip)
+    tensors = {t.name: t for t in model.initializers}
+    exponents = {v.name: v.exponents[0] for v in (*model.value_info, *model.inputs)}
+    exponents.update({t.name: t.exponents[0] for t in model.initializers})
+    assert sum(n.op_type == "Sigmoid" for n in model.nodes) == 2  # the swish's and the gate's
+    for node in (n for n in model.nodes if n.op_type == "Sigmoid"):
+        table = tensors[node.attributes["lut"]]
+        scale = 2.0 ** exponents[node.inputs[0]]
+        exact = [min(int(np.floor(128 / (1 + np.exp(-i * scale)) + 0.5)), 127) for i in range(-128, 128)]
+        assert table.exponents == (-7,) and list(table.values) == exact and table.values[128] == 64
+    adds = [n for n in model.nodes if n.op_type == "Add" and any(i in tensors for i in n.inputs)]
+    assert len(adds) == 2
+    for node in adds:  # 3 at the output's exponent; x brought there first
+        [constant] = [tensors[i] for i in node.inputs if i in tensors]
+        e = exponents[node.outputs[0]]
+        assert constant.dims == () and constant.exponents == (e,) and constant.values[0] == 3 * 2.0**-e
+        assert all(exponents[i] == e for i in node.inputs)
+    muls = [n for n in model.nodes if n.op_type == "Mul"]
+    assert len(muls) == 6  # two 1/6, the hard-swish, two gates, the swish
+    sixths = [tensors[i] for n in muls for i in n.inputs if i in tensors]
+    assert [(int(t.values[0]), t.exponents) for t in sixths] == [(85, (-9,))] * 2
+    assert all(exponents[n.outputs[0]] >= sum(exponents[i] for i in n.inputs) for n in muls)  # right shifts only
+
+
+def _round(values, rule):
+    return np.floor(values + 0.5) if rule == "half_up" else np.rint(values)
+
+
+def test_the_hard_swish_on_the_chips_formulas_is_the_reference(gated, tmp_path):
+    """The file's first hard-swish evaluated by ESP-DL's arithmetic (RequantizeLinear: clamp(R(x * 2^(e_in -
+    e_out))); Add: sat(a + b) of raw int8; the Clip table; Mul: sat(R(a * b / 2^(e_out - e_a - e_b)))) from the
+    reference's conv output equals the reference's MUL output."""
+    chip, _, path = gated
+    graph = read_graph(path)
+    rule = tfqat.targets.target_named(chip).rule("*")
+    model = to_espdl(graph, chip)
+    result = IntegerModel(path, ties=chip).run(litert.quantize(images(8, 3), litert.describe(path).inputs[0]))
+    conv, mul = graph.operators[0], next(op for op in graph.operators if op.name == "MUL" and
+                                         len({*op.inputs} & {graph.operators[0].outputs[0]}))
+    tensors = {t.name: t for t in model.initializers}
+    exponents = {v.name: v.exponents[0] for v in (*model.value_info, *model.inputs)}
+    values = {model.nodes[0].outputs[0]: result.tensors[conv.outputs[0]].astype(np.int64)}
+    for node in model.nodes[1:]:
+        if node.op_type in ("GlobalAveragePool", "Conv"):
+            break
+        operands = [values[i] if i in values else tensors[i].values.astype(np.int64) for i in node.inputs]
+        e = [exponents.get(i, tensors[i].exponents[0] if i in tensors else 0) for i in node.inputs]
+        e_out = exponents[node.outputs[0]]
+        if node.op_type == "RequantizeLinear":
+            out = _round(operands[0] * 2.0 ** (e[0] - e_out), rule)
+        elif node.op_type == "Add":
+            out = operands[0] + operands[1]
+        elif node.op_type == "Mul":
+            out = _round(operands[0] * operands[1] * 2.0 ** (e[0] + e[1] - e_out), rule)
+        else:  # Clip, Relu: the table
+            out = tensors[node.attributes["lut"]].values.astype(np.int64)[operands[0] + 128]
+        values[node.outputs[0]] = np.clip(out, -128, 127).astype(np.int64)
+        last = node.outputs[0]
+    assert np.array_equal(values[last], result.tensors[mul.outputs[0]])
+
+
+def test_what_the_chip_cannot_compute_in_gates_is_refused(gated, tmp_path):
+    chip, _, path = gated
+    graph = read_graph(path)
+
+    def with_scale(index, scale):
+        tensors = list(graph.tensors)
+        tensors[index] = dataclasses.replace(graph.tensors[index], scales=(scale,))
+        return dataclasses.replace(graph, tensors=tuple(tensors))
+
+    mul = next(op for op in graph.operators if op.name == "MUL")
+    with pytest.raises(EspdlExportError, match=rf"op {mul.index} MUL .*finer than the product's .*only shifts right"):
+        to_espdl(with_scale(mul.outputs[0], 2.0**-30), chip)
+    add = next(op for op in graph.operators if op.name == "ADD")
+    with pytest.raises(EspdlExportError, match=rf"op {add.index} ADD .*constant 0.75 steps of 2\^2"):
+        to_espdl(with_scale(add.outputs[0], 4.0), chip)
+    bumped = with_scale(add.outputs[0], 1.0)  # 3 is 3 steps of 2^0, odd: a tie to even would differ
+    if chip == "esp32p4":
+        with pytest.raises(EspdlExportError, match=rf"op {add.index} ADD .*3 \(odd\) steps"):
+            to_espdl(bumped, chip)
+    else:
+        to_espdl(bumped, chip)  # ties up: adding an integer after the rounding is the same
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = layers.Conv2D(8, 3, padding="same", activation="sigmoid")(inputs)
+    qat = tfqat.quantize_model(keras.Model(inputs, layers.Dense(5)(layers.GlobalAveragePooling2D()(x))), target="xnnpack")
+    tfqat.calibrate(qat, images(16, 1))
+    with pytest.raises(EspdlExportError, match=r"op 1 LOGISTIC .*1/256, zero point -128.*retarget"):
+        to_espdl(read_graph(_bytes(qat)), chip)
+
+
+def test_retargeting_puts_a_sigmoid_on_the_chips_grid(tmp_path):
+    qat = tfqat.quantize_model(gated_model(), target="xnnpack")
+    tfqat.calibrate(qat, images(16, 1))
+    retargeted = tfqat.retarget(qat, "esp32s3")
+    result = export_espdl(retargeted, tmp_path / "retargeted.espdl")
+    assert "Sigmoid" in result.ops and "Mul" in result.ops
+
+
+def test_an_op_without_a_translation_is_refused_by_name(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="tanh")(inputs)
     qat = tfqat.quantize_model(keras.Model(inputs, layers.Dense(5)(layers.GlobalAveragePooling2D()(x))), target="esp32s3")
     tfqat.calibrate(qat, images(16, 1))
-    with pytest.raises(EspdlExportError, match=r"op 1 LOGISTIC .*no rule for LOGISTIC"):
-        export_espdl(qat, tmp_path / "sigmoid.espdl")
-    assert not (tmp_path / "sigmoid.espdl").exists()
+    with pytest.raises(EspdlExportError, match=r"op 1 TANH .*no rule for TANH"):
+        export_espdl(qat, tmp_path / "tanh.espdl")
+    assert not (tmp_path / "tanh.espdl").exists()
 
 
 def test_a_test_image_is_quantized_as_litert_quantizes_the_input(exported, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 from tfqat.espdl import layout
 from tfqat.espdl.model import Model, Node, Tensor, ValueInfo
 from tfqat.integer.kernels import exponent as tflite_exponent
+from tfqat.integer.named import SIGMOID_EXPONENT, espdl_sigmoid
 from tfqat.integer.model import ExecutorError, Graph, Operator, Tensor as TFLiteTensor
 from tfqat.targets import ESPDL_TARGETS as CHIPS, Target, target_named
 
@@ -70,12 +71,15 @@ class _Converter:
         self.variables: dict[int, str] = {}  # TFLite tensor index -> ESP-DL variable name
         self.pads: dict[int, tuple] = {}  # a PAD's output -> (its input's index, (top, left, bottom, right))
         self.tables: dict[tuple, str] = {}  # (op type, exponent, table bytes) -> its initializer's name
+        self.absorbed: set[int] = set()  # ops another op's node already computes (a QUANTIZE after LOGISTIC)
         self.model = Model(name, [], [], [], [], [], metadata={"target": target.name})
 
     def run(self) -> Model:
         for index in self.graph.inputs:
             self.model.inputs.append(self._value_info(index))
         for op in self.graph.operators:
+            if op.index in self.absorbed:
+                continue
             convert = _OPS.get(op.name)
             if convert is None:
                 raise self._error(op, f"ESP-DL export has no rule for {op.name}")
@@ -331,22 +335,126 @@ class _Converter:
         self._node(op, "Relu", [x], [out.name], lut=lut)
 
     def add(self, op: Operator) -> None:
+        constants = [i for i in op.inputs if self._tensor(i).data is not None]
+        if constants:
+            self._add_constant(op, constants[0])
+            return
         exps = [self._activation_exponent(i) for i in op.inputs] + [self._activation_exponent(op.outputs[0])]
         if len(set(exps)) != 1:
             raise self._error(op, f"inputs at 2^{exps[0]} and 2^{exps[1]}, output at 2^{exps[2]}: ESP-DL adds int8 "
                                   "values as they are, so they must share one exponent; quantize (or tfqat.retarget) "
                                   f"the model for {self.target.name}, whose Add shares it")
-        inputs = [self._variable(i) for i in op.inputs]
+        self._then_activation(op, "Add", [self._variable(i) for i in op.inputs])
+
+    def _add_constant(self, op: Operator, constant: int) -> None:
+        """x + c (MobileNetV3's hard-sigmoid adds 3): ESP-DL adds c as an int8 scalar at the output's exponent,
+        to x requantized there by a RequantizeLinear. Adding an integer after the rounding is TFLite's one
+        rounding of the sum, but for a tie to even and an odd c, and a left shift saturates before the add,
+        which only a ReLU after it hides."""
+        [x_i] = [i for i in op.inputs if i != constant]
+        x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
+        steps = self._scalar_steps(op, constant, out_exp)
+        fused = op.options.get("fusedActivationFunction", 0)
+        x = self._variable(x_i)
+        if x_exp != out_exp:
+            if x_exp > out_exp and (fused not in (_RELU, _RELU6) or x_exp - out_exp > 6):
+                raise self._error(op, f"x at 2^{x_exp} shifted left to the output's 2^{out_exp}: ESP-DL saturates it "
+                                      "before adding, which differs from TFLite unless a ReLU follows (and the shift is "
+                                      "at most 6)")
+            if x_exp < out_exp and steps % 2 and self.target.rule("ADD") == "half_even":
+                raise self._error(op, f"the constant is {steps} (odd) steps of the output: rounding x to even before "
+                                      "adding it differs from rounding the sum to even")
+            x = self._requantize_linear(x, self._tensor(x_i).shape, x_exp, out_exp)
+        name = self._initializer(f"{self._name(op.outputs[0])}:constant", np.array([steps], np.int8), (), out_exp)
+        inputs = [x if i == x_i else name for i in op.inputs]
+        self._then_activation(op, "Add", inputs)
+
+    def _scalar_steps(self, op: Operator, index: int, exponent: int) -> int:
+        """A constant scalar operand's integer at 2**exponent, which must be exact and fit int8."""
+        tensor = self._tensor(index)
+        if tensor.data.size != 1 or any(tensor.zero_points):
+            raise self._error(op, f"constant operand {tensor.label} of shape {list(tensor.shape)}: ESP-DL export takes "
+                                  "one int8 number without a zero point")
+        value = int(tensor.data.ravel()[0]) * 2.0 ** (int(self._exponent(tensor)[0]) - exponent)
+        if value != round(value) or not -128 <= value <= 127:
+            raise self._error(op, f"constant {value:g} steps of 2^{exponent}: ESP-DL adds an int8 integer at the "
+                                  "output's exponent")
+        return int(value)
+
+    def _requantize_linear(self, x: str, shape: tuple, x_exp: int, out_exp: int, out: str = "") -> str:
+        """A RequantizeLinear to `out_exp` (writing `out`, else a new variable), written as esp-ppq writes it (a
+        float scale and a zero point, which the runtime reads from the exponents instead):
+        clamp(R(x * 2**(x_exp - out_exp)))."""
+        out = out or self._intermediate(f"{x}:requantized", shape, out_exp)
+        scale = self._initializer(f"{out}:scale", np.array([2.0 ** (out_exp - x_exp)], np.float32), (), 0)
+        zero = self._initializer(f"{out}:zero_point", np.array([0], np.int8), (), 0)
+        self.model.nodes.append(Node(self.names.make(f"RequantizeLinear:{out}", derived=True), "RequantizeLinear",
+                                     (x, scale, zero), (out,), {"quant_type": "S8"}))
+        return out
+
+    def _then_activation(self, op: Operator, op_type: str, inputs: list[str]) -> None:
+        """A node ESP-DL fuses no activation into, then its fused ReLU (a Relu table) or ReLU6 (a Clip table at
+        the output's exponent, or a Relu where 6 is beyond int8)."""
         fused = op.options.get("fusedActivationFunction", 0)
         out = self._value_info(op.outputs[0])
         if fused == 0:
-            self._node(op, "Add", inputs, [out.name])
+            self._node(op, op_type, inputs, [out.name])
             return
-        if fused != _RELU:
-            raise self._error(op, f"fused activation {fused} after an Add: ESP-DL export takes none or ReLU")
-        before = self._intermediate(f"{out.name}:before_relu", out.shape, out.exponents[0])
-        self._node(op, "Add", inputs, [before])
-        self._relu(op, before, out)
+        if fused not in (_RELU, _RELU6):
+            raise self._error(op, f"fused activation {fused} after {op.name}: ESP-DL export takes none, ReLU or ReLU6")
+        before = self._intermediate(f"{out.name}:before_{'relu' if fused == _RELU else 'clip'}", out.shape,
+                                    out.exponents[0])
+        self._node(op, op_type, inputs, [before])
+        if fused == _RELU6 and 6.0 / self._tensor(op.outputs[0]).scales[0] < 127:
+            self._clip(op, before, out)
+        else:
+            self._relu(op, before, out)
+
+    def mul(self, op: Operator) -> None:
+        """Mul: sat(R(a * b / 2**(e_out - e_a - e_b))), broadcast over height and width (a squeeze-and-excitation
+        gate [1, 1, 1, C]) or by a constant scalar (MobileNetV3's 1/6, stored at its own exponent); the chip
+        only shifts right."""
+        out_exp = self._activation_exponent(op.outputs[0])
+        inputs, exps = [], []
+        for i in op.inputs:
+            tensor = self._tensor(i)
+            if tensor.data is None:
+                inputs.append(self._variable(i))
+                exps.append(self._activation_exponent(i))
+                continue
+            exponent = int(self._exponent(tensor)[0])
+            steps = self._scalar_steps(op, i, exponent)
+            inputs.append(self._initializer(f"{self._name(op.outputs[0])}:constant", np.array([steps], np.int8), (), exponent))
+            exps.append(exponent)
+        if out_exp < sum(exps):
+            raise self._error(op, f"the output's grid 2^{out_exp} is finer than the product's 2^{sum(exps)}: ESP-DL "
+                                  "only shifts right")
+        self._then_activation(op, "Mul", inputs)
+
+    def logistic(self, op: Operator) -> None:
+        """Sigmoid as ESP-DL runs it: a table on the grid 2**-7 (`tfqat.integer.named.espdl_sigmoid`). TFLite's
+        LOGISTIC writes 1/256 with zero point -128, so a model for the chip requantizes it to 2**-7 at once:
+        that QUANTIZE is the same node."""
+        users = [other for other in self.graph.operators if op.outputs[0] in other.inputs]
+        if len(users) != 1 or users[0].name != "QUANTIZE" or self._activation_exponent(users[0].outputs[0]) != SIGMOID_EXPONENT:
+            raise self._error(op, "a sigmoid whose output stays on TFLite's grid (1/256, zero point -128): ESP-DL "
+                                  f"holds it at 2^{SIGMOID_EXPONENT} without a zero point; quantize (or tfqat.retarget) "
+                                  f"the model for {self.target.name}")
+        x = self._tensor(op.inputs[0])
+        self._activation_exponent(op.inputs[0])
+        self.absorbed.add(users[0].index)
+        out = self._value_info(users[0].outputs[0])
+        table = espdl_sigmoid(np.arange(-128, 128), x.scales[0])
+        self._node(op, "Sigmoid", [self._variable(op.inputs[0])], [out.name],
+                   lut=self._table("Sigmoid", table, SIGMOID_EXPONENT))
+
+    def quantize(self, op: Operator) -> None:
+        """An int8 requantization: RequantizeLinear, shifting right (ESP-DL's left shift multiplies by an int8)."""
+        x_exp, out_exp = self._activation_exponent(op.inputs[0]), self._activation_exponent(op.outputs[0])
+        if x_exp > out_exp:
+            raise self._error(op, f"a requantization from 2^{x_exp} to the finer 2^{out_exp}: ESP-DL export shifts right only")
+        out = self._value_info(op.outputs[0])
+        self._requantize_linear(self._variable(op.inputs[0]), out.shape, x_exp, out_exp, out.name)
 
     def mean(self, op: Operator) -> None:
         x = self._tensor(op.inputs[0])
@@ -384,4 +492,7 @@ _OPS = {
     "AVERAGE_POOL_2D": _Converter.average_pool,
     "CONCATENATION": _Converter.concatenation,
     "RELU": _Converter.relu,
+    "MUL": _Converter.mul,
+    "LOGISTIC": _Converter.logistic,
+    "QUANTIZE": _Converter.quantize,
 }

@@ -3,7 +3,9 @@
 SOFTMAX: gemmlowp fixed point (input x beta rescaled to Q5.26, exp on negative values, a sum in
 Q12.19, its reciprocal, a rounding shift to 1/256 steps), in LiteRT's reference kernels and in TFLite
 Micro. LOGISTIC: LiteRT fills a 256-entry table with float32 1 / (1 + exp(-x)) rounded half away from
-zero ("litert"); TFLite Micro computes gemmlowp's fixed-point logistic from Q4.27 ("micro"). MEAN over
+zero ("litert"); TFLite Micro computes gemmlowp's fixed-point logistic from Q4.27 ("micro"); ESP-DL
+("espdl") looks up sigmoid rounded to 2**-7 (no zero point), which TFLite's grid (1/256, zero point -128)
+holds on its even steps, so the requantization to 2**-7 after it is exact. MEAN over
 a count that is not a power of two: the sum times a Q31 multiplier (s_in / s_out) / count, or on XNNPACK
 ("xnnpack") the raw sum times a float32 scale, and on ESP-DL ("espdl") the sum times a float32 scale
 rounded by the chip's rule. And AVERAGE_POOL_2D: the window's sum divided by the number
@@ -16,7 +18,7 @@ import numpy as np
 
 from tfqat import fixedpoint as fp
 from tfqat.integer.kernels import activation_range, reduced_axes, windows
-from tfqat.integer.model import Operator, Tensor
+from tfqat.integer.model import ExecutorError, Operator, Tensor
 from tfqat.targets import MEAN_ARITHMETIC
 
 HOW = {
@@ -24,6 +26,7 @@ HOW = {
     ("SOFTMAX", "micro"): "gemmlowp fixed-point exp and reciprocal",
     ("LOGISTIC", "litert"): "a table of float32 1 / (1 + exp(-x))",
     ("LOGISTIC", "micro"): "gemmlowp fixed-point logistic",
+    ("LOGISTIC", "espdl"): "the chip's table: sigmoid in steps of 2^-7 (0 to 127, no zero point), on the output's grid",
     ("MEAN", "litert"): "the sum times a Q31 multiplier (s_in / s_out) / count",
     ("MEAN", "micro"): "the sum times a Q31 multiplier (s_in / s_out) / count",
     ("AVERAGE_POOL_2D", "litert"): "the window's sum divided by its element count",
@@ -60,6 +63,8 @@ def logistic(op: Operator, tensors: list[Tensor], values: list[np.ndarray], flav
     x_t, out = tensors
     if flavour == "micro":
         return _logistic_fixed_point(x_t, values[0] - x_t.zero_point)
+    if flavour == "espdl":
+        return _on_grid(espdl_sigmoid(values[0] - x_t.zero_point, x_t.scales[0]), SIGMOID_EXPONENT, out)
     table = _logistic_table(x_t.scales[0], x_t.zero_point, out.scales[0], out.zero_point)
     return table[values[0] + 128]
 
@@ -71,6 +76,26 @@ def _logistic_table(in_scale: float, in_zero: int, out_scale: float, out_zero: i
     y = (np.float32(1) / (np.float32(1) + e)) * (np.float32(1) / np.float32(out_scale))
     rounded = np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))  # exact for float32 y: |y| + 0.5 < 2**24
     return np.clip(rounded.astype(np.int64) + out_zero, -128, 127)
+
+
+SIGMOID_EXPONENT = -7  # ESP-DL's sigmoid output: 2**-7, no zero point
+
+
+def espdl_sigmoid(steps: np.ndarray, in_scale: float) -> np.ndarray:
+    """ESP-DL's int8 sigmoid, the table esp-ppq writes: sigmoid(x) in steps of 2**-7, rounded, 0 to 127.
+
+    128 * sigmoid(x) is a tie only at x = 0 (64 exactly), so the chips' roundings agree; computed in float64,
+    as the Keras model does (`tfqat.quantization.layers.espdl_logistic`)."""
+    x = np.asarray(steps, np.float64) * in_scale
+    return np.minimum(np.floor(128.0 / (1.0 + np.exp(-x)) + 0.5), 127).astype(np.int64)
+
+
+def _on_grid(steps: np.ndarray, exponent: int, out: Tensor) -> np.ndarray:
+    """Integers at 2**exponent on the output's grid; ExecutorError when the grid cannot hold them exactly."""
+    factor = 2.0**exponent / out.scales[0]
+    if factor != round(factor):
+        raise ExecutorError(f"{out.label}: scale {out.scales[0]:g} cannot hold steps of 2^{exponent} exactly")
+    return np.clip(steps * int(factor) + out.zero_point, -128, 127)
 
 
 def _logistic_fixed_point(x_t: Tensor, x: np.ndarray) -> np.ndarray:

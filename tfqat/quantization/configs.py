@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
-from tfqat.targets import DEFAULT_TARGET
+from tfqat.targets import DEFAULT_TARGET, target_named
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -27,6 +27,17 @@ FIXED_OUTPUT_RANGES = {
     "sigmoid": (0.0, 255.0 / 256.0),
     "tanh": (-1.0, 127.0 / 128.0),
 }
+# A runtime without zero points (ESP-DL) holds a sigmoid on the signed grid 2**-7 (0 to 127/128), as
+# Espressif's esp-ppq quantizes it; the converter requantizes TFLite's LOGISTIC to it (exactly: the
+# integer reference computes the chip's sigmoid on LOGISTIC's even steps, `tfqat.integer.named.logistic`).
+SIGNED_SIGMOID_RANGE = (-1.0, 127.0 / 128.0)
+
+
+def fixed_output_range(activation_name: str, target: str = DEFAULT_TARGET) -> tuple[float, float]:
+    """The fixed (min, max) of an activation's int8 output on `target`."""
+    if activation_name == "sigmoid" and not target_named(target).zero_points:
+        return SIGNED_SIGMOID_RANGE
+    return FIXED_OUTPUT_RANGES[activation_name]
 # Activations TFLite fuses into conv/dense/add: the output is quantized after them.
 FUSED_ACTIVATIONS = ("linear", "relu")
 
@@ -35,8 +46,8 @@ def activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
-def fixed_output_quantizer(activation_name: str):
-    low, high = FIXED_OUTPUT_RANGES[activation_name]
+def fixed_output_quantizer(activation_name: str, target: str = DEFAULT_TARGET):
+    low, high = fixed_output_range(activation_name, target)
     return _FixedQuantizer(num_bits=8, init_min=low, init_max=high, narrow_range=False)
 
 
@@ -121,7 +132,7 @@ class KernelQuantizeConfig(_Pow2Config):
     def get_output_quantizers(self, layer):
         name = activation_name(layer.activation)
         if self.quantize_output and name in FIXED_OUTPUT_RANGES:
-            return [fixed_output_quantizer(name)]
+            return [fixed_output_quantizer(name, self.options.target)]
         return []
 
 
@@ -164,19 +175,22 @@ class OutputQuantizeConfig(_Pow2Config):
 
 @_register
 class FixedOutputQuantizeConfig(_Pow2Config):
-    """Softmax/sigmoid/tanh as layers: the fixed output range of TFLite's int8 kernel."""
+    """Softmax/sigmoid/tanh as layers: the fixed output range of the target's int8 kernel."""
 
-    def __init__(self, activation: str):
+    records_target = True
+
+    def __init__(self, activation: str, target: str = DEFAULT_TARGET):
         if activation not in FIXED_OUTPUT_RANGES:
             msg = f"FixedOutputQuantizeConfig activation={activation!r} is not one of {sorted(FIXED_OUTPUT_RANGES)}"
             raise ValueError(msg)
         self.activation = activation
+        self.target = target_named(target).name
 
     def get_config(self):
-        return {"activation": self.activation}
+        return {"activation": self.activation, "target": self.target}
 
     def get_output_quantizers(self, layer):
-        return [fixed_output_quantizer(self.activation)]
+        return [fixed_output_quantizer(self.activation, self.target)]
 
 
 @_register

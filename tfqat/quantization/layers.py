@@ -28,6 +28,7 @@ from tfqat.quantization.modes import EXPORTING, is_in
 from tfqat.targets import SAVED_WITHOUT_TARGET, target_named
 
 OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
+SIGNED_STEPS = 128.0  # ESP-DL's sigmoid: scale 2**-7, zero point 0
 _register = keras.utils.register_keras_serializable(package="tfqat")
 
 
@@ -69,7 +70,8 @@ class ScalarOp(keras.layers.Layer):
 class Sigmoid(keras.layers.Layer):
     """`Activation('sigmoid')`; with `litert_table` (set in QAT models by the scheme's layout), its
     inference outside export gives the int8 LOGISTIC of its `target` (`tfqat.targets`): LiteRT's table,
-    or TFLite Micro's fixed point (which needs the input's exponent: `input_exponent`, set by linking)."""
+    TFLite Micro's fixed point (which needs the input's exponent: `input_exponent`, set by linking), or
+    ESP-DL's table on the grid 2**-7."""
 
     def __init__(self, litert_table: bool = False, target: str = SAVED_WITHOUT_TARGET, **kwargs):
         super().__init__(**kwargs)
@@ -86,6 +88,8 @@ class Sigmoid(keras.layers.Layer):
         return control_flow_util.smart_cond(training, lambda: tf.sigmoid(inputs), lambda: self._int8_logistic(inputs))
 
     def _int8_logistic(self, inputs):
+        if target_named(self.target).named == "espdl":
+            return espdl_logistic(inputs)
         if target_named(self.target).named != "micro":
             return litert_logistic(inputs)
         if self.input_exponent is None and not tf.executing_eagerly():
@@ -122,3 +126,13 @@ def litert_logistic(values):
     x = tf.cast(values, tf.float64)
     steps = tf.floor(OUTPUT_STEPS / (1.0 + tf.exp(-x)) + 0.5)
     return tf.cast(steps / OUTPUT_STEPS, values.dtype)
+
+
+def espdl_logistic(values):
+    """sigmoid(x) rounded to the grid 2**-7 and kept below 1 (0 to 127 steps), in float64: the table Espressif's
+    esp-ppq writes for an ESP-DL Sigmoid, whose output has no zero point (`tfqat.integer.named.espdl_sigmoid`).
+    128 * sigmoid(x) is never a tie for the inputs of an int8 grid but x = 0 (64 exactly), so the chips'
+    roundings agree on it."""
+    x = tf.cast(values, tf.float64)
+    steps = tf.minimum(tf.floor(SIGNED_STEPS / (1.0 + tf.exp(-x)) + 0.5), SIGNED_STEPS - 1.0)
+    return tf.cast(steps / SIGNED_STEPS, values.dtype)

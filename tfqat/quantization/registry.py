@@ -172,7 +172,7 @@ def quantize_config(layer, options: QuantizeOptions):
     if role == KERNEL:
         return configs.KernelQuantizeConfig(options, quantize_output=True)
     if role == FIXED:
-        return configs.FixedOutputQuantizeConfig(row.fixed_output or name)
+        return configs.FixedOutputQuantizeConfig(row.fixed_output or name, options.target)
     if role == PASS:
         return configs.PassThroughQuantizeConfig()
     non_negative = row.non_negative(layer) if row.non_negative else name == "relu"
