@@ -157,6 +157,19 @@ def test_fixed_output_config(activation):
     assert not quantizer.narrow_range and quantizer.num_bits == 8
 
 
+@pytest.mark.parametrize("target", ["esp32s3", "esp32p4"])
+def test_a_target_without_zero_points_holds_a_sigmoid_on_the_signed_grid(target):
+    """ESP-DL: scale 2^-7, zero point 0 (0 to 127 steps); softmax and tanh keep their ranges; a config saved
+    before it recorded a target reads as the builtin kernels' (1/256, zero point -128)."""
+    [sigmoid] = FixedOutputQuantizeConfig("sigmoid", target).get_output_quantizers(keras.layers.Activation("sigmoid"))
+    assert (sigmoid.init_min, sigmoid.init_max) == (-1.0, 127.0 / 128.0)
+    assert (sigmoid.init_max - sigmoid.init_min) / 255 == 2.0**-7
+    [tanh] = FixedOutputQuantizeConfig("tanh", target).get_output_quantizers(keras.layers.Activation("tanh"))
+    assert (tanh.init_min, tanh.init_max) == configs.FIXED_OUTPUT_RANGES["tanh"]
+    [saved] = FixedOutputQuantizeConfig.from_config({"activation": "sigmoid"}).get_output_quantizers(None)
+    assert (saved.init_min, saved.init_max) == configs.FIXED_OUTPUT_RANGES["sigmoid"]
+
+
 def test_fixed_output_config_rejects_other_activations():
     with pytest.raises(ValueError, match=r"activation='relu'.*\['sigmoid', 'softmax', 'tanh'\]"):
         FixedOutputQuantizeConfig("relu")

@@ -38,7 +38,6 @@ CASES = {  # name -> (chip, per_channel, network or None for the small model, im
     "resnet50-s3": ("esp32s3", False, "ResNet50", 64),  # zero padding folded, max pool, Add then ReLU
     "densenet121-p4": ("esp32p4", False, "DenseNet121", 32),  # concatenations, average pools
     "mobilenetv3small-s3": ("esp32s3", False, "MobileNetV3Small", 64),  # hard-swish: Add 3, Clip, Mul; SE gates
-    "mobilenetv3large-p4": ("esp32p4", False, "MobileNetV3Large", 32),
     "efficientnetb0-s3": ("esp32s3", False, "EfficientNetB0", 32),  # swish: Sigmoid at 2^-7 and Mul; SE gates
 }
 

@@ -161,14 +161,14 @@ TARGETS: dict[str, Target] = {
             "esp32s3", {"*": "half_up"}, "espdl", None,
             "ESP-DL on ESP32-S3: one rounding, ties up; global average pooling scales the int32 sum in float32 "
             "and rounds ties up; Add sums raw int8 values (its inputs share its output's scale); per-tensor "
-            "weights only; biases kept in 20 bits; no zero points",
+            "weights only; biases kept in 20 bits; no zero points (a sigmoid on 2^-7)",
             aligned_adds=True, per_channel_weights=False, zero_points=False, bias_bits=20,
         ),
         Target(
             "esp32p4", {"*": "half_even"}, "espdl", None,
             "ESP-DL on ESP32-P4: one rounding, ties to even; global average pooling scales the int32 sum in "
             "float32 and rounds ties to even; Add sums raw int8 values (its inputs share its output's scale); "
-            "per-tensor or per-channel weights; no zero points",
+            "per-tensor or per-channel weights; no zero points (a sigmoid on 2^-7)",
             aligned_adds=True, zero_points=False,
         ),
     )

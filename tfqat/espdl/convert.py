@@ -348,9 +348,9 @@ class _Converter:
 
     def _add_constant(self, op: Operator, constant: int) -> None:
         """x + c (MobileNetV3's hard-sigmoid adds 3): ESP-DL adds c as an int8 scalar at the output's exponent,
-        to x requantized there by a RequantizeLinear. Adding an integer after the rounding is TFLite's one
-        rounding of the sum, but for a tie to even and an odd c, and a left shift saturates before the add,
-        which only a ReLU after it hides."""
+        to x requantized there by a RequantizeLinear. Rounding x, then adding the integer c, is TFLite's one
+        rounding of x + c, except when ties go to even and c is odd (refused), and except that a left shift
+        saturates x before the add (refused unless a ReLU after it clamps both alike)."""
         [x_i] = [i for i in op.inputs if i != constant]
         x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
         steps = self._scalar_steps(op, constant, out_exp)
@@ -441,7 +441,7 @@ class _Converter:
                                   f"holds it at 2^{SIGMOID_EXPONENT} without a zero point; quantize (or tfqat.retarget) "
                                   f"the model for {self.target.name}")
         x = self._tensor(op.inputs[0])
-        self._activation_exponent(op.inputs[0])
+        self._activation_exponent(op.inputs[0])  # refuses a zero point
         self.absorbed.add(users[0].index)
         out = self._value_info(users[0].outputs[0])
         table = espdl_sigmoid(np.arange(-128, 128), x.scales[0])

@@ -21,6 +21,7 @@ from tfqat.integer.kernels import activation_range, reduced_axes, windows
 from tfqat.integer.model import ExecutorError, Operator, Tensor
 from tfqat.targets import MEAN_ARITHMETIC
 
+SIGMOID_EXPONENT = -7  # ESP-DL's sigmoid output: 2**-7, no zero point
 HOW = {
     ("SOFTMAX", "litert"): "gemmlowp fixed-point exp and reciprocal",
     ("SOFTMAX", "micro"): "gemmlowp fixed-point exp and reciprocal",
@@ -76,9 +77,6 @@ def _logistic_table(in_scale: float, in_zero: int, out_scale: float, out_zero: i
     y = (np.float32(1) / (np.float32(1) + e)) * (np.float32(1) / np.float32(out_scale))
     rounded = np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))  # exact for float32 y: |y| + 0.5 < 2**24
     return np.clip(rounded.astype(np.int64) + out_zero, -128, 127)
-
-
-SIGMOID_EXPONENT = -7  # ESP-DL's sigmoid output: 2**-7, no zero point
 
 
 def espdl_sigmoid(steps: np.ndarray, in_scale: float) -> np.ndarray:

@@ -38,6 +38,8 @@ def fixed_output_range(activation_name: str, target: str = DEFAULT_TARGET) -> tu
     if activation_name == "sigmoid" and not target_named(target).zero_points:
         return SIGNED_SIGMOID_RANGE
     return FIXED_OUTPUT_RANGES[activation_name]
+
+
 # Activations TFLite fuses into conv/dense/add: the output is quantized after them.
 FUSED_ACTIVATIONS = ("linear", "relu")
 
