@@ -299,7 +299,7 @@ def _round(values, rule):
     return np.floor(values + 0.5) if rule == "half_up" else np.rint(values)
 
 
-def test_the_hard_swish_on_the_chips_formulas_is_the_reference(gated, tmp_path):
+def test_the_hard_swish_on_the_chips_formulas_is_the_reference(gated):
     """The file's first hard-swish evaluated by ESP-DL's arithmetic (RequantizeLinear: clamp(R(x * 2^(e_in -
     e_out))); Add: sat(a + b) of raw int8; the Clip table; Mul: sat(R(a * b / 2^(e_out - e_a - e_b)))) from the
     reference's conv output equals the reference's MUL output."""
@@ -332,7 +332,7 @@ def test_the_hard_swish_on_the_chips_formulas_is_the_reference(gated, tmp_path):
     assert np.array_equal(values[last], result.tensors[mul.outputs[0]])
 
 
-def test_what_the_chip_cannot_compute_in_gates_is_refused(gated, tmp_path):
+def test_what_the_chip_cannot_compute_in_gates_is_refused(gated):
     chip, _, path = gated
     graph = read_graph(path)
 
