@@ -27,7 +27,6 @@ from runtimes import keras_steps, load_run, trained_qat  # noqa: E402
 from tfqat.targets import ESPDL_TARGETS as CHIPS  # noqa: E402  (pure Python: no TensorFlow at start-up)
 
 
-
 def measure(args, method_name: str, run, float_model, float_correct: np.ndarray) -> list[dict]:
     import tfqat
     from tfqat.espdl.accumulators import accumulator_peaks

@@ -173,6 +173,10 @@ TARGETS: dict[str, Target] = {
         ),
     )
 }
+# A runtime without zero points (ESP-DL) holds a sigmoid's output on the signed grid 2**-7 (0 to 127 steps),
+# as Espressif's esp-ppq quantizes it: the Keras model's sigmoid, the integer reference's LOGISTIC and the
+# ESP-DL table all read it here.
+SIGNED_SIGMOID_EXPONENT = -7
 # The chips ESP-DL runs on, which `.espdl` files are written for (`tfqat.espdl`).
 ESPDL_TARGETS = tuple(target.name for target in TARGETS.values() if target.named == "espdl")
 # LiteRT's default path (`Interpreter(model_path=...)` on desktop and Android applies XNNPACK): what most

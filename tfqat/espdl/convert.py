@@ -301,7 +301,7 @@ class _Converter:
             raise self._error(op, f"fused activation {fused}: ESP-DL export takes none, ReLU or ReLU6")
         out_index = op.outputs[0]
         out = self._value_info(out_index)
-        clips = fused == _RELU6 and 6.0 / self._tensor(out_index).scales[0] < 127
+        clips = fused == _RELU6 and self._six_fits(out_index)
         activation = "Relu" if fused == _RELU or (fused == _RELU6 and not clips) else "Linear"
         if not clips:
             self._node(op, op_type, inputs, [out.name], activation=activation, **attributes)
@@ -309,6 +309,11 @@ class _Converter:
         before = self._intermediate(f"{out.name}:before_clip", out.shape, out.exponents[0])
         self._node(op, op_type, inputs, [before], activation="Relu", **attributes)
         self._clip(op, before, out)
+
+    def _six_fits(self, index: int) -> bool:
+        """Whether 6 lies inside the int8 range of this tensor's grid, so that a ReLU6 clamps there (else it is
+        a ReLU)."""
+        return 6.0 / self._tensor(index).scales[0] < 127
 
     def _table(self, op_type: str, table: np.ndarray, exponent: int) -> str:
         """A 256-entry int8 lookup table (entry i: the output for input i - 128) at the output's exponent,
@@ -353,7 +358,7 @@ class _Converter:
         saturates x before the add (refused unless a ReLU after it clamps both alike)."""
         [x_i] = [i for i in op.inputs if i != constant]
         x_exp, out_exp = self._activation_exponent(x_i), self._activation_exponent(op.outputs[0])
-        steps = self._scalar_steps(op, constant, out_exp)
+        steps, name = self._scalar(op, constant, out_exp)
         fused = op.options.get("fusedActivationFunction", 0)
         x = self._variable(x_i)
         if x_exp != out_exp:
@@ -365,12 +370,12 @@ class _Converter:
                 raise self._error(op, f"the constant is {steps} (odd) steps of the output: rounding x to even before "
                                       "adding it differs from rounding the sum to even")
             x = self._requantize_linear(x, self._tensor(x_i).shape, x_exp, out_exp)
-        name = self._initializer(f"{self._name(op.outputs[0])}:constant", np.array([steps], np.int8), (), out_exp)
         inputs = [x if i == x_i else name for i in op.inputs]
         self._then_activation(op, "Add", inputs)
 
-    def _scalar_steps(self, op: Operator, index: int, exponent: int) -> int:
-        """A constant scalar operand's integer at 2**exponent, which must be exact and fit int8."""
+    def _scalar(self, op: Operator, index: int, exponent: int) -> tuple[int, str]:
+        """A constant scalar operand's integer at 2**exponent, which must be exact and fit int8, and the int8
+        initializer (dims [], at that exponent) that holds it."""
         tensor = self._tensor(index)
         if tensor.data.size != 1 or any(tensor.zero_points):
             raise self._error(op, f"constant operand {tensor.label} of shape {list(tensor.shape)}: ESP-DL export takes "
@@ -379,7 +384,8 @@ class _Converter:
         if value != round(value) or not -128 <= value <= 127:
             raise self._error(op, f"constant {value:g} steps of 2^{exponent}: ESP-DL adds an int8 integer at the "
                                   "output's exponent")
-        return int(value)
+        steps = int(value)
+        return steps, self._initializer(f"{self._name(op.outputs[0])}:constant", np.array([steps], np.int8), (), exponent)
 
     def _requantize_linear(self, x: str, shape: tuple, x_exp: int, out_exp: int, out: str = "") -> str:
         """A RequantizeLinear to `out_exp` (writing `out`, else a new variable), written as esp-ppq writes it (a
@@ -405,7 +411,7 @@ class _Converter:
         before = self._intermediate(f"{out.name}:before_{'relu' if fused == _RELU else 'clip'}", out.shape,
                                     out.exponents[0])
         self._node(op, op_type, inputs, [before])
-        if fused == _RELU6 and 6.0 / self._tensor(op.outputs[0]).scales[0] < 127:
+        if fused == _RELU6 and self._six_fits(op.outputs[0]):
             self._clip(op, before, out)
         else:
             self._relu(op, before, out)
@@ -423,8 +429,7 @@ class _Converter:
                 exps.append(self._activation_exponent(i))
                 continue
             exponent = int(self._exponent(tensor)[0])
-            steps = self._scalar_steps(op, i, exponent)
-            inputs.append(self._initializer(f"{self._name(op.outputs[0])}:constant", np.array([steps], np.int8), (), exponent))
+            inputs.append(self._scalar(op, i, exponent)[1])
             exps.append(exponent)
         if out_exp < sum(exps):
             raise self._error(op, f"the output's grid 2^{out_exp} is finer than the product's 2^{sum(exps)}: ESP-DL "
@@ -440,11 +445,10 @@ class _Converter:
             raise self._error(op, "a sigmoid whose output stays on TFLite's grid (1/256, zero point -128): ESP-DL "
                                   f"holds it at 2^{SIGMOID_EXPONENT} without a zero point; quantize (or tfqat.retarget) "
                                   f"the model for {self.target.name}")
-        x = self._tensor(op.inputs[0])
-        self._activation_exponent(op.inputs[0])  # refuses a zero point
+        x_exp = self._activation_exponent(op.inputs[0])
         self.absorbed.add(users[0].index)
         out = self._value_info(users[0].outputs[0])
-        table = espdl_sigmoid(np.arange(-128, 128), x.scales[0])
+        table = espdl_sigmoid(np.arange(-128, 128), 2.0**x_exp)
         self._node(op, "Sigmoid", [self._variable(op.inputs[0])], [out.name],
                    lut=self._table("Sigmoid", table, SIGMOID_EXPONENT))
 

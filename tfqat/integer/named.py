@@ -19,9 +19,8 @@ import numpy as np
 from tfqat import fixedpoint as fp
 from tfqat.integer.kernels import activation_range, reduced_axes, windows
 from tfqat.integer.model import ExecutorError, Operator, Tensor
-from tfqat.targets import MEAN_ARITHMETIC
+from tfqat.targets import MEAN_ARITHMETIC, SIGNED_SIGMOID_EXPONENT as SIGMOID_EXPONENT
 
-SIGMOID_EXPONENT = -7  # ESP-DL's sigmoid output: 2**-7, no zero point
 HOW = {
     ("SOFTMAX", "litert"): "gemmlowp fixed-point exp and reciprocal",
     ("SOFTMAX", "micro"): "gemmlowp fixed-point exp and reciprocal",
@@ -85,7 +84,8 @@ def espdl_sigmoid(steps: np.ndarray, in_scale: float) -> np.ndarray:
     128 * sigmoid(x) is a tie only at x = 0 (64 exactly), so the chips' roundings agree; computed in float64,
     as the Keras model does (`tfqat.quantization.layers.espdl_logistic`)."""
     x = np.asarray(steps, np.float64) * in_scale
-    return np.minimum(np.floor(128.0 / (1.0 + np.exp(-x)) + 0.5), 127).astype(np.int64)
+    grid = 2.0**-SIGMOID_EXPONENT
+    return np.minimum(np.floor(grid / (1.0 + np.exp(-x)) + 0.5), grid - 1).astype(np.int64)
 
 
 def _on_grid(steps: np.ndarray, exponent: int, out: Tensor) -> np.ndarray:

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tfqat.quantization.kinds import kernel_kind
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.quantizers import ConfigEquality, Pow2BiasQuantizer
-from tfqat.targets import DEFAULT_TARGET, target_named
+from tfqat.targets import DEFAULT_TARGET, SIGNED_SIGMOID_EXPONENT, target_named
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _FixedQuantizer = tfmot.quantization.keras.quantizers.FixedQuantizer
@@ -27,10 +27,10 @@ FIXED_OUTPUT_RANGES = {
     "sigmoid": (0.0, 255.0 / 256.0),
     "tanh": (-1.0, 127.0 / 128.0),
 }
-# A runtime without zero points (ESP-DL) holds a sigmoid on the signed grid 2**-7 (0 to 127/128), as
-# Espressif's esp-ppq quantizes it; the converter requantizes TFLite's LOGISTIC to it (exactly: the
-# integer reference computes the chip's sigmoid on LOGISTIC's even steps, `tfqat.integer.named.logistic`).
-SIGNED_SIGMOID_RANGE = (-1.0, 127.0 / 128.0)
+# A runtime without zero points (ESP-DL) holds a sigmoid on the signed grid 2**-7 (`targets`); the converter
+# requantizes TFLite's LOGISTIC to it (exactly: the integer reference computes the chip's sigmoid on
+# LOGISTIC's even steps, `tfqat.integer.named.logistic`).
+SIGNED_SIGMOID_RANGE = (-128 * 2.0**SIGNED_SIGMOID_EXPONENT, 127 * 2.0**SIGNED_SIGMOID_EXPONENT)
 
 
 def fixed_output_range(activation_name: str, target: str = DEFAULT_TARGET) -> tuple[float, float]:

@@ -25,10 +25,10 @@ from tf_keras.src.utils import control_flow_util
 from tfqat import fixedpoint
 from tfqat.quantization import pow2
 from tfqat.quantization.modes import EXPORTING, is_in
-from tfqat.targets import SAVED_WITHOUT_TARGET, target_named
+from tfqat.targets import SAVED_WITHOUT_TARGET, SIGNED_SIGMOID_EXPONENT, target_named
 
 OUTPUT_STEPS = 256.0  # LOGISTIC's int8 output scale is 1/256 (zero point -128)
-SIGNED_STEPS = 128.0  # ESP-DL's sigmoid: scale 2**-7, zero point 0
+SIGNED_STEPS = 2.0**-SIGNED_SIGMOID_EXPONENT  # ESP-DL's sigmoid: scale 2**-7, zero point 0
 _register = keras.utils.register_keras_serializable(package="tfqat")
 
 
@@ -123,9 +123,7 @@ def litert_logistic(values):
     Rounded in float64: a float32 sigmoid puts x = 2**-7 exactly on 128.5 steps (then 129), where
     LiteRT's table and the exact value give 128.
     """
-    x = tf.cast(values, tf.float64)
-    steps = tf.floor(OUTPUT_STEPS / (1.0 + tf.exp(-x)) + 0.5)
-    return tf.cast(steps / OUTPUT_STEPS, values.dtype)
+    return _rounded_sigmoid(values, OUTPUT_STEPS, OUTPUT_STEPS)
 
 
 def espdl_logistic(values):
@@ -133,6 +131,11 @@ def espdl_logistic(values):
     esp-ppq writes for an ESP-DL Sigmoid, whose output has no zero point (`tfqat.integer.named.espdl_sigmoid`).
     128 * sigmoid(x) is never a tie for the inputs of an int8 grid but x = 0 (64 exactly), so the chips'
     roundings agree on it."""
+    return _rounded_sigmoid(values, SIGNED_STEPS, SIGNED_STEPS - 1.0)
+
+
+def _rounded_sigmoid(values, steps: float, top: float):
+    """sigmoid(x) in float64, rounded half up to 1/steps, at most top steps."""
     x = tf.cast(values, tf.float64)
-    steps = tf.minimum(tf.floor(SIGNED_STEPS / (1.0 + tf.exp(-x)) + 0.5), SIGNED_STEPS - 1.0)
-    return tf.cast(steps / SIGNED_STEPS, values.dtype)
+    rounded = tf.minimum(tf.floor(steps / (1.0 + tf.exp(-x)) + 0.5), top)
+    return tf.cast(rounded / steps, values.dtype)
