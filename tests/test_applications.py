@@ -27,7 +27,14 @@ NOT_SHIFTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(NOT_SHIFTS))
+# The plain network and the one with sigmoids (LOGISTIC): every network exports bit-exact on every runtime in
+# tests/test_integer_applications.py; the rest run here with --all-applications and in benchmarks/applications.py.
+IN_EVERY_RUN = ("MobileNetV2", "EfficientNetB0")
+
+
+@pytest.mark.parametrize("name", [
+    name if name in IN_EVERY_RUN else pytest.param(name, marks=pytest.mark.all_applications) for name in NOT_SHIFTS
+])
 def test_network_as_built_and_calibrated_only_exports_fully_int8_at_96_px_and_agrees_with_litert(name, tmp_path):
     """A user's first try: random weights, untrained batch normalizations, calibrated, no training step (an
     untrained DenseNet's equal BN kernels are merged by the converter: tfqat.tflite.constants)."""
