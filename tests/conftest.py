@@ -19,6 +19,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "all_applications: an application case run only with --all-applications")
 
 
+@pytest.fixture
+def all_applications(request):
+    """Whether this run was given --all-applications."""
+    return request.config.getoption("--all-applications")
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--all-applications"):
         return

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import applications  # noqa: E402
+import sweeps  # noqa: E402
 
 # network -> the ops its int8 model runs that are not a single rescale, each named by the verifier (at 96 px
 # the last feature map is 3 x 3: the global average pooling's MEAN divides by 9)
@@ -32,9 +33,7 @@ NOT_SHIFTS = {
 IN_EVERY_RUN = ("MobileNetV2", "EfficientNetB0")
 
 
-@pytest.mark.parametrize("name", [
-    name if name in IN_EVERY_RUN else pytest.param(name, marks=pytest.mark.all_applications) for name in NOT_SHIFTS
-])
+@pytest.mark.parametrize("name", sweeps.cases(NOT_SHIFTS, left_out=set(NOT_SHIFTS) - set(IN_EVERY_RUN)))
 def test_network_as_built_and_calibrated_only_exports_fully_int8_at_96_px_and_agrees_with_litert(name, tmp_path):
     """A user's first try: random weights, untrained batch normalizations, calibrated, no training step (an
     untrained DenseNet's equal BN kernels are merged by the converter: tfqat.tflite.constants)."""

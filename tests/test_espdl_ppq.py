@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import applications  # noqa: E402
 import espdl_ppq  # noqa: E402
+import sweeps  # noqa: E402
 from test_espdl import images, small_model  # noqa: E402
 
 CASES = {  # name -> (chip, per_channel, network or None for the small model, image size)
@@ -57,10 +58,7 @@ def _model(network, size):
 
 # MobileNetV2's ops on ESP32-S3 are the small model's and ResNet50's there; that case runs with --all-applications
 # (benchmarks/espdl_check.py --applications checks every network on both chips).
-PARAMS = [pytest.param(name, marks=pytest.mark.all_applications) if name == "mobilenetv2-s3" else name for name in CASES]
-
-
-@pytest.fixture(scope="module", params=PARAMS)
+@pytest.fixture(scope="module", params=sweeps.cases(CASES, left_out={"mobilenetv2-s3"}))
 def case(request, tmp_path_factory):
     chip, per_channel, network, size = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)

@@ -16,11 +16,11 @@ from tfqat.targets import TARGETS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import applications  # noqa: E402
 import executor as bench  # noqa: E402
+import sweeps  # noqa: E402
 
 RUNTIME_TARGETS = ("xnnpack", "builtin", "reference", "micro")
 # MobileNetV3Large exports MobileNetV3Small's ops (hard-swish, squeeze-and-excitation gates), only more of them.
-NETWORKS = [pytest.param(name, marks=pytest.mark.all_applications) if name == "MobileNetV3Large" else name
-            for name in applications.NETWORKS]
+NETWORKS = sweeps.cases(applications.NETWORKS, left_out={"MobileNetV3Large"})
 # `predict` (a traced graph, which Grappler may rewrite) checked equal to the eager call on one network of plain
 # convolutions and one of gates and sigmoids; on all of them with --all-applications.
 PREDICT_CHECKED = ("MobileNetV2", "EfficientNetB0")
@@ -42,7 +42,7 @@ def _calibrated(name, **overrides):
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_each_target_is_bit_exact_and_the_executor_equals_every_tensor(name, tmp_path, request):
+def test_each_target_is_bit_exact_and_the_executor_equals_every_tensor(name, tmp_path, all_applications):
     """Logits heads: the Keras model does not compute SOFTMAX's fixed point (the executor does: the op zoo of
     tests/test_integer_executor.py checks it on every runtime). Each target's model is called eagerly (tracing
     `predict` costs 20-45 s a model at this depth, the call under a second)."""
@@ -57,7 +57,7 @@ def test_each_target_is_bit_exact_and_the_executor_equals_every_tensor(name, tmp
     for target in RUNTIME_TARGETS:
         model = tfqat.retarget(qat, target)
         outputs = model(images, training=False).numpy()
-        if target == RUNTIME_TARGETS[0] and (name in PREDICT_CHECKED or request.config.getoption("--all-applications")):
+        if target == RUNTIME_TARGETS[0] and (name in PREDICT_CHECKED or all_applications):
             np.testing.assert_array_equal(model.predict(images, verbose=0), outputs)
         expected = np.round(outputs / io.outputs[0].scale) + io.outputs[0].zero_point
         runtime = RuntimeTensors(path, TARGETS[target].runtime)
