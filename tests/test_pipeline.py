@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -150,6 +151,21 @@ def test_second_run_resumes_and_keeps_the_float_stage(quick_run):
     out, first = quick_run
     state = json.loads((out / "state.json").read_text())
     assert state["float"] == first
+
+
+@needs_shared
+def test_a_stage_repeats_whatever_ran_before_it_in_the_process(quick_run, tmp_path):
+    """QAT alone in this process, on the run's float model, gives the run's QAT model, which trained after the
+    control had drawn epochs from the same data: each stage starts from the seed's own random state."""
+    out, _ = quick_run
+    state = json.loads((out / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({k: state[k] for k in ("settings", "started", "float")}))
+    shutil.copy(out / "float.weights.h5", tmp_path)
+    run = pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, stages=(QAT,)))
+    run.run_stages(only=(QAT,))
+    again = json.loads((tmp_path / "state.json").read_text())[QAT]
+    assert again["predictions"] == state[QAT]["predictions"]
+    assert again["validation_loss"] == state[QAT]["validation_loss"]
 
 
 @needs_shared

@@ -241,6 +241,12 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px: a smoke test, not a measurement")
     parser.add_argument("--publish-dir", default=None, help="also write accuracy.md and accuracy.json here")
     parser.add_argument(
+        "--record-dir", default=None,
+        help="keep each seed's results (test predictions, float weights' fingerprint) in DIR/seed<N>.json too: a "
+        "study resumes from it on a machine without <out>, keeping a seed's methods where its float model "
+        "trains to the recorded weights bit for bit",
+    )
+    parser.add_argument(
         "--report-only", action="store_true",
         help="write the tables from the runs that have finished; train and quantize nothing",
     )
@@ -262,6 +268,7 @@ def _study(args: argparse.Namespace) -> int:
         out=Path(args.out), data=args.data, weights=None if args.weights == "none" else args.weights,
         seeds=_seeds(args.seeds), methods=parse_methods(args.methods), quick=args.quick,
         publish_dir=Path(args.publish_dir) if args.publish_dir else None, report_only=args.report_only,
+        record_dir=Path(args.record_dir) if args.record_dir else None,
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
     )
     study = run_study(options)

@@ -61,7 +61,8 @@ def _sample(records, count: int):
 _FIT_VERBOSITY = 1 if sys.stdout.isatty() else 2
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """A line of the run's progress, as `[tfqat] ...`."""
     print(f"[tfqat] {message}", flush=True)
 
 
@@ -118,6 +119,7 @@ class Run:
         self.strategy = distribute.make_strategy(options.strategy)
         self.network = network_named(options.model)
         self.not_run = {}  # stage -> why a peer did not run on this network
+        self.flowers = None  # the data, once load_data has read it
         self._float_model = None
         self._equalized_float_model = None
         self._calibrated = {}  # the quantizers a recipe sets -> calibrated weights, so QAT does not calibrate again
@@ -159,10 +161,7 @@ class Run:
         write_labels(self.out / "labels.txt", flowers.classes)
         size = self.options.image_size
         preprocessing = self.network.preprocessing
-        self.train_ds = data.make_dataset(
-            flowers.train, image_size=size, batch_size=self.options.batch_size, training=True, seed=self.options.seed,
-            preprocessing=preprocessing,
-        )
+        self.train_ds = self._train_dataset()
         self.val_ds = data.make_dataset(
             flowers.validation, image_size=size, batch_size=self.options.batch_size, preprocessing=preprocessing
         )
@@ -172,11 +171,23 @@ class Run:
         calibration = _sample(flowers.train, self.options.calibration_images)
         self.calibration_images, _ = to_arrays(calibration, image_size=size, preprocessing=preprocessing)
         self.times["data"] = time.time() - start
-        _log(
+        log(
             f"data: {len(flowers.classes)} classes, train {len(flowers.train)}, validation "
             f"{len(flowers.validation)}, test {len(flowers.test)}, skipped {len(flowers.skipped)} "
             f"({self.times['data']:.0f} s)"
         )
+
+    def _train_dataset(self):
+        return data.make_dataset(
+            self.flowers.train, image_size=self.options.image_size, batch_size=self.options.batch_size, training=True,
+            seed=self.options.seed, preprocessing=self.network.preprocessing,
+        )
+
+    def _fresh_randomness(self) -> None:
+        """The seed's random state and training epochs afresh, so that a stage's result does not depend on which
+        stages ran before it in this process: a run resumed (on this machine) repeats an uninterrupted one."""
+        keras.utils.set_random_seed(self.options.seed)
+        self.train_ds = self._train_dataset()
 
     # --------------------------------------------------------------- helpers
     def _classifier(self, weights):
@@ -281,11 +292,11 @@ class Run:
         paired = [stage for stage, m in models.items() if m.get("test_split") == self.test_split]
         if reference not in paired:
             if reference in models:
-                _log(f"report: the {reference} model's test predictions are not of this test split; no paired comparison")
+                log(f"report: the {reference} model's test predictions are not of this test split; no paired comparison")
             return {}
         left_out = [stage for stage in models if stage not in paired]
         if left_out and reference == FLOAT:
-            _log(f"report: {', '.join(left_out)} not compared with float: no predictions for this test split")
+            log(f"report: {', '.join(left_out)} not compared with float: no predictions for this test split")
         correct = {stage: np.asarray(models[stage]["predictions"]) == self.test_labels for stage in paired}
         others = [stage for stage in correct if stage not in (FLOAT, reference)]
         return {stage: paired_difference(correct[reference], correct[stage]) for stage in others}
@@ -467,8 +478,13 @@ class Run:
         self.run_stages()
         return self.write_report()
 
-    def run_stages(self) -> None:
-        """Run every stage not yet done in the output folder, saving each one's result as it finishes."""
+    def run_stages(self, after_stage=None, only=None) -> None:
+        """Run every stage not yet done in the output folder, saving each one's result as it finishes.
+
+        Args:
+          after_stage: called with the stage's name once its result is saved (a study records it elsewhere too).
+          only: these of the run's stages (default: all of them).
+        """
         o = self.options
         if "float" not in o.stages and not o.float_model and not self.state.done("float"):
             msg = (
@@ -476,27 +492,45 @@ class Run:
                 "with the same --out first"
             )
             raise ValueError(msg)
-        self.load_data()
+        if self.flowers is None:
+            self.load_data()
         for stage in self.stages():
-            if self.state.done(stage):
-                _log(f"{stage}: done in an earlier run, kept")
+            if only is not None and stage not in only:
                 continue
-            _log(f"{stage}: {self._title(stage)} ...")
+            if self.state.done(stage):
+                log(f"{stage}: done in an earlier run, kept")
+                continue
+            log(f"{stage}: {self._title(stage)} ...")
             start = time.time()
+            self._fresh_randomness()
             # Models built in the scope train on all of the strategy's devices with plain fit.
             try:
                 with self.strategy.scope():
                     result = self.stage_float() if stage == FLOAT else self.stage_method(stage)
             except PeerError as error:  # the run goes on without a peer that cannot take this network
                 self.not_run[stage] = str(error)
-                _log(f"{stage}: not run: {error}")
+                log(f"{stage}: not run: {error}")
                 continue
             if training := self._training(stage):  # the stages that trained logged their epochs
                 result["training"] = training
             self.times[stage] = time.time() - start
             self.state.save(stage, result)
             self.state.save("stage_seconds", self.times)
-            _log(f"{stage}: accuracy {result['accuracy']:.4f} ({self.times[stage]:.0f} s)")
+            log(f"{stage}: accuracy {result['accuracy']:.4f} ({self.times[stage]:.0f} s)")
+            if after_stage is not None:
+                after_stage(stage)
+
+    def settings(self) -> dict:
+        """The settings this folder's stages were run with (its state's)."""
+        return self.state.results["settings"]
+
+    def adopt(self, recorded: dict, stages) -> None:
+        """Take over finished stages' results from a record of the same run made elsewhere (a study's record)."""
+        for stage in stages:
+            if not self.state.done(stage):
+                self.state.save(stage, recorded[stage])
+                self.times[stage] = recorded.get("stage_seconds", {}).get(stage)
+        self.state.save("stage_seconds", self.times)
 
     def results(self) -> dict:
         o = self.options
@@ -547,7 +581,7 @@ class Run:
         files += [self.out / "labels.txt", *map(Path, report_paths.values())]
         for path in files:
             write_atomic(export_dir / path.name, path.read_bytes())
-        _log(f"published {len(files)} files to {export_dir}")
+        log(f"published {len(files)} files to {export_dir}")
 
 
 def run(options: RunOptions) -> dict:

@@ -17,6 +17,7 @@ from statistics import mean, stdev
 from typing import Optional
 
 from tfqat.files import write_atomic
+from tfqat.flowers import study_record
 from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, method as find_method
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -34,6 +35,7 @@ class StudyOptions:
     quick: bool = False
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
     report_only: bool = False  # write the tables from what has finished; train and quantize nothing
+    record_dir: Optional[Path] = None  # each seed's results, kept here too: a study resumes on another machine
     command: str = ""
 
     def __post_init__(self):
@@ -61,16 +63,36 @@ def run_study(options: StudyOptions) -> dict:
                 quick=options.quick, stages=(FLOAT, *options.methods), command=options.command,
             )
         )
+        record = None if options.record_dir is None else study_record.record_path(options.record_dir, seed)
+        recorded = None if record is None else study_record.read_record(record)
         if options.report_only:
             run.load_data()  # the test split's labels, to pair each method with float
+            if recorded is not None and not run.state.done(FLOAT):  # tables only: the record's results will do
+                run.state.results.update(recorded)
         else:
-            run.run_stages()
+            if recorded is not None and not run.state.done(FLOAT):
+                _resume_from_record(run, recorded, seed)
+            run.run_stages(after_stage=None if record is None else lambda stage: study_record.write_record(run.out, record))
+            if record is not None:  # also a seed that finished before it was recorded
+                study_record.write_record(run.out, record)
         results[seed] = run.results()
     study = summarize(options, results)
     write_study(study, Path(options.out))
     if options.publish_dir is not None:
         write_study(study, Path(options.publish_dir))
     return study
+
+
+def _resume_from_record(run, recorded: dict, seed: int) -> None:
+    """Train the seed's float model here and take over the record's methods if it is the recorded model."""
+    from tfqat.flowers.pipeline import log
+
+    log(f"seed {seed}: recorded elsewhere; training its float model here to compare with the record")
+    run.run_stages(only=(FLOAT,))
+    stages, why = study_record.stages_to_restore(recorded, run.out, run.settings())
+    kept = [stage for stage in stages if stage != FLOAT and stage in run.stages()]
+    log(f"seed {seed}: {why}; " + (f"kept {', '.join(kept)}" if stages else "every method runs again"))
+    run.adopt(recorded, kept)
 
 
 def _seed_row(results: dict, name: str) -> Optional[dict]:
