@@ -79,6 +79,8 @@ def test_markdown_has_one_row_per_method_and_one_per_method_and_seed(study, tmp_
         (["study", "--methods", "qat,nope"], "unknown method 'nope'"),
         (["study", "--seeds", "0,x"], "--seeds takes comma-separated whole numbers"),
         (["study", "--seeds", "1,1"], "each once"),
+        (["study", "--candidates", "qat_tqt,nope"], "unknown method 'nope'"),
+        (["study", "--methods", "qat_tqt", "--candidates", "qat_tqt,qat_tqt_tuned"], "qat_tqt_tuned are not among"),
     ],
 )
 def test_bad_study_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
@@ -106,3 +108,23 @@ def test_every_method_is_also_paired_with_its_seeds_float_control():
     text = render_markdown(study)
     assert "| qat_tqt | 2 | 0.9500 | **-5.00** | -10.00 to +0.00 | -2.50 | 2 / 0 |" in text
     assert f"| {CONTROL} | 2 |" in text and "float control" in text
+
+
+def test_the_study_reports_the_rules_choice_once_every_candidate_ran_on_every_seed(study):
+    from tfqat.flowers.study import _default
+
+    study = {**study, "validation_images": 316}
+    pending = _default(study, StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt", "qat_per_channel"),
+                                           candidates=("qat", "qat_per_channel")))
+    assert pending["chosen"] is None and "qat_per_channel" in pending["pending"]
+    text = render_markdown({**study, "default": pending})
+    assert "Not decided: the rule needs every candidate on all 2 seeds" in text
+    # qat and qat_tqt have the same validation numbers in this fixture: a tie, the incumbent stays.
+    decided = _default(study, StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt"), candidates=("qat_tqt", "qat")))
+    assert decided["chosen"] == "qat_tqt" and decided["tied"]
+    assert "**Chosen: `qat_tqt`.**" in render_markdown({**study, "default": decided})
+
+
+def test_candidates_must_be_methods_of_the_study():
+    with pytest.raises(ValueError, match="candidates qat_tqt_tuned are not among"):
+        StudyOptions(methods=("qat_tqt",), candidates=("qat_tqt", "qat_tqt_tuned"))

@@ -241,6 +241,12 @@ def _add_study(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="a small subset at 96 px: a smoke test, not a measurement")
     parser.add_argument("--publish-dir", default=None, help="also write accuracy.md and accuracy.json here")
     parser.add_argument(
+        "--candidates", default="",
+        help="comma-separated methods of the study to choose a default among by the committed rule (docs/experiments.md: "
+        "mean validation accuracy, ties of under one validation image broken by mean validation loss, then the "
+        "incumbent); the first is the incumbent",
+    )
+    parser.add_argument(
         "--record-dir", default=None,
         help="keep each seed's results (test predictions, float weights' fingerprint) in DIR/seed<N>.json too: a "
         "study resumes from it on a machine without <out>, keeping a seed's methods where its float model "
@@ -269,6 +275,7 @@ def _study(args: argparse.Namespace) -> int:
         seeds=_seeds(args.seeds), methods=parse_methods(args.methods), quick=args.quick,
         publish_dir=Path(args.publish_dir) if args.publish_dir else None, report_only=args.report_only,
         record_dir=Path(args.record_dir) if args.record_dir else None,
+        candidates=parse_methods(args.candidates) if args.candidates else (),
         command="tfqat " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
     )
     study = run_study(options)

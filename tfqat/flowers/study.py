@@ -18,6 +18,7 @@ from typing import Optional
 
 from tfqat.files import write_atomic
 from tfqat.flowers import study_record
+from tfqat.flowers.decision import choose_default
 from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, method as find_method
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -36,6 +37,7 @@ class StudyOptions:
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
     report_only: bool = False  # write the tables from what has finished; train and quantize nothing
     record_dir: Optional[Path] = None  # each seed's results, kept here too: a study resumes on another machine
+    candidates: tuple = ()  # methods the decision rule chooses a default among, the incumbent first
     command: str = ""
 
     def __post_init__(self):
@@ -45,6 +47,9 @@ class StudyOptions:
             raise ValueError("StudyOptions.methods is empty; choose from " + ", ".join(METHODS))
         for name in self.methods:
             find_method(name)
+        if not set(self.candidates) <= set(self.methods):
+            missing = ", ".join(name for name in self.candidates if name not in self.methods)
+            raise ValueError(f"candidates {missing} are not among the study's methods")
 
 
 def seed_folder(out, seed: int) -> Path:
@@ -162,7 +167,10 @@ def summarize(options: StudyOptions, results: dict) -> dict:
             "verified": all(row["verified"] for row in done.values()) if done and not METHODS[name].control else None,
         }
     floats = {seed: results[seed]["models"].get(FLOAT) for seed in options.seeds}
-    return {
+    validation_images = {r.get("data", {}).get("split_sizes", {}).get("validation") for r in results.values()} - {None}
+    if len(validation_images) > 1:
+        raise ValueError(f"the seeds' validation splits differ in size ({sorted(validation_images)}): not one study")
+    study = {
         "command": options.command,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seeds": list(options.seeds),
@@ -176,7 +184,21 @@ def summarize(options: StudyOptions, results: dict) -> dict:
             "accuracy": _spread([f["accuracy"] for f in floats.values() if f]),
         },
         "methods": methods,
+        "validation_images": next(iter(validation_images), None),
     }
+    if options.candidates:
+        study["default"] = _default(study, options)
+    return study
+
+
+def _default(study: dict, options: StudyOptions) -> dict:
+    """The decision rule's choice among the candidates, or why it cannot choose yet."""
+    try:
+        decision = choose_default(study["methods"], options.candidates, study["validation_images"], len(options.seeds))
+    except ValueError as error:
+        return {"candidates": list(options.candidates), "chosen": None, "pending": str(error)}
+    return {"candidates": list(options.candidates), "chosen": decision.chosen, "steps": list(decision.steps),
+            "tied": decision.tied}
 
 
 def _points(value, signed: bool = True) -> str:
@@ -250,6 +272,13 @@ def render_markdown(study: dict) -> str:
                 f"| {row['kept_epoch'] if row['kept_epoch'] is not None else '-'} | {_fraction(row['agreement'])} "
                 f"| {verified} | {_whole(row['seconds'])} |"
             )
+    if default := study.get("default"):
+        lines += ["", "## The default by the rule of docs/experiments.md (validation only)", ""]
+        lines.append("Candidates: " + ", ".join(f"`{name}`" for name in default["candidates"]) + " (the first is the incumbent).")
+        if default["chosen"] is None:
+            lines.append(f"Not decided: {default['pending']}.")
+        else:
+            lines += ["", *(f"- {step}" for step in default["steps"]), "", f"**Chosen: `{default['chosen']}`.**"]
     for name, m in study["methods"].items():
         if not m["complete"]:
             lines += ["", f"{name}: not yet run on every seed; its means cover {len(m['seeds'])} seed(s)."]
