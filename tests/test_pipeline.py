@@ -160,7 +160,7 @@ def test_a_stage_repeats_whatever_ran_before_it_in_the_process(quick_run, tmp_pa
     out, _ = quick_run
     state = json.loads((out / "state.json").read_text())
     (tmp_path / "state.json").write_text(json.dumps({k: state[k] for k in ("settings", "started", "float")}))
-    shutil.copy(out / "float.weights.h5", tmp_path)
+    shutil.copy(out / methods.FLOAT_WEIGHTS, tmp_path)
     run = pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, stages=(QAT,)))
     run.run_stages(only=(QAT,))
     again = json.loads((tmp_path / "state.json").read_text())[QAT]

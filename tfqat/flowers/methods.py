@@ -135,6 +135,7 @@ def _tfmot_qat(run, method: Method) -> QuantizedModel:
 FLOAT = "float"
 FLOAT_TITLE = "original float network"
 FLOAT_FILE = "flowers_mobilenet_v2_float.tflite"
+FLOAT_WEIGHTS = "float.weights.h5"  # the float model's Keras weights in a run folder, which every method starts from
 FLOAT_REFERENCE = 0.8965
 
 _FILE = "flowers_mobilenet_v2_int8_{}.tflite"

@@ -29,7 +29,7 @@ from tfqat.evaluation import metrics
 from tfqat.evaluation.stats import paired_difference
 from tfqat.flowers import data, models, train
 from tfqat.flowers.baselines import PeerError
-from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, METHODS, STAGES
+from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, FLOAT_WEIGHTS, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.networks import file_name, network_named
 from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
@@ -214,7 +214,7 @@ class Run:
     def float_copy(self):
         """A new copy of the float stage's model, to train on (the control) without touching the shared one."""
         model = self._given_float_model() if self.options.float_model else self._classifier(None)[0]
-        model.load_weights(str(self.out / "float.weights.h5"))
+        model.load_weights(str(self.out / FLOAT_WEIGHTS))
         train.unfreeze(model)
         return model
 
@@ -416,7 +416,7 @@ class Run:
                 backup_dir=self.out / "backup" / "float", restore_best=o.restore_best,
                 history_dir=self._history("float"), verbose=_FIT_VERBOSITY, run_eagerly=o.run_eagerly,
             )
-        model.save_weights(str(self.out / "float.weights.h5"))
+        model.save_weights(str(self.out / FLOAT_WEIGHTS))
         train.unfreeze(model)
         model.save(str(self.out / "float.keras"))  # the whole model, for `tfqat debug` and `tfqat quantize`
         self._float_model = model

@@ -96,7 +96,7 @@ def _resume_from_record(run, recorded: dict, seed: int) -> None:
     run.run_stages(only=(FLOAT,))
     stages, why = study_record.stages_to_restore(recorded, run.out, run.settings())
     kept = [stage for stage in stages if stage != FLOAT and stage in run.stages()]
-    log(f"seed {seed}: {why}; " + (f"kept {', '.join(kept)}" if stages else "every method runs again"))
+    log(f"seed {seed}: {why}; " + (f"kept {', '.join(kept) or 'no method'}" if stages else "every method runs again"))
     run.adopt(recorded, kept)
 
 

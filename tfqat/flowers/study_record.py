@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from tfqat.files import write_atomic
+from tfqat.flowers.methods import FLOAT_WEIGHTS
 
-FLOAT_WEIGHTS = "float.weights.h5"  # the pipeline's float model weights in a run folder
 FINGERPRINT = "float_weights_sha256"
 
 
