@@ -54,3 +54,15 @@ def test_exactly_one_image_apart_is_not_a_tie():
     second = sum((c + 1) / VALIDATION for c in counts) / 5
     methods = _methods(qat_tqt=(first, 0.1), qat_tqt_tuned=(second, 0.3))
     assert choose_default(methods, ("qat_tqt", "qat_tqt_tuned"), VALIDATION, 5).chosen == "qat_tqt_tuned"
+
+
+def test_a_tie_without_the_incumbent_goes_to_the_tied_candidate_with_the_higher_accuracy():
+    methods = _methods(qat_tqt=(0.9000, 0.20), qat_tqt_tuned=(0.9500, 0.200), qat_tqt_frozen=(0.9490, 0.201))
+    decision = choose_default(methods, ("qat_tqt", "qat_tqt_tuned", "qat_tqt_frozen"), VALIDATION, 5)
+    assert decision.chosen == "qat_tqt_tuned" and decision.tied and "without the incumbent" in decision.steps[-1]
+
+
+def test_a_candidate_without_validation_numbers_is_a_clear_error():
+    methods = _methods(qat_tqt=(0.92, 0.2), tflite_ptq=(None, None))
+    with pytest.raises(ValueError, match="no validation numbers for tflite_ptq"):
+        choose_default(methods, ("qat_tqt", "tflite_ptq"), VALIDATION, 5)

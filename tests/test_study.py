@@ -1,6 +1,7 @@
 """Tests for tfqat.flowers.study: the multi-seed table from per-seed run results (no training here)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def _seed_results(float_predictions, method_predictions, seconds):
             verify={"passed": True}, training={name: {"kept_epoch": 3}},
         )
         versus[name] = paired_difference(float_predictions == LABELS, np.asarray(predictions) == LABELS)
-    return {"models": models, "versus_float": versus, "stage_seconds": {name: seconds for name in method_predictions}}
+    return {"models": models, "versus_float": versus, "stage_seconds": {name: seconds for name in method_predictions},
+            "data": {"split_sizes": {"train": 60, "validation": 316, "test": len(LABELS)}}}
 
 
 def _flip(predictions, indices):
@@ -80,7 +82,7 @@ def test_markdown_has_one_row_per_method_and_one_per_method_and_seed(study, tmp_
         (["study", "--seeds", "0,x"], "--seeds takes comma-separated whole numbers"),
         (["study", "--seeds", "1,1"], "each once"),
         (["study", "--candidates", "qat_tqt,nope"], "unknown method 'nope'"),
-        (["study", "--methods", "qat_tqt", "--candidates", "qat_tqt,qat_tqt_tuned"], "qat_tqt_tuned are not among"),
+        (["study", "--methods", "qat_tqt", "--candidates", "qat_tqt,qat_tqt_tuned"], "qat_tqt_tuned not among"),
     ],
 )
 def test_bad_study_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
@@ -110,21 +112,28 @@ def test_every_method_is_also_paired_with_its_seeds_float_control():
     assert f"| {CONTROL} | 2 |" in text and "float control" in text
 
 
-def test_the_study_reports_the_rules_choice_once_every_candidate_ran_on_every_seed(study):
-    from tfqat.flowers.study import _default
+def test_the_study_reports_the_rules_choice_once_every_candidate_ran_on_every_seed():
+    seed = _seed_results(LABELS, {"qat": _flip(LABELS, [0]), "qat_tqt": LABELS}, 1.0)
+    seed["models"]["qat_tqt"]["validation_accuracy"] = 0.9  # qat: 0.8, more than one of 316 images lower
+    results = {0: seed, 1: seed}
+    pending = summarize(StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt", "qat_per_channel"),
+                                     candidates=("qat", "qat_per_channel")), results)
+    assert pending["default"]["chosen"] is None and "qat_per_channel" in pending["default"]["pending"]
+    assert "Not decided: the rule needs every candidate on all 2 seeds" in render_markdown(pending)
+    decided = summarize(StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt"), candidates=("qat", "qat_tqt")), results)
+    assert decided["validation_images"] == 316
+    assert decided["default"]["chosen"] == "qat_tqt" and not decided["default"]["tied"]
+    assert "**Chosen: `qat_tqt`.**" in render_markdown(decided)
 
-    study = {**study, "validation_images": 316}
-    pending = _default(study, StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt", "qat_per_channel"),
-                                           candidates=("qat", "qat_per_channel")))
-    assert pending["chosen"] is None and "qat_per_channel" in pending["pending"]
-    text = render_markdown({**study, "default": pending})
-    assert "Not decided: the rule needs every candidate on all 2 seeds" in text
-    # qat and qat_tqt have the same validation numbers in this fixture: a tie, the incumbent stays.
-    decided = _default(study, StudyOptions(seeds=(0, 1), methods=("qat", "qat_tqt"), candidates=("qat_tqt", "qat")))
-    assert decided["chosen"] == "qat_tqt" and decided["tied"]
-    assert "**Chosen: `qat_tqt`.**" in render_markdown({**study, "default": decided})
 
-
-def test_candidates_must_be_methods_of_the_study():
-    with pytest.raises(ValueError, match="candidates qat_tqt_tuned are not among"):
-        StudyOptions(methods=("qat_tqt",), candidates=("qat_tqt", "qat_tqt_tuned"))
+@pytest.mark.parametrize(
+    "candidates, message",
+    [
+        (("qat_tqt", "qat_tqt_tuned"), "qat_tqt_tuned not among its methods (qat_tqt, tflite_ptq)"),
+        (("qat_tqt", "tflite_ptq"), "tflite_ptq has no Keras model to validate"),
+        (("qat_tqt",), "it needs two to choose between"),
+    ],
+)
+def test_candidates_must_be_two_or_more_of_the_studys_own_models(candidates, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        StudyOptions(methods=("qat_tqt", "tflite_ptq"), candidates=candidates)

@@ -9,6 +9,7 @@ import pytest
 
 from tfqat import cli
 from tfqat.flowers import study_record
+from tfqat.flowers.methods import FLOAT_WEIGHTS
 
 from test_pipeline import DATA, WEIGHTS, needs_shared
 
@@ -30,8 +31,8 @@ def test_the_fingerprint_is_of_the_weights_not_of_the_files_metadata(tmp_path):
     assert study_record.weights_fingerprint(_weights_file(tmp_path / "c.h5", [[1, 2, nudged]])) != first
 
 
-def _recorded(run_folder, settings, **float_weights):
-    weights = _weights_file(run_folder / study_record.FLOAT_WEIGHTS, float_weights.get("values", [[1, 2, 3]]))
+def _recorded(run_folder, settings):
+    weights = _weights_file(run_folder / FLOAT_WEIGHTS, [[1, 2, 3]])
     return {
         "settings": settings,
         "float": {"accuracy": 0.9},
@@ -41,16 +42,23 @@ def _recorded(run_folder, settings, **float_weights):
     }
 
 
-def test_recorded_stages_are_kept_only_for_the_same_float_weights_and_settings(tmp_path):
+def test_recorded_methods_pair_only_with_the_recorded_float_weights(tmp_path):
     recorded = _recorded(tmp_path, {"seed": 0})
-    stages, why = study_record.stages_to_restore(recorded, tmp_path, {"seed": 0})
-    assert stages == ["float", "qat_tqt"] and "bit for bit" in why
-    assert study_record.stages_to_restore(recorded, tmp_path, {"seed": 1}) == ([], "the record was made with other settings")
-    _weights_file(tmp_path / study_record.FLOAT_WEIGHTS, [[1, 2, 4]])  # this machine trained another float model
-    stages, why = study_record.stages_to_restore(recorded, tmp_path, {"seed": 0})
-    assert stages == [] and "differs from the recorded one" in why
+    assert study_record.finished_stages(recorded) == ["float", "qat_tqt"]
+    same, why = study_record.same_float(recorded, tmp_path)
+    assert same and "bit for bit" in why
+    _weights_file(tmp_path / FLOAT_WEIGHTS, [[1, 2, 4]])  # this machine trained another float model
+    same, why = study_record.same_float(recorded, tmp_path)
+    assert not same and "differs from the recorded one" in why
     del recorded[study_record.FINGERPRINT]
-    assert study_record.stages_to_restore(recorded, tmp_path, {"seed": 0})[0] == []
+    assert not study_record.same_float(recorded, tmp_path)[0]
+
+
+def test_a_record_of_other_settings_is_refused_by_name(tmp_path):
+    recorded = _recorded(tmp_path, {"seed": 0, "image_size": 224})
+    study_record.check_settings(recorded, {"seed": 0, "image_size": 224}, tmp_path / "seed0.json")
+    with pytest.raises(ValueError, match=r"seed0.json was recorded with other settings \(image_size: 224 -> 96\)"):
+        study_record.check_settings(recorded, {"seed": 0, "image_size": 96}, tmp_path / "seed0.json")
 
 
 def test_a_damaged_record_is_a_clear_error(tmp_path):
@@ -58,31 +66,49 @@ def test_a_damaged_record_is_a_clear_error(tmp_path):
     record.write_text("{not json")
     with pytest.raises(ValueError, match="seed0.json is not a study record"):
         study_record.read_record(record)
+    record.write_text("[]")
+    with pytest.raises(ValueError, match="seed0.json is not a study record"):
+        study_record.read_record(record)
     assert study_record.read_record(tmp_path / "seed1.json") is None
 
 
 @needs_shared
 def test_a_study_resumes_from_its_record_on_a_machine_without_its_folders(tmp_path, capsys):
-    """The second study has only the first one's record: it trains the float model again, finds it the
-    recorded one (same machine, same kernels) and keeps the recorded method instead of running it again."""
+    """Another folder stands for another machine: a finished seed is taken from the record without training;
+    a seed that needs another method trains its float model again, finds it the recorded one (same kernels
+    here) and adopts the recorded method instead of running it again."""
     record_dir = tmp_path / "record"
-    common = ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0", "--methods", "ptq",
+    common = ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0",
               "--record-dir", str(record_dir)]
-    assert cli.main([*common, "--out", str(tmp_path / "first")]) == 0
+    assert cli.main([*common, "--methods", "ptq", "--out", str(tmp_path / "first")]) == 0
     first = json.loads((record_dir / "seed0.json").read_text())
     assert {"float", "ptq", study_record.FINGERPRINT} <= set(first)
     shutil.rmtree(tmp_path / "first")
     capsys.readouterr()
 
-    assert cli.main([*common, "--out", str(tmp_path / "second")]) == 0
+    assert cli.main([*common, "--methods", "ptq", "--out", str(tmp_path / "second")]) == 0
     out = capsys.readouterr().out
-    assert "is the recorded one bit for bit" in out and "kept ptq" in out and "ptq: done in an earlier run" in out
-    state = json.loads((tmp_path / "second" / "seed0" / "state.json").read_text())
-    assert state["ptq"] == first["ptq"] and state["stage_seconds"]["ptq"] == first["stage_seconds"]["ptq"]
-    assert state["float"]["predictions"] == first["float"]["predictions"]
-
-    # The tables alone need neither folder: the record is enough.
-    shutil.rmtree(tmp_path / "second")
-    assert cli.main([*common, "--out", str(tmp_path / "third"), "--report-only"]) == 0
-    study = json.loads((tmp_path / "third" / "accuracy.json").read_text())
+    assert "seed 0: its results are the record's" in out and "float: original float network" not in out
+    study = json.loads((tmp_path / "second" / "accuracy.json").read_text())
     assert study["methods"]["ptq"]["seeds"]["0"]["accuracy"] == first["ptq"]["accuracy"]
+    assert study["methods"]["ptq"]["seeds"]["0"]["seconds"] == first["stage_seconds"]["ptq"]
+
+    assert cli.main([*common, "--methods", "ptq,ptq_equalized", "--out", str(tmp_path / "third")]) == 0
+    out = capsys.readouterr().out
+    assert "is the recorded one bit for bit" in out and "adopted the record's ptq" in out
+    assert "ptq: done in an earlier run" in out and "ptq_equalized: " in out
+    state = json.loads((tmp_path / "third" / "seed0" / "state.json").read_text())
+    assert state["ptq"] == first["ptq"] and state["float"]["predictions"] == first["float"]["predictions"]
+    assert "ptq_equalized" in json.loads((record_dir / "seed0.json").read_text())  # the record follows
+
+
+@needs_shared
+def test_a_record_of_other_settings_stops_the_study_before_it_trains(tmp_path, capsys):
+    record_dir = tmp_path / "record"
+    record_dir.mkdir()
+    (record_dir / "seed0.json").write_text(json.dumps({"settings": {"image_size": 224}, "float": {"accuracy": 0.9}}))
+    code = cli.main(["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0", "--methods",
+                     "ptq", "--record-dir", str(record_dir), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "seed0.json was recorded with other settings (" in err[0]
+    assert "image_size: 224 -> 96" in err[0] and not (tmp_path / "s" / "seed0" / FLOAT_WEIGHTS).exists()

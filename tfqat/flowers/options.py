@@ -1,7 +1,7 @@
 """The options of a flowers run, apart from the pipeline so the CLI can read them without loading TensorFlow."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +68,17 @@ class RunOptions:
 NOT_SETTINGS = ("out", "export_dir", "stages", "peers", "strategy", "command")
 # What runs recorded before a setting existed did, where that is not the setting's default.
 BEFORE_RECORDED = {"restore_best": False}
+
+
+def changed_settings(recorded: dict, current: dict) -> list:
+    """The settings a run recorded that differ from `current`, as `name: recorded -> current`.
+
+    A setting added since that run was recorded counts as what that run did, so such runs still resume.
+    """
+    defaults = {**{f.name: f.default for f in fields(RunOptions)}, **BEFORE_RECORDED}
+    return [
+        f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in current.items() if recorded.get(k, defaults[k]) != v
+    ]
 QUICK = dict(
     image_size=96, head_epochs=1, fine_tune_epochs=1, qat_epochs=1, calibration_images=32, batch_size=16,
     adaround_iterations=100, run_eagerly=True,

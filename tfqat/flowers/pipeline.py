@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from tfqat._keras import keras
@@ -32,7 +32,7 @@ from tfqat.flowers.baselines import PeerError
 from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, FLOAT_WEIGHTS, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.networks import file_name, network_named
-from tfqat.flowers.options import BEFORE_RECORDED, NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions
+from tfqat.flowers.options import NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions, changed_settings
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.post_training.equalize import equalize
@@ -134,12 +134,7 @@ class Run:
         if recorded is None:
             self.state.save("settings", settings)
             return
-        # A setting added since that run was recorded counts as what that run did, so such runs still resume.
-        defaults = {**{f.name: f.default for f in fields(RunOptions)}, **BEFORE_RECORDED}
-        changed = [
-            f"{k}: {recorded.get(k, defaults[k])!r} -> {v!r}" for k, v in settings.items() if recorded.get(k, defaults[k]) != v
-        ]
-        if changed:
+        if changed := changed_settings(recorded, settings):
             msg = (
                 f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
                 "use another --out, or delete the folder to start over"
@@ -524,13 +519,23 @@ class Run:
         """The settings this folder's stages were run with (its state's)."""
         return self.state.results["settings"]
 
-    def adopt(self, recorded: dict, stages) -> None:
-        """Take over finished stages' results from a record of the same run made elsewhere (a study's record)."""
+    def adopt(self, recorded: dict, stages, save: bool = True) -> None:
+        """Take over finished stages' results from a record of the same run made elsewhere (a study's record).
+
+        Args:
+          save: into this folder's state; otherwise only for this process's results (tables from a record).
+        """
+        times = recorded.get("stage_seconds", {})
         for stage in stages:
-            if not self.state.done(stage):
+            if self.state.done(stage):
+                continue
+            self.state.results[stage] = recorded[stage]
+            if times.get(stage) is not None:
+                self.times[stage] = times[stage]
+            if save:
                 self.state.save(stage, recorded[stage])
-                self.times[stage] = recorded.get("stage_seconds", {}).get(stage)
-        self.state.save("stage_seconds", self.times)
+        if save:
+            self.state.save("stage_seconds", self.times)
 
     def results(self) -> dict:
         o = self.options

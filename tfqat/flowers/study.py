@@ -47,9 +47,13 @@ class StudyOptions:
             raise ValueError("StudyOptions.methods is empty; choose from " + ", ".join(METHODS))
         for name in self.methods:
             find_method(name)
-        if not set(self.candidates) <= set(self.methods):
-            missing = ", ".join(name for name in self.candidates if name not in self.methods)
-            raise ValueError(f"candidates {missing} are not among the study's methods")
+        if self.candidates:
+            outside = [name for name in self.candidates if name not in self.methods]
+            peers = [name for name in self.candidates if METHODS[name].peer]
+            if outside or peers or len(self.candidates) < 2:
+                why = (f"{', '.join(outside)} not among its methods ({', '.join(self.methods)})" if outside else
+                       f"{', '.join(peers)} has no Keras model to validate" if peers else "it needs two to choose between")
+                raise ValueError(f"StudyOptions.candidates={self.candidates!r}: {why}")
 
 
 def seed_folder(out, seed: int) -> Path:
@@ -58,7 +62,7 @@ def seed_folder(out, seed: int) -> Path:
 
 def run_study(options: StudyOptions) -> dict:
     """Train (or reuse) each seed's float model, run each method on it, and write the study's tables."""
-    from tfqat.flowers.pipeline import Run, RunOptions
+    from tfqat.flowers.pipeline import Run, RunOptions, log
 
     results = {}
     for seed in options.seeds:
@@ -70,13 +74,19 @@ def run_study(options: StudyOptions) -> dict:
         )
         record = None if options.record_dir is None else study_record.record_path(options.record_dir, seed)
         recorded = None if record is None else study_record.read_record(record)
-        if options.report_only:
+        finished = []
+        if recorded is not None:
+            study_record.check_settings(recorded, run.settings(), record)
+            finished = study_record.finished_stages(recorded)
+        elsewhere = bool(finished) and not run.state.done(FLOAT)  # this machine has no model of the seed
+        if options.report_only or (elsewhere and set(run.stages()) <= set(finished)):
             run.load_data()  # the test split's labels, to pair each method with float
-            if recorded is not None and not run.state.done(FLOAT):  # tables only: the record's results will do
-                run.state.results.update(recorded)
+            if elsewhere:  # the record is the result
+                log(f"seed {seed}: its results are the record's ({record})")
+                run.adopt(recorded, finished, save=False)
         else:
-            if recorded is not None and not run.state.done(FLOAT):
-                _resume_from_record(run, recorded, seed)
+            if finished:
+                _resume_from_record(run, recorded, finished, seed)
             run.run_stages(after_stage=None if record is None else lambda stage: study_record.write_record(run.out, record))
             if record is not None:  # also a seed that finished before it was recorded
                 study_record.write_record(run.out, record)
@@ -88,16 +98,23 @@ def run_study(options: StudyOptions) -> dict:
     return study
 
 
-def _resume_from_record(run, recorded: dict, seed: int) -> None:
-    """Train the seed's float model here and take over the record's methods if it is the recorded model."""
+def _resume_from_record(run, recorded: dict, finished: list, seed: int) -> None:
+    """Take over the record's methods where this folder's float model is the recorded one (trained here first)."""
     from tfqat.flowers.pipeline import log
 
-    log(f"seed {seed}: recorded elsewhere; training its float model here to compare with the record")
-    run.run_stages(only=(FLOAT,))
-    stages, why = study_record.stages_to_restore(recorded, run.out, run.settings())
-    kept = [stage for stage in stages if stage != FLOAT and stage in run.stages()]
-    log(f"seed {seed}: {why}; " + (f"kept {', '.join(kept) or 'no method'}" if stages else "every method runs again"))
-    run.adopt(recorded, kept)
+    missing = [stage for stage in finished if not run.state.done(stage)]
+    if not missing:
+        return
+    if not run.state.done(FLOAT):
+        log(f"seed {seed}: recorded elsewhere; training its float model here to compare with the record")
+        run.run_stages(only=(FLOAT,))
+        missing = [stage for stage in missing if stage != FLOAT]
+    same, why = study_record.same_float(recorded, run.out)
+    if same:
+        log(f"seed {seed}: {why}; adopted the record's {', '.join(missing) or 'nothing more'}")
+        run.adopt(recorded, missing)
+    else:
+        log(f"seed {seed}: {why}; {', '.join(missing)} run again here, and the record follows this folder")
 
 
 def _seed_row(results: dict, name: str) -> Optional[dict]:

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Optional
 
 from tfqat.files import write_atomic
-from tfqat.flowers.methods import FLOAT_WEIGHTS
+from tfqat.flowers.methods import FLOAT_WEIGHTS, STAGES
+from tfqat.flowers.options import changed_settings
 
 FINGERPRINT = "float_weights_sha256"
 
 
 def record_path(folder, seed: int) -> Path:
+    """Where a seed's record is kept in a record folder."""
     return Path(folder) / f"seed{seed}.json"
 
 
@@ -53,29 +55,41 @@ def write_record(run_folder, record: Path) -> None:
 
 
 def read_record(record: Path) -> Optional[dict]:
+    """A seed's record, or None where the seed has none yet."""
     if not record.is_file():
         return None
     try:
-        return json.loads(record.read_text())
+        recorded = json.loads(record.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{record} is not a study record ({error}); delete it to run its seed again") from None
+    if not isinstance(recorded, dict) or "settings" not in recorded:
+        raise ValueError(f"{record} is not a study record (no settings); delete it to run its seed again")
+    return recorded
 
 
-def stages_to_restore(recorded: dict, run_folder, settings: dict) -> tuple[list, str]:
-    """The recorded stages a run folder may take over, and why (or why none).
+def finished_stages(recorded: dict) -> list:
+    """The stages whose results a record holds, in the pipeline's order."""
+    return [stage for stage in STAGES if stage in recorded]
 
-    The run folder must have trained its float model with the recorded settings, to the recorded weights.
-    """
-    stages = [name for name, value in recorded.items() if isinstance(value, dict) and "accuracy" in value]
-    if recorded.get("settings") != settings:
-        return [], "the record was made with other settings"
+
+def check_settings(recorded: dict, settings: dict, record: Path) -> None:
+    """Refuse a record made with other settings: its methods could not be paired with this study's float model."""
+    if changed := changed_settings(recorded["settings"], settings):
+        raise ValueError(
+            f"{record} was recorded with other settings ({'; '.join(changed)}); run the study with that record's "
+            "settings, or give it another --record-dir"
+        )
+
+
+def same_float(recorded: dict, run_folder) -> tuple[bool, str]:
+    """Whether a run folder's float model is the recorded one bit for bit, and a sentence saying so."""
     weights = Path(run_folder) / FLOAT_WEIGHTS
     if FINGERPRINT not in recorded or not weights.is_file():
-        return [], "the record or the run folder has no float weights to compare"
+        return False, "the record or the run folder has no float weights to compare"
     fingerprint = weights_fingerprint(weights)
     if fingerprint != recorded[FINGERPRINT]:
-        return [], (
+        return False, (
             f"the float model trained here differs from the recorded one (weights {fingerprint[:12]}, "
             f"recorded {recorded[FINGERPRINT][:12]}: another machine's kernels)"
         )
-    return stages, f"the float model trained here is the recorded one bit for bit ({fingerprint[:12]})"
+    return True, f"the float model trained here is the recorded one bit for bit ({fingerprint[:12]})"
