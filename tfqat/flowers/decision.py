@@ -17,7 +17,7 @@ LOSS_TIE = 0.005  # mean validation losses closer than this are a tie
 class Decision:
     chosen: str
     steps: tuple  # how the rule got there, one sentence each
-    tied: bool  # the rule ended in a tie on loss, so the incumbent stayed (the next step is cross-validation)
+    tied: bool  # the rule ended in a tie on loss (the next step is cross-validation)
 
 
 def choose_default(methods: dict, candidates: tuple, validation_images: int, seed_count: int) -> Decision:

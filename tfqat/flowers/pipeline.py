@@ -120,6 +120,7 @@ class Run:
         self.network = network_named(options.model)
         self.not_run = {}  # stage -> why a peer did not run on this network
         self.flowers = None  # the data, once load_data has read it
+        self.train_ds = None  # the training epochs, built afresh before each stage (_fresh_randomness)
         self._float_model = None
         self._equalized_float_model = None
         self._calibrated = {}  # the quantizers a recipe sets -> calibrated weights, so QAT does not calibrate again
@@ -156,7 +157,6 @@ class Run:
         write_labels(self.out / "labels.txt", flowers.classes)
         size = self.options.image_size
         preprocessing = self.network.preprocessing
-        self.train_ds = self._train_dataset()
         self.val_ds = data.make_dataset(
             flowers.validation, image_size=size, batch_size=self.options.batch_size, preprocessing=preprocessing
         )
