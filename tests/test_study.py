@@ -137,3 +137,30 @@ def test_the_study_reports_the_rules_choice_once_every_candidate_ran_on_every_se
 def test_candidates_must_be_two_or_more_of_the_studys_own_models(candidates, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         StudyOptions(methods=("qat_tqt", "tflite_ptq"), candidates=candidates)
+
+
+def test_a_method_from_an_earlier_machine_keeps_its_own_float_model_and_control():
+    """A seed split by a machine change: this machine's float model and control, and a method that only the
+    earlier machine finished, paired with that machine's float model and control (docs/experiments.md)."""
+    from tfqat.flowers.methods import CONTROL
+
+    def seed_results(float_predictions, control, qat):
+        results = _seed_results(float_predictions, {CONTROL: control, **({"qat_tqt": qat} if qat is not None else {})}, 1.0)
+        results["versus_control"] = {} if qat is None else {"qat_tqt": paired_difference(control == LABELS, qat == LABELS)}
+        return results
+
+    here = seed_results(LABELS, _flip(LABELS, [0]), None)  # the new machine: float and control, no QAT yet
+    earlier_float = _flip(LABELS, [1, 2])
+    earlier = seed_results(earlier_float, _flip(LABELS, [1]), _flip(LABELS, [3]))  # the machine that was replaced
+    options = StudyOptions(seeds=(0,), methods=(CONTROL, "qat_tqt"))
+    study = summarize(options, {0: here}, {0: [earlier]})
+    tqt = study["methods"]["qat_tqt"]["seeds"]["0"]
+    assert tqt["earlier_machine"] and tqt["float_accuracy"] == pytest.approx(18 / 20)  # its own float model
+    assert tqt["difference"] == pytest.approx(1 / 20) and tqt["control_difference"] == pytest.approx(0.0)
+    control = study["methods"][CONTROL]["seeds"]["0"]
+    assert "earlier_machine" not in control and control["float_accuracy"] == 1.0  # this machine's own, preferred
+    assert study["float"]["seeds"]["0"]["accuracy"] == 1.0
+    text = render_markdown(study)
+    assert "| qat_tqt | 0 (earlier machine) | 0.9500 | 0.9000 | +5.00 | +0.00 |" in text
+    assert "\"(earlier machine)\": the method ran from the float model" in text
+    assert "(earlier machine)" not in render_markdown(summarize(options, {0: here}))

@@ -112,3 +112,55 @@ def test_a_record_of_other_settings_stops_the_study_before_it_trains(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "seed0.json was recorded with other settings (" in err[0]
     assert "image_size: 224 -> 96" in err[0] and not (tmp_path / "s" / "seed0" / FLOAT_WEIGHTS).exists()
+
+
+def test_a_record_of_a_float_model_not_reproduced_is_kept_under_its_fingerprint(tmp_path):
+    recorded = _recorded(tmp_path, {"seed": 0})
+    recorded["float_continued"] = {"accuracy": 0.92}
+    record = study_record.record_path(tmp_path, 1)
+    kept = study_record.keep_as_earlier(record, recorded)
+    assert kept.name == f"seed1.{recorded[study_record.FINGERPRINT][:12]}.json"
+    assert study_record.earlier_paths(tmp_path, 1) == [kept] and study_record.earlier_paths(tmp_path, 0) == []
+    assert study_record.read_record(kept) == recorded
+    with pytest.raises(ValueError, match="already exists: two records of one float model"):
+        study_record.keep_as_earlier(record, recorded)
+    # Its methods are kept only with that machine's control, which they are paired with; float and control run again.
+    assert study_record.kept_methods([recorded], "float_continued") == {"qat_tqt"}
+    assert study_record.kept_methods([recorded], None) == {"qat_tqt", "float_continued"}
+    del recorded["float_continued"]
+    assert study_record.kept_methods([recorded], "float_continued") == set()
+
+
+@needs_shared
+def test_a_seed_split_by_a_machine_change_keeps_the_earlier_machines_methods(tmp_path, capsys):
+    """A record whose float model this machine does not reproduce (a fingerprint no training gives stands for
+    another machine's kernels): float model and control run again here, the recorded method is kept with its
+    own float model and control, the missing method runs here; then the seed is complete from its records."""
+    record_dir = tmp_path / "record"
+    common = ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0",
+              "--record-dir", str(record_dir)]
+    assert cli.main([*common, "--methods", "float_continued,ptq", "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((record_dir / "seed0.json").read_text())
+    first[study_record.FINGERPRINT] = "f" * 64
+    (record_dir / "seed0.json").write_text(json.dumps(first))
+    capsys.readouterr()
+
+    methods = ["--methods", "float_continued,ptq,ptq_equalized"]
+    assert cli.main([*common, *methods, "--out", str(tmp_path / "second")]) == 0
+    out = capsys.readouterr().out
+    assert "differs from the recorded one" in out and "seed 0: ptq kept from an earlier machine's" in out
+    assert "[tfqat] float_continued: float network" in out and "[tfqat] ptq_equalized: " in out
+    assert "[tfqat] ptq: " not in out
+    assert json.loads((record_dir / "seed0.ffffffffffff.json").read_text()) == first
+    record = json.loads((record_dir / "seed0.json").read_text())
+    assert "ptq" not in record and record[study_record.FINGERPRINT] != "f" * 64  # this machine's float model
+    study = json.loads((tmp_path / "second" / "accuracy.json").read_text())
+    ptq = study["methods"]["ptq"]["seeds"]["0"]
+    assert ptq["earlier_machine"] and ptq["accuracy"] == first["ptq"]["accuracy"]
+    assert ptq["float_accuracy"] == first["float"]["accuracy"]
+    assert "earlier_machine" not in study["methods"]["ptq_equalized"]["seeds"]["0"]
+
+    assert cli.main([*common, *methods, "--out", str(tmp_path / "third")]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: its results are the record's" in out and "float: original float network" not in out
+    assert json.loads((tmp_path / "third" / "accuracy.json").read_text())["methods"] == study["methods"]

@@ -250,7 +250,8 @@ def _add_study(subparsers) -> None:
         "--record-dir", default=None,
         help="keep each seed's results (test predictions, float weights' fingerprint) in DIR/seed<N>.json too: a "
         "study resumes from it on a machine without <out>, keeping a seed's methods where its float model "
-        "trains to the recorded weights bit for bit",
+        "trains to the recorded weights bit for bit; otherwise the record stays as DIR/seed<N>.<fingerprint>.json "
+        "and its methods are kept, paired with that machine's float model and control",
     )
     parser.add_argument(
         "--report-only", action="store_true",

@@ -537,6 +537,19 @@ class Run:
         if save:
             self.state.save("stage_seconds", self.times)
 
+    def recorded_results(self, recorded: dict) -> dict:
+        """The results of a record made from another float model (a study's earlier machine), each of its
+        models paired with that record's float model and control on this run's test split."""
+        if self.flowers is None:
+            self.load_data()
+        models = {stage: recorded[stage] for stage in STAGES if stage in recorded}
+        return {
+            "models": models,
+            "versus_float": self._versus(models),
+            "versus_control": self._versus(models, CONTROL),
+            "stage_seconds": recorded.get("stage_seconds", {}),
+        }
+
     def results(self) -> dict:
         o = self.options
         flowers = self.flowers

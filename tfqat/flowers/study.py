@@ -19,7 +19,7 @@ from typing import Optional
 from tfqat.files import write_atomic
 from tfqat.flowers import study_record
 from tfqat.flowers.decision import choose_default
-from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, method as find_method
+from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, STAGES, method as find_method
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -64,7 +64,8 @@ def run_study(options: StudyOptions) -> dict:
     """Train (or reuse) each seed's float model, run each method on it, and write the study's tables."""
     from tfqat.flowers.pipeline import Run, RunOptions, log
 
-    results = {}
+    results, earlier = {}, {}
+    control = CONTROL if CONTROL in options.methods else None
     for seed in options.seeds:
         run = Run(
             RunOptions(
@@ -78,33 +79,61 @@ def run_study(options: StudyOptions) -> dict:
         if recorded is not None:
             study_record.check_settings(recorded, run.settings(), record)
             finished = study_record.finished_stages(recorded)
-        elsewhere = bool(finished) and not run.state.done(FLOAT)  # this machine has no model of the seed
-        if options.report_only or (elsewhere and set(run.stages()) <= set(finished)):
+        earlier_records = _earlier_records(options.record_dir, seed, run.settings())
+        kept = study_record.kept_methods(earlier_records, control)
+        elsewhere = bool(finished or kept) and not run.state.done(FLOAT)  # this machine has no model of the seed
+        if options.report_only or (elsewhere and set(run.stages()) - {FLOAT} <= set(finished) | kept):
             run.load_data()  # the test split's labels, to pair each method with float
             if elsewhere:  # the record is the result
                 log(f"seed {seed}: its results are the record's ({record})")
-                run.adopt(recorded, finished, save=False)
+                run.adopt(recorded or {}, finished, save=False)
         else:
-            if finished:
-                _resume_from_record(run, recorded, finished, seed)
-            run.run_stages(after_stage=None if record is None else lambda stage: study_record.write_record(run.out, record))
+            if finished and _resume_from_record(run, recorded, finished, seed):
+                if study_record.kept_methods([recorded], control):  # methods paired with their own float model
+                    log(f"seed {seed}: kept as {study_record.keep_as_earlier(record, recorded)}")
+                study_record.write_record(run.out, record)  # the record follows this machine's float model
+                earlier_records = _earlier_records(options.record_dir, seed, run.settings())
+                kept = study_record.kept_methods(earlier_records, control)
+            if kept:
+                log(f"seed {seed}: {', '.join(s for s in STAGES if s in kept)} kept from an earlier machine's "
+                    "float model (paired with it and its control); not run here")
+            run.run_stages(
+                after_stage=None if record is None else lambda stage: study_record.write_record(run.out, record),
+                only=[stage for stage in run.stages() if stage not in kept],
+            )
             if record is not None:  # also a seed that finished before it was recorded
                 study_record.write_record(run.out, record)
         results[seed] = run.results()
-    study = summarize(options, results)
+        earlier[seed] = [run.recorded_results(recorded) for recorded in earlier_records]
+    study = summarize(options, results, earlier)
     write_study(study, Path(options.out))
     if options.publish_dir is not None:
         write_study(study, Path(options.publish_dir))
     return study
 
 
-def _resume_from_record(run, recorded: dict, finished: list, seed: int) -> None:
-    """Take over the record's methods where this folder's float model is the recorded one (trained here first)."""
+def _earlier_records(record_dir, seed: int, settings: dict) -> list:
+    """The seed's records from earlier machines' float models, checked against the study's settings."""
+    if record_dir is None:
+        return []
+    records = []
+    for path in study_record.earlier_paths(record_dir, seed):
+        recorded = study_record.read_record(path)
+        study_record.check_settings(recorded, settings, path)
+        records.append(recorded)
+    return records
+
+
+def _resume_from_record(run, recorded: dict, finished: list, seed: int) -> bool:
+    """Take over the record's methods where this folder's float model is the recorded one (trained here first).
+
+    Returns whether the float model trained here is another one: the record is then an earlier machine's.
+    """
     from tfqat.flowers.pipeline import log
 
     missing = [stage for stage in finished if not run.state.done(stage)]
     if not missing:
-        return
+        return False
     if not run.state.done(FLOAT):
         log(f"seed {seed}: recorded elsewhere; training its float model here to compare with the record")
         run.run_stages(only=(FLOAT,))
@@ -113,12 +142,25 @@ def _resume_from_record(run, recorded: dict, finished: list, seed: int) -> None:
     if same:
         log(f"seed {seed}: {why}; adopted the record's {', '.join(missing) or 'nothing more'}")
         run.adopt(recorded, missing)
-    else:
-        log(f"seed {seed}: {why}; {', '.join(missing)} run again here, and the record follows this folder")
+        return False
+    log(f"seed {seed}: {why}; its finished methods stay with their own float model, and the record follows this folder")
+    return True
 
 
-def _seed_row(results: dict, name: str) -> Optional[dict]:
-    """One method on one seed, from that seed's run results; None while the method has not run there."""
+def _seed_row(results: dict, name: str, earlier: list = ()) -> Optional[dict]:
+    """One method on one seed, from that seed's run results, else from an earlier machine's (`earlier`, each
+    paired within itself); None while the method has not run there."""
+    row = _row(results, name)
+    for recorded in earlier:
+        if row is not None:
+            break
+        row = _row(recorded, name)
+        if row is not None:
+            row["earlier_machine"] = True
+    return row
+
+
+def _row(results: dict, name: str) -> Optional[dict]:
     model, float_model = results["models"].get(name), results["models"].get(FLOAT)
     if not model or not float_model:
         return None
@@ -159,15 +201,18 @@ def _spread(values: list) -> dict:
     }
 
 
-def summarize(options: StudyOptions, results: dict) -> dict:
+def summarize(options: StudyOptions, results: dict, earlier: Optional[dict] = None) -> dict:
     """The study's numbers: per method, per seed and their mean and spread.
 
     Args:
       results: seed -> that seed's run results (`Run.results()`: models, versus_float, stage_seconds).
+      earlier: seed -> results of its earlier machines' records (`Run.recorded_results`), for the methods that
+        `results` lacks.
     """
+    earlier = earlier or {}
     methods = {}
     for name in options.methods:
-        per_seed = {seed: _seed_row(results[seed], name) for seed in options.seeds}
+        per_seed = {seed: _seed_row(results[seed], name, earlier.get(seed, ())) for seed in options.seeds}
         done = {seed: row for seed, row in per_seed.items() if row is not None}
         methods[name] = {
             "title": METHODS[name].title,
@@ -269,10 +314,16 @@ def render_markdown(study: dict) -> str:
             f"| {_fraction(m['validation_accuracy']['mean'])} | {_fraction(m['validation_loss']['mean'])} "
             f"| {_fraction(m['agreement']['min'])} | {verified} | {_whole(m['seconds']['mean'])} |"
         )
+    lines += ["", "## Per seed", ""]
+    if any(row.get("earlier_machine") for m in study["methods"].values() for row in m["seeds"].values()):
+        lines += [
+            "\"(earlier machine)\": the method ran from the float model that an earlier machine trained for the "
+            "seed (that machine was replaced before the seed finished, and another machine's kernels train "
+            "another float model); its float column and its differences are that machine's float model and "
+            "control.",
+            "",
+        ]
     lines += [
-        "",
-        "## Per seed",
-        "",
         "| method | seed | test accuracy | float | difference (points) | difference to the control (points) "
         "| only float / only method right "
         "| validation accuracy | validation loss | kept epoch | agreement | verifier | time (s) |",
@@ -282,7 +333,8 @@ def render_markdown(study: dict) -> str:
         for seed, row in m["seeds"].items():
             verified = {True: "passes", False: "fails", None: "-"}[row["verified"]]
             lines.append(
-                f"| {name} | {seed} | {row['accuracy']:.4f} | {row['float_accuracy']:.4f} "
+                f"| {name} | {seed}{' (earlier machine)' if row.get('earlier_machine') else ''} "
+                f"| {row['accuracy']:.4f} | {row['float_accuracy']:.4f} "
                 f"| {_points(row['difference'])} | {_points(row.get('control_difference'))} "
                 f"| {row['only_float']} / {row['only_method']} "
                 f"| {_fraction(row['validation_accuracy'])} | {_fraction(row['validation_loss'])} "

@@ -4,7 +4,9 @@ A seed's run folder holds its models, and a machine's folders do not outlive the
 what the study's tables need, each finished stage's results with its test predictions, and a fingerprint
 of the seed's float model weights. On a machine without the run folder the seed's float model is trained
 again; where its weights are the recorded ones bit for bit (the same kernels give the same training), the
-recorded methods are paired with it and kept; otherwise they run again on the new float model.
+recorded methods are paired with it and kept. Otherwise the record is kept beside it as an earlier machine's
+(`seed<N>.<fingerprint>.json`): its methods stay, each paired with that machine's float model and control,
+and the new machine runs its own float model, its control and the methods no earlier machine finished.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfqat.files import write_atomic
-from tfqat.flowers.methods import FLOAT_WEIGHTS, STAGES
+from tfqat.flowers.methods import FLOAT, FLOAT_WEIGHTS, STAGES
 from tfqat.flowers.options import changed_settings
 
 FINGERPRINT = "float_weights_sha256"
@@ -24,6 +26,30 @@ FINGERPRINT = "float_weights_sha256"
 def record_path(folder, seed: int) -> Path:
     """Where a seed's record is kept in a record folder."""
     return Path(folder) / f"seed{seed}.json"
+
+
+def earlier_paths(folder, seed: int) -> list[Path]:
+    """The seed's records from earlier machines' float models (`keep_as_earlier`), in name order."""
+    return sorted(Path(folder).glob(f"seed{seed}.*.json"))
+
+
+def keep_as_earlier(record: Path, recorded: dict) -> Path:
+    """Keep a record whose float model this machine did not reproduce, under its float weights' fingerprint."""
+    path = record.with_name(f"{record.stem}.{recorded.get(FINGERPRINT, 'unknown')[:12]}.json")
+    if path.exists():
+        raise ValueError(f"{path} already exists: two records of one float model; keep one of them")
+    write_atomic(path, (json.dumps(recorded, indent=2) + "\n").encode("utf-8"))
+    return path
+
+
+def kept_methods(earlier: list, control: Optional[str]) -> set:
+    """The methods earlier machines finished that the study keeps: each with its own float model and, when
+    the study has a `control`, with that machine's control (the float model and the control always run again)."""
+    kept = set()
+    for recorded in earlier:
+        if control is None or control in recorded:
+            kept |= {stage for stage in finished_stages(recorded) if stage not in (FLOAT, control)}
+    return kept
 
 
 def weights_fingerprint(path) -> str:
