@@ -279,6 +279,10 @@ class Run:
         result["test_split"] = self.test_split
         return result
 
+    def _paired(self, models: dict) -> dict:
+        """Each model paired with the float model and with the float control, under the results' keys."""
+        return {"versus_float": self._versus(models), "versus_control": self._versus(models, CONTROL)}
+
     def _versus(self, models: dict, reference: str = FLOAT) -> dict:
         """Each model's test accuracy minus the `reference` stage's (the float model, or the float control),
         image by image (tfqat.evaluation.stats.paired_difference)."""
@@ -543,12 +547,7 @@ class Run:
         if self.flowers is None:
             self.load_data()
         models = {stage: recorded[stage] for stage in STAGES if stage in recorded}
-        return {
-            "models": models,
-            "versus_float": self._versus(models),
-            "versus_control": self._versus(models, CONTROL),
-            "stage_seconds": recorded.get("stage_seconds", {}),
-        }
+        return {"models": models, **self._paired(models), "stage_seconds": recorded.get("stage_seconds", {})}
 
     def results(self) -> dict:
         o = self.options
@@ -572,8 +571,7 @@ class Run:
             "reference": {FLOAT: FLOAT_REFERENCE, **{n: m.reference for n, m in METHODS.items() if m.reference}},
             "models": models,
             "not_run": dict(self.not_run),  # peers that cannot take the network, and why
-            "versus_float": self._versus(models),
-            "versus_control": self._versus(models, CONTROL),
+            **self._paired(models),
             "stage_seconds": self.times,
         }
 

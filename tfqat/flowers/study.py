@@ -91,9 +91,9 @@ def run_study(options: StudyOptions) -> dict:
             if finished and _resume_from_record(run, recorded, finished, seed):
                 if study_record.kept_methods([recorded], control):  # methods paired with their own float model
                     log(f"seed {seed}: kept as {study_record.keep_as_earlier(record, recorded)}")
+                    earlier_records.append(recorded)
+                    kept = study_record.kept_methods(earlier_records, control)
                 study_record.write_record(run.out, record)  # the record follows this machine's float model
-                earlier_records = _earlier_records(options.record_dir, seed, run.settings())
-                kept = study_record.kept_methods(earlier_records, control)
             if kept:
                 log(f"seed {seed}: {', '.join(s for s in STAGES if s in kept)} kept from an earlier machine's "
                     "float model (paired with it and its control); not run here")
@@ -151,13 +151,13 @@ def _seed_row(results: dict, name: str, earlier: list = ()) -> Optional[dict]:
     """One method on one seed, from that seed's run results, else from an earlier machine's (`earlier`, each
     paired within itself); None while the method has not run there."""
     row = _row(results, name)
+    if row is not None:
+        return row
     for recorded in earlier:
-        if row is not None:
-            break
         row = _row(recorded, name)
         if row is not None:
-            row["earlier_machine"] = True
-    return row
+            return {**row, "earlier_machine": True}
+    return None
 
 
 def _row(results: dict, name: str) -> Optional[dict]:
