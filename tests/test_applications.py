@@ -105,3 +105,14 @@ def test_squeeze_and_excitation_multiply_exports_shift_only_and_agrees(tmp_path)
     # MUL, MEAN (16x16, a power of two) and LOGISTIC round as LiteRT does: bit for bit.
     agreement = keras_tflite_agreement(qat, path, images)
     assert agreement.top1_agreement == 1.0 and agreement.max_steps == 0
+
+
+@pytest.mark.parametrize("name", sorted(sweeps.CUT_AFTER))
+def test_a_network_the_default_run_cuts_keeps_every_layer_kind_of_the_whole(name):
+    """The suite's default run checks DenseNet121 and ResNet50 cut after their first stages (tests/sweeps.py):
+    the cut must still hold every kind of layer the whole network has, the head's included."""
+    whole = sweeps.network(name, whole=True)[0](32)
+    cut = sweeps.network(name, whole=False)[0](32)
+    assert {type(layer) for layer in cut.layers} == {type(layer) for layer in whole.layers}
+    assert len(cut.layers) < len(whole.layers) / 3 and cut.output_shape == whole.output_shape
+    assert cut.layers[-1].activation is whole.layers[-1].activation

@@ -43,12 +43,12 @@ CASES = {  # name -> (chip, per_channel, network or None for the small model, im
 }
 
 
-def _model(network, size):
+def _model(network, size, whole):
     if network is None:
         return small_model(size), (-1.0, 1.0)
     from tfqat._keras import keras
 
-    build, _, value_range = applications.NETWORKS[network]
+    build, _, value_range = sweeps.network(network, whole)
     keras.utils.set_random_seed(0)
     model = build(size, classifier_activation=None)
     applications.randomize_batch_norms(model)
@@ -56,13 +56,14 @@ def _model(network, size):
     return model, value_range
 
 
-# MobileNetV2's ops on ESP32-S3 are the small model's and ResNet50's there; that case runs with --all-applications
-# (benchmarks/espdl_check.py --applications checks every network on both chips).
+# MobileNetV2's ops on ESP32-S3 are the small model's and ResNet50's there; that case runs with --all-applications,
+# and so do ResNet50 and DenseNet121 whole (the default run cuts them after their first stages: tests/sweeps.py;
+# benchmarks/espdl_check.py --applications checks every network whole on both chips).
 @pytest.fixture(scope="module", params=sweeps.cases(CASES, left_out={"mobilenetv2-s3"}))
 def case(request, tmp_path_factory):
     chip, per_channel, network, size = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)
-    model, (low, high) = _model(network, size)
+    model, (low, high) = _model(network, size, request.config.getoption("--all-applications"))
     qat = tfqat.quantize_model(model, target=chip, per_channel=per_channel)
     rng = np.random.default_rng(1)
     tfqat.calibrate(qat, rng.uniform(low, high, (32, size, size, 3)).astype(np.float32))

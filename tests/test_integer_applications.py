@@ -1,7 +1,8 @@
 """The seven Keras applications (tiny, random weights, as benchmarks/applications.py builds them, with logits
 heads) on every runtime: the Keras model quantized for each target gives that runtime's int8 outputs bit for
 bit, and the integer executor equals LiteRT's reference kernels and TFLite Micro on every tensor (MobileNetV3Large,
-whose ops are MobileNetV3Small's, with --all-applications)."""
+whose ops are MobileNetV3Small's, with --all-applications; so are DenseNet121 and ResNet50 whole, which the
+default run cuts after their first stages: tests/sweeps.py)."""
 
 import sys
 from pathlib import Path
@@ -26,11 +27,11 @@ NETWORKS = sweeps.cases(applications.NETWORKS, left_out={"MobileNetV3Large"})
 PREDICT_CHECKED = ("MobileNetV2", "EfficientNetB0")
 
 
-def _calibrated(name, **overrides):
+def _calibrated(name, whole, **overrides):
     import tfqat
     from tfqat._keras import keras
 
-    build, size, (low, high) = applications.NETWORKS[name]
+    build, size, (low, high) = sweeps.network(name, whole)
     keras.utils.set_random_seed(0)
     model = build(size, **overrides)
     applications.randomize_batch_norms(model)
@@ -49,7 +50,7 @@ def test_each_target_is_bit_exact_and_the_executor_equals_every_tensor(name, tmp
     import tfqat
     from tfqat.tflite import litert
 
-    qat, images = _calibrated(name, classifier_activation=None)
+    qat, images = _calibrated(name, all_applications, classifier_activation=None)
     path = tfqat.export_tflite(qat, tmp_path / f"{name}.tflite")
     assert tfqat.verify_tflite(path).passed, name
     io = litert.describe(path)
