@@ -72,18 +72,30 @@ def test_a_damaged_record_is_a_clear_error(tmp_path):
     assert study_record.read_record(tmp_path / "seed1.json") is None
 
 
+def _study(record_dir) -> list:
+    return ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0",
+            "--record-dir", str(record_dir)]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """The record of a quick study of seed 0 with the control and PTQ, whose folders are gone (another machine's);
+    each test takes a copy."""
+    folder = tmp_path_factory.mktemp("recorded")
+    assert cli.main([*_study(folder / "record"), "--methods", "float_continued,ptq", "--out", str(folder / "first")]) == 0
+    shutil.rmtree(folder / "first")
+    return folder / "record"
+
+
 @needs_shared
-def test_a_study_resumes_from_its_record_on_a_machine_without_its_folders(tmp_path, capsys):
+def test_a_study_resumes_from_its_record_on_a_machine_without_its_folders(recorded, tmp_path, capsys):
     """Another folder stands for another machine: a finished seed is taken from the record without training;
     a seed that needs another method trains its float model again, finds it the recorded one (same kernels
     here) and adopts the recorded method instead of running it again."""
-    record_dir = tmp_path / "record"
-    common = ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0",
-              "--record-dir", str(record_dir)]
-    assert cli.main([*common, "--methods", "ptq", "--out", str(tmp_path / "first")]) == 0
+    record_dir = shutil.copytree(recorded, tmp_path / "record")
+    common = _study(record_dir)
     first = json.loads((record_dir / "seed0.json").read_text())
-    assert {"float", "ptq", study_record.FINGERPRINT} <= set(first)
-    shutil.rmtree(tmp_path / "first")
+    assert {"float", "float_continued", "ptq", study_record.FINGERPRINT} <= set(first)
     capsys.readouterr()
 
     assert cli.main([*common, "--methods", "ptq", "--out", str(tmp_path / "second")]) == 0
@@ -95,7 +107,7 @@ def test_a_study_resumes_from_its_record_on_a_machine_without_its_folders(tmp_pa
 
     assert cli.main([*common, "--methods", "ptq,ptq_equalized", "--out", str(tmp_path / "third")]) == 0
     out = capsys.readouterr().out
-    assert "is the recorded one bit for bit" in out and "adopted the record's ptq" in out
+    assert "is the recorded one bit for bit" in out and "adopted the record's float_continued, ptq" in out
     assert "ptq: done in an earlier run" in out and "ptq_equalized: " in out
     state = json.loads((tmp_path / "third" / "seed0" / "state.json").read_text())
     assert state["ptq"] == first["ptq"] and state["float"]["predictions"] == first["float"]["predictions"]
@@ -107,8 +119,7 @@ def test_a_record_of_other_settings_stops_the_study_before_it_trains(tmp_path, c
     record_dir = tmp_path / "record"
     record_dir.mkdir()
     (record_dir / "seed0.json").write_text(json.dumps({"settings": {"image_size": 224}, "float": {"accuracy": 0.9}}))
-    code = cli.main(["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0", "--methods",
-                     "ptq", "--record-dir", str(record_dir), "--out", str(tmp_path / "s")])
+    code = cli.main([*_study(record_dir), "--methods", "ptq", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "seed0.json was recorded with other settings (" in err[0]
     assert "image_size: 224 -> 96" in err[0] and not (tmp_path / "s" / "seed0" / FLOAT_WEIGHTS).exists()
@@ -132,14 +143,12 @@ def test_a_record_of_a_float_model_not_reproduced_is_kept_under_its_fingerprint(
 
 
 @needs_shared
-def test_a_seed_split_by_a_machine_change_keeps_the_earlier_machines_methods(tmp_path, capsys):
+def test_a_seed_split_by_a_machine_change_keeps_the_earlier_machines_methods(recorded, tmp_path, capsys):
     """A record whose float model this machine does not reproduce (a fingerprint no training gives stands for
     another machine's kernels): float model and control run again here, the recorded method is kept with its
     own float model and control, the missing method runs here; then the seed is complete from its records."""
-    record_dir = tmp_path / "record"
-    common = ["study", "--data", str(DATA), "--weights", str(WEIGHTS), "--quick", "--seeds", "0",
-              "--record-dir", str(record_dir)]
-    assert cli.main([*common, "--methods", "float_continued,ptq", "--out", str(tmp_path / "first")]) == 0
+    record_dir = shutil.copytree(recorded, tmp_path / "record")
+    common = _study(record_dir)
     first = json.loads((record_dir / "seed0.json").read_text())
     first[study_record.FINGERPRINT] = "f" * 64
     (record_dir / "seed0.json").write_text(json.dumps(first))
