@@ -54,3 +54,22 @@ def test_plain_keras_loading_works_inside_quantize_scope(tmp_path):
     with tfqat.quantize_scope():
         loaded = keras.models.load_model(str(tmp_path / "qat.keras"), compile=False)
     assert len(loaded.get_weights()) == len(qat.get_weights())
+
+
+@pytest.mark.parametrize(
+    "scheme, suffix", [("pow2_per_tensor", ".weights.h5"), ("pow2_tqt_unsigned", ".weights.h5"), ("pow2_per_channel", ".h5")]
+)
+def test_weights_of_a_trained_model_load_into_a_fresh_one(scheme, suffix, tmp_path):
+    """The Keras way to resume: quantize the float network again, then `load_weights` what a used model saved
+    (calibrated and trained: its wrapped layers have stopped listing the weights their wrappers own)."""
+    qat = SCHEMES[scheme](block_model())
+    tfqat.calibrate(qat, images(32, 1))
+    _compiled(qat).fit(images(16, 2), np.arange(16) % 5, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    path = str(tmp_path / f"qat{suffix}")
+    qat.save_weights(path)
+    fresh = SCHEMES[scheme](block_model(seed=1))
+    fresh.load_weights(path)
+    for a, b in zip(fresh.get_weights(), qat.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    probe = images(8, 3)
+    np.testing.assert_array_equal(fresh(probe, training=False).numpy(), qat(probe, training=False).numpy())

@@ -15,7 +15,7 @@ from tfqat.data.batches import image_batches, inference_outputs
 from tfqat.graph.canonical import canonical_model
 from tfqat.quantization.linking import link_accumulators
 from tfqat.quantization.modes import collecting_ranges
-from tfqat.quantization.saving import LOADING_OBJECTS
+from tfqat.quantization.saving import LOADING_OBJECTS, untrack_wrapped_weights
 from tfqat.quantization.options import QuantizeOptions
 from tfqat.quantization.rounding import ITERATIONS
 from tfqat.quantization.registry import unsupported_reason
@@ -104,6 +104,7 @@ def _quantize_model(model, fold_bn, strategy, scheme):
     annotated = tfmot.quantization.keras.quantize_annotate_model(flat)
     with (strategy or tf.distribute.get_strategy()).scope(), quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+    untrack_wrapped_weights(qat)
     link_accumulators(qat)
     init_thresholds(qat, activations=False)
     return qat

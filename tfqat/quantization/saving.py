@@ -1,4 +1,5 @@
-"""Loading TFMOT QAT models from the `.keras` format, which TFMOT 0.8.1 cannot do by itself.
+"""Saving and loading TFMOT QAT models: the `.keras` format, which TFMOT 0.8.1 cannot load by itself, and one
+layout of `save_weights` files for a model fresh from `quantize_model` and one already used.
 
 tf_keras rebuilds a `.keras` model from its config and then builds each layer
 once more from the saved build config, so TFMOT's `QuantizeLayer` made its
@@ -10,11 +11,30 @@ the class names the files record (the `.keras` format keys variables by them),
 build once, build the wrapped layer first as `quantize_apply` does, and let the
 wrapped layer load nothing of its own. They change loading only: a model saved
 by TFMOT loads with them, and a loaded model computes and trains as saved.
+
+A `.weights.h5` file stores each layer's own variables. TFMOT's wrapper owns the
+kernel and bias it quantizes, and its first call sets them on the wrapped layer
+as tensors, which makes that layer stop listing them; a model fresh from
+`quantize_apply` still listed some (the folded bias), so the weights of a used
+model (calibrated, trained) did not load into a fresh one ("expected 1
+variables, but received 0"). `untrack_wrapped_weights` gives the fresh model
+the used one's layout.
 """
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
 
 from tfqat.quantization.layers import ScalarOp, Sigmoid
+from tfqat.quantization.tensors import quantized_tensors
+
+
+def untrack_wrapped_weights(qat) -> None:
+    """The wrapped layers of a fresh QAT model stop listing the weights their wrappers own, as after a call."""
+    for tensor in quantized_tensors(qat):
+        if tensor.weight is None:
+            continue
+        for owned in (tensor.layer.layer._trainable_weights, tensor.layer.layer._non_trainable_weights):
+            for position in reversed([i for i, w in enumerate(owned) if w is tensor.weight]):
+                del owned[position]
 
 
 class QuantizeLayer(quantize_layer.QuantizeLayer):
