@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tfqat._keras import keras  # noqa: F401
@@ -166,6 +167,54 @@ def test_a_stage_repeats_whatever_ran_before_it_in_the_process(quick_run, tmp_pa
     again = json.loads((tmp_path / "state.json").read_text())[QAT]
     assert again["predictions"] == state[QAT]["predictions"]
     assert again["validation_loss"] == state[QAT]["validation_loss"]
+
+
+@needs_shared
+def test_a_frozen_fit_that_would_repeat_the_unfrozen_one_takes_its_weights_and_otherwise_trains(
+    quick_run, tmp_path, monkeypatch
+):
+    """qat_tqt_frozen after qat_tqt: with no threshold exponent change logged in the epochs the freeze covers
+    (the quick run's one epoch of six small steps), qat_tqt's weights and epochs, no fit; with one, or with a
+    history from before the count, it trains (tests/test_freeze.py checks that the two fits are the same)."""
+    from tfqat.flowers import train
+    from tfqat.quantization.freeze import EXPONENT_CHANGES, ExponentChanges, FreezeThresholds
+
+    out, _ = quick_run
+    frozen = methods.METHODS["qat_tqt_frozen"]
+    assert methods.METHODS[QAT].recipe == replace(frozen.recipe, frozen_threshold_epochs=None)
+    for name in ("state.json", methods.FLOAT_WEIGHTS, f"{QAT}.weights.h5", f"history/{QAT}.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(out / name, tmp_path / name)
+    logged = (tmp_path / "history" / f"{QAT}.csv").read_text()
+    assert [row[EXPONENT_CHANGES] for row in train.read_history(tmp_path / "history" / f"{QAT}.csv")] == [0]
+    run = pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
+    run.load_data()
+    recipe = run.recipe(frozen)
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
+    model = run.pow2_model(recipe)
+    run.fit(model, frozen.name, recipe)
+    assert run.same_fit == {frozen.name: QAT}
+    assert (tmp_path / "history" / f"{frozen.name}.csv").read_text() == logged
+    unfrozen = run.pow2_model(run.recipe(methods.METHODS[QAT]))
+    unfrozen.load_weights(str(tmp_path / f"{QAT}.weights.h5"))
+    for a, b in zip(model.get_weights(), unfrozen.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    fits = []
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: fits.append(kwargs["callbacks"]))
+    header, row = logged.strip("\n").split("\n")
+    column = header.split(",").index(EXPONENT_CHANGES)
+    values = row.split(",")
+    values[column] = "1.0"
+    changed = header + "\n" + ",".join(values) + "\n"
+    before_the_count = "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != column)
+                                 for line in (header, row)) + "\n"
+    for history in (changed, before_the_count):
+        (tmp_path / "history" / f"{QAT}.csv").write_text(history)
+        run.same_fit.clear()
+        run.fit(run.pow2_model(recipe), frozen.name, recipe)
+        assert run.same_fit == {}
+    assert [[type(c) for c in callbacks] for callbacks in fits] == [[FreezeThresholds, ExponentChanges]] * 2
 
 
 @needs_shared

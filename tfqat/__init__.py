@@ -29,6 +29,7 @@ _API = {
     "export_espdl": "tfqat.espdl.export",
     "export_micro": "tfqat.tflite.micro",
     "export_tflite": "tfqat.tflite.export",
+    "ExponentChanges": "tfqat.quantization.freeze",
     "fold_batch_norms": "tfqat.graph.folding",
     "FreezeThresholds": "tfqat.quantization.freeze",
     "Pow2QuantizeScheme": "tfqat.quantization.scheme",

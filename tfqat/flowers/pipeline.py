@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tfqat._keras import keras
@@ -36,7 +36,7 @@ from tfqat.flowers.options import NOT_SETTINGS, QUICK, QUICK_IMAGES, RunOptions,
 from tfqat.tflite import export, litert, verify
 from tfqat.tflite.agreement import compare_outputs, keras_outputs
 from tfqat.post_training.equalize import equalize
-from tfqat.quantization.freeze import FreezeThresholds
+from tfqat.quantization.freeze import EXPONENT_CHANGES, ExponentChanges, FreezeThresholds
 from tfqat.graph.canonical import canonical_model
 
 
@@ -124,6 +124,7 @@ class Run:
         self._float_model = None
         self._equalized_float_model = None
         self._calibrated = {}  # the quantizers a recipe sets -> calibrated weights, so QAT does not calibrate again
+        self.same_fit = {}  # stage -> the finished stage whose fit it repeats bit for bit, taken instead (Run.fit)
 
     def _check_resumable(self) -> None:
         """Refuse to mix stages of runs with different settings in one output folder."""
@@ -301,12 +302,30 @@ class Run:
         return {stage: paired_difference(correct[reference], correct[stage]) for stage in others}
 
     def fit(self, model, stage: str, recipe: Recipe):
-        """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme."""
+        """QAT fine-tuning, the same for tfqat's model and TFMOT's, so the peers differ only in the scheme.
+
+        A fit with thresholds frozen from an epoch on, when this run's same fit unfrozen changed no threshold's
+        power of two from that epoch on, would repeat it bit for bit (tfqat.quantization.freeze): that fit's
+        kept weights and epochs are taken instead (`same_fit`). Its thresholds keep their last values, which
+        have the frozen ones' powers of two, so the exported model is the same.
+        """
         o = self.options
         epochs = o.qat_epochs if recipe.epochs is None else recipe.epochs
+        twin = self._unfrozen_twin(stage, recipe, epochs)
+        if twin is not None:
+            model.load_weights(str(self.out / f"{twin}.weights.h5"))
+            write_atomic(self._history(stage), self._history(twin).read_bytes())
+            self.same_fit[stage] = twin
+            log(
+                f"{stage}: {twin} changed no threshold's power of two in its last {recipe.frozen_threshold_epochs} "
+                f"epoch(s), so freezing them there repeats its fit bit for bit: its weights and epochs are taken"
+            )
+            return None
         callbacks = []
         if recipe.frozen_threshold_epochs is not None:
             callbacks.append(FreezeThresholds(max(0, epochs - recipe.frozen_threshold_epochs)))
+        if recipe.trained_thresholds:
+            callbacks.append(ExponentChanges())
         return train.fit(
             model,
             self.train_ds,
@@ -321,6 +340,25 @@ class Run:
             run_eagerly=o.run_eagerly,
             callbacks=callbacks,
         )
+
+    def _unfrozen_twin(self, stage: str, recipe: Recipe, epochs: int):
+        """The finished stage of this run (weights and history in its folder) that trained `recipe` without its
+        frozen thresholds and logged no threshold exponent change in the epochs the freeze covers; else None."""
+        if recipe.frozen_threshold_epochs is None:
+            return None
+        unfrozen, start = replace(recipe, frozen_threshold_epochs=None), max(0, epochs - recipe.frozen_threshold_epochs)
+        for name, other in METHODS.items():
+            if name == stage or other.recipe is None or self.recipe(other) != unfrozen or not self.state.done(name):
+                continue
+            history = self._history(name)
+            if not (history.is_file() and (self.out / f"{name}.weights.h5").is_file()):
+                continue
+            rows = train.read_history(history)
+            if [row["epoch"] for row in rows] == list(range(1, epochs + 1)) and all(
+                row.get(EXPONENT_CHANGES) == 0 for row in rows[start:]
+            ):
+                return name
+        return None
 
     def _history(self, stage: str) -> Path:
         """Where a stage's fits log their epochs: <out>/history/<stage>.csv; for float, a folder with one per phase."""
@@ -438,6 +476,8 @@ class Run:
         if method.control:
             return self._finish_float(method, built.tflite, built.keras_model)
         result = self._finish_int8(method, built.tflite, built.keras_model)
+        if name in self.same_fit:
+            result["same_fit_as"] = self.same_fit[name]
         if method.recipe is not None and not method.recipe.train:
             result["debug"] = self._debug(method)
         return result

@@ -1,17 +1,26 @@
-"""Keeping a TQT model's trained thresholds fixed for the last epochs of QAT.
+"""Keeping a TQT model's trained thresholds fixed for the last epochs of QAT, and seeing whether they still move.
 
 While thresholds move, every step can shift a tensor's power-of-two scale and
 the weights learn against a grid that is still changing; with the thresholds
 held fixed for the last epochs, the weights settle on the grid the model is
 exported with (Graffitist and the TQT paper stop adapting the quantization
 ranges before the end of training).
+
+A threshold acts on the model only through its power of two, ceil(t): the
+forward pass and every weight's gradient see the scale, not t. An epoch in
+which no threshold's ceil(t) changed trained the weights exactly as an epoch
+with the thresholds frozen would have (`ExponentChanges` counts the changes).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfqat._keras import keras
+from tfqat.quantization.tensors import quantized_tensors
 
 THRESHOLD_SUFFIX = "_log2_threshold"
+EXPONENT_CHANGES = "threshold_exponent_changes"  # the epoch's key in the fit's logs and history
 
 
 def threshold_variables(model) -> list:
@@ -54,3 +63,50 @@ class FreezeThresholds(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._frozen = None
+
+
+class ExponentChanges(keras.callbacks.Callback):
+    """Logs, for every epoch, how many times a trained threshold changed its power of two at a training step.
+
+    After every batch each log2-threshold's ceil (the one the quantizer computes: variable x gain, in float32)
+    is compared with its value after the batch before; the epoch's count lands in its logs under
+    EXPONENT_CHANGES (so in the History and in a fit's history CSV), 0 when the scales held all epoch. It only
+    reads the variables: a fit watched is the fit unwatched, bit for bit. Place it after FreezeThresholds.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._thresholds = []  # (variable, gain) of every trained threshold
+        self._exponents = None
+        self._changes = 0
+
+    def set_model(self, model):
+        super().set_model(model)
+        found = {}
+        for tensor in quantized_tensors(model):
+            variable = tensor.variables.get("log2_threshold")
+            if variable is not None:
+                found.setdefault(id(variable), (variable, np.float32(tensor.quantizer.threshold_gain)))
+        if not found:
+            raise ValueError(
+                f"ExponentChanges: model '{model.name}' has no trained thresholds "
+                "(quantize it with trained_thresholds=True)"
+            )
+        self._thresholds = list(found.values())
+
+    def _current(self) -> list:
+        return [np.ceil(variable.numpy() * gain) for variable, gain in self._thresholds]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # At the epoch's start, not the fit's: BackupAndRestore puts an interrupted fit's variables back in its
+        # on_train_begin, and a resumed epoch starts from them.
+        self._exponents, self._changes = self._current(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        exponents = self._current()
+        self._changes += sum(int(np.count_nonzero(a != b)) for a, b in zip(exponents, self._exponents))
+        self._exponents = exponents
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[EXPONENT_CHANGES] = self._changes
