@@ -108,8 +108,6 @@ def trained_qat(method, run, float_model, published: bytes, run_folder):
         float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
         unsigned_activations=recipe.unsigned_activations, target=trained_for,
     )
-    # Rebuilt from its config under tfqat's loading scope, whose wrappers read the weights file's layout.
-    qat = tfqat.retarget(qat, trained_for)
     qat.load_weights(str(Path(run_folder) / f"{method.name}.weights.h5"))
     return qat, trained_for
 
