@@ -76,7 +76,7 @@ def test_exponent_changes_counts_every_step_at_which_a_thresholds_power_of_two_c
     watch.set_model(qat)
     variable.assign(2.5 / gain)
     watch.on_epoch_begin(0)
-    for log2_threshold in (2.9, 3.2, 3.2, 2.6, 2.1):  # into bin 4, stays, stays, back to 3, stays: 2 changes
+    for log2_threshold in (2.9, 3.2, 3.2, 2.6, 2.1):  # ceil 3 (as at 2.5), 4, 4, 3, 3: 2 changes
         variable.assign(log2_threshold / gain)
         watch.on_train_batch_end(0)
     logs = {"loss": 0.5}
