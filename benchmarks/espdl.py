@@ -37,7 +37,7 @@ def measure(args, method_name: str, run, float_model, float_correct: np.ndarray)
 
     method = find_method(method_name)
     published = (Path(args.export_dir) / method.file).read_bytes()
-    qat, trained_for = trained_qat(method, run, float_model, published, args.run)
+    qat, trained_for = trained_qat(method, run, float_model, published)
     images, labels = run.test_images, run.test_labels
     rows = []
     for chip in args.chips:

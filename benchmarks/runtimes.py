@@ -97,7 +97,7 @@ def load_run(run_folder, data):
     return run
 
 
-def trained_qat(method, run, float_model, published: bytes, run_folder):
+def trained_qat(method, run, float_model, published: bytes):
     """The QAT model of a published file: its method's recipe, the target the file records, the trained weights."""
     import tfqat
     from tfqat.tflite import export
@@ -108,7 +108,7 @@ def trained_qat(method, run, float_model, published: bytes, run_folder):
         float_model, per_channel=recipe.per_channel, trained_thresholds=recipe.trained_thresholds,
         unsigned_activations=recipe.unsigned_activations, target=trained_for,
     )
-    qat.load_weights(str(Path(run_folder) / f"{method.name}.weights.h5"))
+    qat.load_weights(str(run.weights_file(method.name)))
     return qat, trained_for
 
 
@@ -121,7 +121,7 @@ def measure(args, method_name: str, run, float_model) -> list[dict]:
     method = find_method(method_name)
     path = Path(args.export_dir) / method.file
     content = path.read_bytes()
-    qat, trained_for = trained_qat(method, run, float_model, content, args.run)
+    qat, trained_for = trained_qat(method, run, float_model, content)
     if export.convert_int8(qat) != export.convert_int8(tfqat.retarget(qat, trained_for)):
         raise SystemExit("retargeting changed the int8 file")
     io = litert.describe(content)

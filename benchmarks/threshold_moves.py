@@ -18,28 +18,20 @@ import numpy as np
 from runtimes import load_run
 
 
-def _thresholds(model) -> list:
-    """(role, log2-thresholds as the quantizer computes them: variable x gain) of every trained threshold."""
-    from tfqat.quantization.tensors import quantized_tensors
-
-    found = []
-    for tensor in quantized_tensors(model):
-        variable = tensor.variables.get("log2_threshold")
-        if variable is not None:
-            found.append((tensor.role, variable.numpy().ravel() * np.float32(tensor.quantizer.threshold_gain)))
-    return found
-
-
 def moves(run, method) -> dict:
     """role -> (moves, powers of two changed) of `method`'s thresholds, from its calibrated start to its weights."""
+    from tfqat.quantization.freeze import trained_thresholds
+
     model = run.pow2_model(run.recipe(method))
-    start = _thresholds(model)
-    model.load_weights(str(run.out / f"{method.name}.weights.h5"))
-    by_role = {}
-    for (role, before), (_, after) in zip(start, _thresholds(model)):
-        moved, changed = by_role.get(role, ([], 0))
-        by_role[role] = (moved + list(after - before), changed + int(np.count_nonzero(np.ceil(after) != np.ceil(before))))
-    return by_role
+    thresholds = trained_thresholds(model)
+    start = [variable.numpy().ravel() * gain for _, variable, gain in thresholds]
+    model.load_weights(str(run.weights_file(method.name)))
+    moved, changed = {}, {}
+    for (tensor, variable, gain), before in zip(thresholds, start):
+        after = variable.numpy().ravel() * gain
+        moved.setdefault(tensor.role, []).extend(after - before)
+        changed[tensor.role] = changed.get(tensor.role, 0) + int(np.count_nonzero(np.ceil(after) != np.ceil(before)))
+    return {role: (moved[role], changed[role]) for role in moved}
 
 
 def _row(name: str, moved, changed: int) -> str:
@@ -60,7 +52,7 @@ def main() -> None:
         names = args.methods.split(",")
     else:
         names = [n for n, m in METHODS.items() if m.recipe is not None and m.recipe.trained_thresholds and m.recipe.train]
-        names = [n for n in names if (run.out / f"{n}.weights.h5").is_file()]
+        names = [n for n in names if run.weights_file(n).is_file()]
     if not names:
         sys.exit(f"--run {args.run}: no trained-threshold weights there")
     print(f"{args.run}, seed {run.options.seed}: |log2-threshold move| over QAT, and powers of two changed\n")
@@ -70,7 +62,7 @@ def main() -> None:
         method = find_method(name)
         if not (method.recipe and method.recipe.trained_thresholds):
             sys.exit(f"--methods: {name} has no trained thresholds")
-        if not (run.out / f"{name}.weights.h5").is_file():
+        if not run.weights_file(name).is_file():
             sys.exit(f"--methods: {name} has no {name}.weights.h5 in {args.run}")
         by_role = moves(run, method)
         print(_row(name, [m for moved, _ in by_role.values() for m in moved], sum(c for _, c in by_role.values())))

@@ -8,7 +8,7 @@ import pytest
 
 import tfqat
 from tfqat.quantization.freeze import EXPONENT_CHANGES, ExponentChanges, FreezeThresholds, threshold_variables
-from tfqat.quantization.tensors import quantized_tensors
+from tfqat.quantization.freeze import trained_thresholds
 from test_thresholds import block_model, images
 
 
@@ -68,10 +68,7 @@ def test_a_bad_epoch_is_a_clear_error(bad):
 
 def test_exponent_changes_counts_every_step_at_which_a_thresholds_power_of_two_changed():
     qat = _calibrated()
-    [(variable, gain)] = [
-        (t.variables["log2_threshold"], t.quantizer.threshold_gain) for t in quantized_tensors(qat)
-        if t.variables.get("log2_threshold") is not None and t.variables["log2_threshold"].shape.rank == 0
-    ][:1]
+    [(variable, gain)] = [(v, gain) for _, v, gain in trained_thresholds(qat) if v.shape.rank == 0][:1]
     watch = ExponentChanges()
     watch.set_model(qat)
     variable.assign(2.5 / gain)

@@ -313,7 +313,7 @@ class Run:
         epochs = o.qat_epochs if recipe.epochs is None else recipe.epochs
         twin = self._unfrozen_twin(stage, recipe, epochs)
         if twin is not None:
-            model.load_weights(str(self.out / f"{twin}.weights.h5"))
+            model.load_weights(str(self.weights_file(twin)))
             write_atomic(self._history(stage), self._history(twin).read_bytes())
             self.same_fit[stage] = twin
             log(
@@ -351,7 +351,7 @@ class Run:
             if name == stage or other.recipe is None or self.recipe(other) != unfrozen or not self.state.done(name):
                 continue
             history = self._history(name)
-            if not (history.is_file() and (self.out / f"{name}.weights.h5").is_file()):
+            if not (history.is_file() and self.weights_file(name).is_file()):
                 continue
             rows = train.read_history(history)
             if [row["epoch"] for row in rows] == list(range(1, epochs + 1)) and all(
@@ -359,6 +359,10 @@ class Run:
             ):
                 return name
         return None
+
+    def weights_file(self, stage: str) -> Path:
+        """Where a method's trained Keras weights are: <out>/<stage>.weights.h5 (the float model's: FLOAT_WEIGHTS)."""
+        return self.out / f"{stage}.weights.h5"
 
     def _history(self, stage: str) -> Path:
         """Where a stage's fits log their epochs: <out>/history/<stage>.csv; for float, a folder with one per phase."""

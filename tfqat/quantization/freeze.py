@@ -23,6 +23,17 @@ THRESHOLD_SUFFIX = "_log2_threshold"
 EXPONENT_CHANGES = "threshold_exponent_changes"  # the epoch's key in the fit's logs and history
 
 
+def trained_thresholds(model) -> list:
+    """(quantized tensor, its log2-threshold variable, the gain that scales it) for every trained threshold of a
+    QAT model, each variable once; variable x gain in float32 is the log2-threshold the quantizer reads."""
+    found = {}
+    for tensor in quantized_tensors(model):
+        variable = tensor.variables.get("log2_threshold")
+        if variable is not None:
+            found.setdefault(id(variable), (tensor, variable, np.float32(tensor.quantizer.threshold_gain)))
+    return list(found.values())
+
+
 def threshold_variables(model) -> list:
     """The trainable log2-threshold variables of a QAT model made with trained_thresholds=True."""
     return [v for v in model.variables if v.name.split(":")[0].endswith(THRESHOLD_SUFFIX)]
@@ -76,26 +87,21 @@ class ExponentChanges(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self._thresholds = []  # (variable, gain) of every trained threshold
+        self._thresholds = []  # trained_thresholds(model)
         self._exponents = None
         self._changes = 0
 
     def set_model(self, model):
         super().set_model(model)
-        found = {}
-        for tensor in quantized_tensors(model):
-            variable = tensor.variables.get("log2_threshold")
-            if variable is not None:
-                found.setdefault(id(variable), (variable, np.float32(tensor.quantizer.threshold_gain)))
-        if not found:
+        self._thresholds = trained_thresholds(model)
+        if not self._thresholds:
             raise ValueError(
                 f"ExponentChanges: model '{model.name}' has no trained thresholds "
                 "(quantize it with trained_thresholds=True)"
             )
-        self._thresholds = list(found.values())
 
     def _current(self) -> list:
-        return [np.ceil(variable.numpy() * gain) for variable, gain in self._thresholds]
+        return [np.ceil(variable.numpy() * gain) for _, variable, gain in self._thresholds]
 
     def on_epoch_begin(self, epoch, logs=None):
         # At the epoch's start, not the fit's: BackupAndRestore puts an interrupted fit's variables back in its
