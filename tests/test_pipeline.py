@@ -211,10 +211,53 @@ def test_a_frozen_fit_that_would_repeat_the_unfrozen_one_takes_its_weights_and_o
                                  for line in (header, row)) + "\n"
     for history in (changed, before_the_count):
         (tmp_path / "history" / f"{QAT}.csv").write_text(history)
+        (tmp_path / f"{frozen.name}.weights.h5").unlink()  # else the last call's fit is kept (fits.json)
         run.same_fit.clear()
         run.fit(run.pow2_model(recipe), frozen.name, recipe)
         assert run.same_fit == {}
     assert [[type(c) for c in callbacks] for callbacks in fits] == [[FreezeThresholds, ExponentChanges]] * 2
+
+
+@needs_shared
+def test_a_run_stopped_after_a_fit_ends_its_stage_without_training_and_trains_when_its_files_changed(
+    quick_run, tmp_path, monkeypatch
+):
+    """A stop between QAT's fit and its stage's end (export, verification, evaluation): the next run takes the
+    fit's weights and ends the stage as the uninterrupted run did; a fit whose weights or float start are no
+    longer the files it recorded trains again."""
+    import h5py
+
+    from tfqat.flowers import fits, train
+
+    out, _ = quick_run
+    state = json.loads((out / "state.json").read_text())
+    trained = {stage for stage, result in state.items() if isinstance(result, dict) and "training" in result}
+    assert set(json.loads((out / fits.FITS).read_text())) == trained - {methods.FLOAT} and QAT in trained
+    (tmp_path / "state.json").write_text(json.dumps({k: state[k] for k in ("settings", "started", "float")}))
+    for name in (methods.FLOAT_WEIGHTS, f"{QAT}.weights.h5", fits.FITS, f"history/{QAT}.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(out / name, tmp_path / name)
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
+    run = pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, stages=(QAT,)))
+    run.run_stages(only=(QAT,))
+    again = json.loads((tmp_path / "state.json").read_text())[QAT]
+    for key in ("predictions", "agreement", "validation_loss", "training"):
+        assert again[key] == state[QAT][key], key
+    assert again["verify"]["passed"] and again["verify"]["failures"] == state[QAT]["verify"]["failures"]
+
+    def nudge(path):  # another value in the file's first array: other weights under the same name
+        with h5py.File(path, "r+") as weights:
+            arrays = []
+            weights.visititems(lambda name, item: arrays.append(item) if isinstance(item, h5py.Dataset) else None)
+            arrays[0][...] = arrays[0][()] + 1
+
+    fitted = []
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: fitted.append(kwargs["history_csv"]))
+    recipe = run.recipe(methods.METHODS[QAT])
+    for changed in (tmp_path / f"{QAT}.weights.h5", tmp_path / methods.FLOAT_WEIGHTS):
+        nudge(changed)
+        run.fit(run.pow2_model(recipe), QAT, recipe)
+    assert len(fitted) == 2
 
 
 @needs_shared

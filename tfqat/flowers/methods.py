@@ -102,7 +102,6 @@ def _pow2(run, method: Method) -> QuantizedModel:
     model = run.pow2_model(recipe)
     if recipe.train:
         run.fit(model, method.name, recipe)
-        model.save_weights(str(run.weights_file(method.name)))
     return QuantizedModel(export.with_model_metadata(export.convert_int8(model), model), model)
 
 
@@ -113,7 +112,6 @@ def _float_continued(run, method: Method) -> QuantizedModel:
 
     model = run.float_copy()
     run.fit(model, method.name, Recipe(train=True, distillation=run.options.qat_distillation))
-    model.save_weights(str(run.weights_file(method.name)))
     return QuantizedModel(export.convert_float(model), model)
 
 

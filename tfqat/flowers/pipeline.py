@@ -1,8 +1,8 @@
 """The flowers workflow: float transfer learning, power-of-two PTQ and QAT, peers, evaluation, report.
 
 Each stage stores its result in `<out>/state.json` and its model weights in
-`<out>`, so an interrupted run resumes at the first unfinished stage (and
-inside a `model.fit`, at the last finished epoch).
+`<out>`, so an interrupted run resumes at the first unfinished stage (inside a
+`model.fit`, at the last finished epoch; after a finished fit, at its export).
 """
 
 import hashlib
@@ -29,6 +29,7 @@ from tfqat.evaluation import metrics
 from tfqat.evaluation.stats import paired_difference
 from tfqat.flowers import data, models, train
 from tfqat.flowers.baselines import PeerError
+from tfqat.flowers.fits import FinishedFits, save_weights_atomic
 from tfqat.flowers.methods import CONTROL, FLOAT, FLOAT_FILE, FLOAT_REFERENCE, FLOAT_TITLE, FLOAT_WEIGHTS, METHODS, STAGES
 from tfqat.flowers.methods import Method, Recipe, method as find_method
 from tfqat.flowers.networks import file_name, network_named
@@ -111,6 +112,7 @@ class Run:
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.out / "state.json")
+        self.fits = FinishedFits(self.out)
         self._check_resumable()
         if "started" not in self.state.results:  # the first command of this run; resumed ones keep it
             self.state.save("started", _utc_now())
@@ -308,7 +310,23 @@ class Run:
         power of two from that epoch on, would repeat it bit for bit (tfqat.quantization.freeze): that fit's
         kept weights and epochs are taken instead (`same_fit`). Its thresholds keep their last values, which
         have the frozen ones' powers of two, so the exported model is the same.
+
+        The fit's weights end in `weights_file(stage)`, listed in <out>/fits.json (tfqat.flowers.fits): a run
+        stopped after the fit but before the stage's end takes them instead of training again.
         """
+        weights, start = self.weights_file(stage), self.out / FLOAT_WEIGHTS
+        if (kept := self.fits.kept(stage, weights, start)) is not None:
+            model.load_weights(str(weights))
+            if kept["same_fit_as"]:
+                self.same_fit[stage] = kept["same_fit_as"]
+            log(f"{stage}: its fit ended in an earlier run; its weights ({weights.name}) are taken")
+            return
+        self._train(model, stage, recipe)
+        save_weights_atomic(model, weights)
+        self.fits.save(stage, weights, start, same_fit_as=self.same_fit.get(stage))
+
+    def _train(self, model, stage: str, recipe: Recipe) -> None:
+        """Train `model` by `recipe`, or take its unfrozen twin's fit when that fit is the same (Run.fit)."""
         o = self.options
         epochs = o.qat_epochs if recipe.epochs is None else recipe.epochs
         twin = self._unfrozen_twin(stage, recipe, epochs)
@@ -320,13 +338,13 @@ class Run:
                 f"{stage}: {twin} changed no threshold's power of two in its last {recipe.frozen_threshold_epochs} "
                 f"epoch(s), so freezing them there repeats its fit bit for bit: its weights and epochs are taken"
             )
-            return None
+            return
         callbacks = []
         if recipe.frozen_threshold_epochs is not None:
             callbacks.append(FreezeThresholds(max(0, epochs - recipe.frozen_threshold_epochs)))
         if recipe.trained_thresholds:
             callbacks.append(ExponentChanges())
-        return train.fit(
+        train.fit(
             model,
             self.train_ds,
             self.val_ds,
