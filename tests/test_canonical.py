@@ -174,3 +174,66 @@ def test_a_qat_model_with_the_new_layers_saves_and_loads(suffix, tmp_path):
     qat.save(path)
     loaded = tfqat.load_model(path)
     np.testing.assert_array_equal(loaded(pixels, training=False).numpy(), qat(pixels, training=False).numpy())
+
+
+def _cut_efficientnet():
+    """EfficientNetB0's stem and first block: Rescaling, Normalization, swish, squeeze-excite, folded BNs."""
+    base = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, include_top=False)
+    return keras.Model(base.input, base.get_layer("block1a_project_bn").output, name="efficientnet_cut")
+
+
+def _same_models(a, b, x):
+    assert [(layer.name, type(layer).__name__) for layer in a.layers] == [
+        (layer.name, type(layer).__name__) for layer in b.layers
+    ]
+    assert [w.name for w in a.weights] == [w.name for w in b.weights]
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_array_equal(a.predict(x, verbose=0), b.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=3),
+    _cut_efficientnet,
+], ids=["mobilenet_v2", "efficientnet_b0_block1a"])
+def test_a_flat_model_is_rewritten_as_its_flattened_copy_is(build):
+    """The rewrites read a flat model's own graph instead of a copy: same layers, weights and function."""
+    from tfqat.graph import functional
+
+    keras.utils.set_random_seed(0)
+    model = build()
+    assert functional.is_flat(model)
+    copy = functional.flatten(model)
+    x = images((4, 32, 32, 3), 0.0, 255.0)
+    _same_models(canonical_model(model), canonical_model(copy), x)
+    qat = []
+    for each in (model, copy):
+        keras.backend.reset_uids()  # the same generated names (quantize_layer, ...) for both
+        qat.append(tfqat.quantize_model(each))
+    _same_models(*qat, x)
+
+
+def test_nested_shared_and_sequential_models_are_flattened_first():
+    from tfqat.graph import functional
+
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        layers.Conv2D(4, 3, use_bias=False, name="conv"),
+        layers.BatchNormalization(name="bn"),
+        layers.ReLU(name="relu"),
+    ], name="base")
+    inputs = keras.Input((8, 8, 3), name="image")
+    nested = keras.Model(inputs, layers.Dense(2, name="head")(layers.GlobalAveragePooling2D()(base(inputs))))
+    other = keras.Input((8, 8, 3))
+    shared = keras.Model(inputs, base.get_layer("conv")(inputs))  # conv called again: two nodes
+    base.get_layer("conv")(other)
+    assert not functional.is_flat(base)
+    assert not functional.is_flat(nested)
+    assert not functional.is_flat(shared)
+    x = images((2, 8, 8, 3))
+    for model in (base, nested):
+        rewritten = canonical_model(model)
+        assert functional.is_flat(rewritten)
+        assert "bn" not in [layer.name for layer in rewritten.layers]  # folded into the conv
+        np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

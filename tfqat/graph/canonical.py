@@ -47,7 +47,7 @@ def canonical_model(model, fold_bn: bool = True):
     With `fold_bn=False`, BatchNormalization layers stay as they are (and the scheme refuses them).
     The original model is left untouched.
     """
-    flat = functional.flatten(model)
+    flat = functional.flat_graph(model)
     hooks = [_activation_hook, scalar_ops.tf_op_hook]
     kinds = affine.AFFINE_LAYERS
     fold_into = {}

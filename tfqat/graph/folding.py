@@ -90,7 +90,7 @@ def fold_batch_norms(model, standalone_as_depthwise: bool = True):
     (`tfqat.graph.affine`). Nested models are inlined. The original model
     is left untouched.
     """
-    flat = functional.flatten(model)
+    flat = functional.flat_graph(model)
     fold_into = conv_folds(flat)
     hooks = [conv_fold_hook(fold_into)]
     if standalone_as_depthwise:

@@ -139,6 +139,27 @@ def flatten(model):
     return rebuild(model)
 
 
+def is_flat(model) -> bool:
+    """Whether `model` is a functional (not Sequential) model with no nested model among its layers.
+
+    Each layer must also be called once, by this graph: a layer called again elsewhere has more than one
+    node, and rewrites read a layer's single output.
+    """
+    check_functional(model)
+    if isinstance(model, keras.Sequential):
+        return False
+    return all(not _is_nested_model(layer) and len(layer._inbound_nodes) == 1 for layer in model.layers)
+
+
+def flat_graph(model):
+    """`model` itself when it is already flat, else its flattened copy: a graph for rewrites to read.
+
+    Rewrites read the graph and rebuild it with fresh layers, so a flat model needs no copy first;
+    that copy was most of the time a rewrite of MobileNetV2 took.
+    """
+    return model if is_flat(model) else flatten(model)
+
+
 def first_of(*hooks: LayerHook) -> LayerHook:
     """A hook that asks each of `hooks` in turn and returns the first answer that is not None."""
 
