@@ -34,9 +34,7 @@ CALIBRATION_IMAGES = 32
 def _app(name, **kwargs):
     def build(size, **overrides):
         constructor = getattr(keras.applications, name)
-        return constructor(
-            input_shape=(size, size, 3), weights=None, classes=CLASSES, **{**kwargs, **overrides}
-        )
+        return constructor(**{"input_shape": (size, size, 3), "weights": None, "classes": CLASSES, **kwargs, **overrides})
 
     return build
 

@@ -213,17 +213,14 @@ def test_debug_prints_the_worst_tensors_and_writes_tables_and_plot(tmp_path, cap
 
 
 def _saved_application(path, name, **kwargs):
-    """A Keras application with 3 classes; one that `sweeps` cuts (ResNet50) is cut there, its name kept."""
-    from sweeps import CUT_AFTER
+    """A Keras application with 3 classes at 32 px, built as the application tests build it (tests/sweeps.py
+    cuts ResNet50; its name still tells the CLI the preprocessing)."""
+    from sweeps import network
     from tfqat import keras
 
     keras.utils.set_random_seed(0)
-    model = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=3, **kwargs)
-    if name in CUT_AFTER:  # the name tells the CLI the preprocessing; the rest of the network adds no op here
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(model.get_layer(CUT_AFTER[name]).output)
-        outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
-        model = keras.Model(model.inputs, outputs, name=model.name)
-    model.save(path)
+    build, _, _ = network(name, whole=False)
+    build(32, classes=3, **kwargs).save(path)
 
 
 def test_quantize_uses_each_applications_own_preprocessing_and_evaluate_the_recorded_one(tmp_path, capsys):
