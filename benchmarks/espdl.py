@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtimes import keras_steps, load_run, trained_qat  # noqa: E402
 
 from tfqat.targets import ESPDL_TARGETS as CHIPS  # noqa: E402  (pure Python: no TensorFlow at start-up)
+from tfqat.flowers.methods import PUBLISHED_QAT  # noqa: E402
 
 
 def measure(args, method_name: str, run, float_model, float_correct: np.ndarray) -> list[dict]:
@@ -115,7 +116,7 @@ def main() -> None:
                         "the .espdl files go)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default="runs/espdl", help="folder for the retargeted int8 files")
-    parser.add_argument("--methods", default="qat_tqt,qat_tqt_per_channel")
+    parser.add_argument("--methods", default=",".join(PUBLISHED_QAT))
     parser.add_argument("--chips", default=",".join(CHIPS))
     args = parser.parse_args()
     args.chips = [c for c in args.chips.split(",") if c]

@@ -2,7 +2,7 @@
 
     python benchmarks/micro.py --out benchmarks/results --images /work/shared/data/flower_photos --count 32
 
-Exports export/flowers_mobilenet_v2_int8_qat_tqt.tflite with tfqat.tflite.micro.export_micro, compiles the
+Exports the published default QAT model (export/, tfqat.flowers.methods.DEFAULT_QAT) with tfqat.tflite.micro.export_micro, compiles the
 C array with the machine's `cc` (object size), runs the model in TFLite Micro's Python interpreter with the
 stated arena on --count photos (tfqat.data.images.folder_images: evenly spaced in sorted file order) and
 compares its int8 outputs with LiteRT's reference kernels. Writes micro.md.
@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tfqat.flowers.methods import DEFAULT_QAT, METHODS  # pure Python: no TensorFlow at start-up
+
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "export" / "flowers_mobilenet_v2_int8_qat_tqt.tflite"
+MODEL = ROOT / "export" / METHODS[DEFAULT_QAT].file
 
 
 def compile_object(source: Path, out: Path) -> dict:

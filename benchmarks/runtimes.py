@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfqat.flowers.methods import PUBLISHED_QAT  # pure Python: no TensorFlow at start-up
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_RUN = ("xnnpack", "builtin", "reference", "micro")
 
@@ -187,7 +189,7 @@ def main() -> None:
     parser.add_argument("--data", default="/work/shared/data/flower_photos")
     parser.add_argument("--export-dir", default=str(ROOT / "export"), help="where the published files are")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--methods", default="qat_tqt,qat_tqt_per_channel")
+    parser.add_argument("--methods", default=",".join(PUBLISHED_QAT))
     parser.add_argument("--targets", default=",".join(TARGETS_RUN))
     parser.add_argument("--executor-images", type=int, default=256)
     parser.add_argument("--latency-images", type=int, default=32)

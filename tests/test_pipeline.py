@@ -174,29 +174,31 @@ def test_a_frozen_fit_that_would_repeat_the_unfrozen_one_takes_its_weights_and_o
     quick_run, tmp_path, monkeypatch
 ):
     """qat_tqt_frozen after qat_tqt: with no threshold exponent change logged in the epochs the freeze covers
-    (the quick run's one epoch of six small steps), qat_tqt's weights and epochs, no fit; with one, or with a
+    (a quick run's one epoch of six small steps), qat_tqt's weights and epochs, no fit; with one, or with a
     history from before the count, it trains (tests/test_freeze.py checks that the two fits are the same)."""
     from tfqat.flowers import train
     from tfqat.quantization.freeze import EXPONENT_CHANGES, ExponentChanges, FreezeThresholds
 
     out, _ = quick_run
-    frozen = methods.METHODS["qat_tqt_frozen"]
-    assert methods.METHODS[QAT].recipe == replace(frozen.recipe, frozen_threshold_epochs=None)
-    for name in ("state.json", methods.FLOAT_WEIGHTS, f"{QAT}.weights.h5", f"history/{QAT}.csv"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        shutil.copy(out / name, tmp_path / name)
-    logged = (tmp_path / "history" / f"{QAT}.csv").read_text()
-    assert [row[EXPONENT_CHANGES] for row in train.read_history(tmp_path / "history" / f"{QAT}.csv")] == [0]
-    run = pipeline.Run(pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True))
-    run.load_data()
+    frozen, unfrozen_name = methods.METHODS["qat_tqt_frozen"], "qat_tqt"  # qat_tqt is not in the default run
+    assert methods.METHODS[unfrozen_name].recipe == replace(frozen.recipe, frozen_threshold_epochs=None)
+    state = json.loads((out / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({k: state[k] for k in ("settings", "started", "float")}))
+    shutil.copy(out / methods.FLOAT_WEIGHTS, tmp_path)
+    options = pipeline.RunOptions(out=tmp_path, data=str(DATA), weights=str(WEIGHTS), quick=True, stages=(unfrozen_name,))
+    run = pipeline.Run(options)
+    run.run_stages(only=(unfrozen_name,))
+    unfrozen_recipe = run.recipe(methods.METHODS[unfrozen_name])
+    logged = (tmp_path / "history" / f"{unfrozen_name}.csv").read_text()
+    assert [row[EXPONENT_CHANGES] for row in train.read_history(tmp_path / "history" / f"{unfrozen_name}.csv")] == [0]
     recipe = run.recipe(frozen)
     monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
     model = run.pow2_model(recipe)
     run.fit(model, frozen.name, recipe)
-    assert run.same_fit == {frozen.name: QAT}
+    assert run.same_fit == {frozen.name: unfrozen_name}
     assert (tmp_path / "history" / f"{frozen.name}.csv").read_text() == logged
-    unfrozen = run.pow2_model(run.recipe(methods.METHODS[QAT]))
-    unfrozen.load_weights(str(tmp_path / f"{QAT}.weights.h5"))
+    unfrozen = run.pow2_model(unfrozen_recipe)
+    unfrozen.load_weights(str(tmp_path / f"{unfrozen_name}.weights.h5"))
     for a, b in zip(model.get_weights(), unfrozen.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -210,7 +212,7 @@ def test_a_frozen_fit_that_would_repeat_the_unfrozen_one_takes_its_weights_and_o
     before_the_count = "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != column)
                                  for line in (header, row)) + "\n"
     for history in (changed, before_the_count):
-        (tmp_path / "history" / f"{QAT}.csv").write_text(history)
+        (tmp_path / "history" / f"{unfrozen_name}.csv").write_text(history)
         (tmp_path / f"{frozen.name}.weights.h5").unlink()  # else the last call's fit is kept (fits.json)
         run.same_fit.clear()
         run.fit(run.pow2_model(recipe), frozen.name, recipe)

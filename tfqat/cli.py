@@ -623,8 +623,8 @@ _SUBCOMMANDS: tuple[Callable, ...] = (
     ),
     _add_stage(
         "qat", _default_qat,
-        "Power-of-two int8 quantization-aware training (the default recipe: trained thresholds): fold, quantize, "
-        "calibrate, fit, export, verify, evaluate.",
+        "Power-of-two int8 quantization-aware training (the default recipe: trained thresholds from the AdaRound "
+        "PTQ model at a tenth of the learning rate): fold, equalize, calibrate, round, fit, export, verify, evaluate.",
     ),
     _add_study,
     _add_quantize,

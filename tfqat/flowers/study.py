@@ -19,7 +19,7 @@ from typing import Optional
 from tfqat.files import write_atomic
 from tfqat.flowers import study_record
 from tfqat.flowers.decision import choose_default
-from tfqat.flowers.methods import CONTROL, FLOAT, METHODS, STAGES, method as find_method
+from tfqat.flowers.methods import CONTROL, DEFAULT_QAT, FLOAT, METHODS, STAGES, method as find_method
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -32,7 +32,7 @@ class StudyOptions:
     data: Optional[str] = None
     weights: Optional[str] = "imagenet"
     seeds: tuple = SEEDS
-    methods: tuple = (CONTROL, "ptq_tuned", "qat_tqt")
+    methods: tuple = (CONTROL, "ptq_tuned", DEFAULT_QAT)
     quick: bool = False
     publish_dir: Optional[Path] = None  # also write accuracy.md and accuracy.json here
     report_only: bool = False  # write the tables from what has finished; train and quantize nothing
