@@ -2,10 +2,11 @@
 
     python benchmarks/micro.py --out benchmarks/results --images /work/shared/data/flower_photos --count 32
 
-Exports the published default QAT model (export/, tfqat.flowers.methods.DEFAULT_QAT) with tfqat.tflite.micro.export_micro, compiles the
-C array with the machine's `cc` (object size), runs the model in TFLite Micro's Python interpreter with the
-stated arena on --count photos (tfqat.data.images.folder_images: evenly spaced in sorted file order) and
-compares its int8 outputs with LiteRT's reference kernels. Writes micro.md.
+Exports the published default QAT model (export/, tfqat.flowers.methods.DEFAULT_QAT) with
+tfqat.tflite.micro.export_micro, compiles the C array with the machine's `cc` (object size), runs the model
+in TFLite Micro's Python interpreter with the stated arena on --count photos (tfqat.data.images.folder_images:
+evenly spaced in sorted file order) and compares its int8 outputs with LiteRT's reference kernels. Writes
+micro.md.
 """
 
 import argparse
