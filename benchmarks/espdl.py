@@ -66,6 +66,7 @@ def measure(args, method_name: str, run, float_model, float_correct: np.ndarray)
             "mismatched": int(np.count_nonzero(got != expected)), "elements": int(got.size),
             "accumulator_peak": tightest.bound, "accumulator_peak_op": tightest.op,
             "headroom_bits": tightest.headroom_bits,
+            "over_lane_limit": [{"op": p.op, "bound": p.bound} for p in peaks if p.headroom_bits < 0],
             "versus_float_points": 100 * float(np.mean(correct) - np.mean(float_correct)),
             "only_float_right": int(np.sum(float_correct & ~correct)), "only_chip_right": int(np.sum(correct & ~float_correct)),
         })
@@ -99,7 +100,9 @@ def markdown(result: dict) -> str:
             continue
         peak = "- (32-bit lanes)"
         if r["chip"] == "esp32s3":
-            peak = f"{r['accumulator_peak']:,} ({r['accumulator_peak_op']}; {r['headroom_bits']:+.2f} bits)"
+            over = len(r.get("over_lane_limit", []))
+            peak = (f"{r['accumulator_peak']:,} ({r['accumulator_peak_op']}; {r['headroom_bits']:+.2f} bits; "
+                    f"{over} op{'' if over == 1 else 's'} over 2^19)")
         lines.append(
             f"| {r['file']} | {r['chip']} | {r['bytes']:,} | {r['accuracy']:.4f} | {r['keras_accuracy']:.4f} "
             f"| {r['mismatched']} of {r['elements']} | {r['versus_float_points']:+.2f} "
