@@ -47,18 +47,16 @@ def main() -> None:
             values = result.tensors[source].astype(np.int64).reshape(-1, kernel.shape[1])
             products = values[:, None, :] * kernel[None]
             forward, backward = np.cumsum(products, -1), np.cumsum(products[..., ::-1], -1)
-            total = forward[..., -1] + offsets  # the accumulator's final value
+            total = np.abs(forward[..., -1] + offsets)  # the accumulator's final value
             sums = {
                 "bound": np.abs(products).sum(-1) + np.abs(offsets),
-                "in_order": np.maximum(np.abs(forward).max(-1), np.abs(total)),  # the bias added last
-                "reversed": np.maximum(np.abs(backward).max(-1), np.abs(total)),
+                "in_order": np.maximum(np.abs(forward).max(-1), total),  # the bias added last
+                "reversed": np.maximum(np.abs(backward).max(-1), total),
                 "bias_first": np.abs(forward + offsets[:, None]).max(-1),
             }
             for key, array in sums.items():
-                peaks[key] = max(peaks[key], int(np.abs(array).max()))
-        name = graph.tensors[op.outputs[0]].name.split(";")[0]
-        print(json.dumps({"op": f"op {op.index} FULLY_CONNECTED ('{name}')", "images": len(images), **peaks,
-                          "limit": LANE_LIMIT}), flush=True)
+                peaks[key] = max(peaks[key], int(array.max()))
+        print(json.dumps({"op": graph.op_label(op), "images": len(images), **peaks, "limit": LANE_LIMIT}), flush=True)
 
 
 if __name__ == "__main__":

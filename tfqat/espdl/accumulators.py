@@ -53,6 +53,5 @@ def accumulator_peaks(program: IntegerModel, inputs: np.ndarray, batch: int = 16
                         else np.abs(graph.tensors[i].data.astype(np.int64)) for i in op.inputs if i >= 0]
             bound = kernel(op, tensors, operands, lambda acc, n, out, fused: acc)
             peaks[op.index] = max(peaks.get(op.index, 0), int(np.max(bound)))
-    found = [Peak(f"op {i} {graph.operators[i].name} ('{graph.tensors[graph.operators[i].outputs[0]].name.split(';')[0]}')", b)
-             for i, b in sorted(peaks.items())]
+    found = [Peak(graph.op_label(graph.operators[i]), b) for i, b in sorted(peaks.items())]
     return found, np.concatenate(outputs)

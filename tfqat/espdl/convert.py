@@ -147,8 +147,7 @@ class _Converter:
         return tensor.name
 
     def _error(self, op: Operator, why: str) -> EspdlExportError:
-        out = self._tensor(op.outputs[0])
-        return EspdlExportError(f"op {op.index} {op.name} ('{out.name.split(';')[0]}'): {why}")
+        return EspdlExportError(f"{self.graph.op_label(op)}: {why}")
 
     def _node(self, op: Operator, op_type: str, inputs: list[str], outputs: list[str], **attributes) -> None:
         name = self.names.make(f"{op_type}:{outputs[0]}", derived=True)

@@ -74,6 +74,10 @@ class Graph:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
 
+    def op_label(self, op: Operator) -> str:
+        """How messages and tables name an op: its index, builtin name and the layer of its first output."""
+        return f"op {op.index} {op.name} ('{self.tensors[op.outputs[0]].name.split(';')[0]}')"
+
 
 def model_bytes(model: str | os.PathLike | bytes) -> tuple[bytes, str]:
     """The flatbuffer bytes of a path or buffer and how messages name it, or ExecutorError."""
